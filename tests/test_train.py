@@ -1,0 +1,134 @@
+"Training: resume, interrupts, NaN losses, global state, CSV data, init_from, several processes."
+import os, signal, subprocess, sys, textwrap
+import numpy as np, pandas as pd, pytest, torch
+from torch import nn
+import lightning as L
+from conftest import PYTHON, ROOT
+from aimass.core import AimassError
+from aimass.registry import Registry, load
+from aimass.train import train
+from aimass.models import read_state_dict
+
+
+class InterruptAt(L.Callback):
+    "Sends this process a SIGINT (what Jupyter's Interrupt does) after a given training step."
+    def __init__(self, step): self.step = step
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step: os.kill(os.getpid(), signal.SIGINT)
+
+
+class Explodes(nn.Module):
+    "A linear model whose outputs turn NaN after 60 training forwards."
+    def __init__(self, in_features, num_classes):
+        super().__init__()
+        self.lin, self.calls = nn.Linear(in_features, num_classes), 0
+    def forward(self, x):
+        self.calls += self.training
+        out = self.lin(x.flatten(1))
+        return out * float("nan") if self.training and self.calls > 60 else out
+
+
+def weights(ref): return read_state_dict(Registry().get(ref).file("weights.safetensors"))
+
+
+def test_interrupt_ends_cleanly_and_resume_matches_an_uninterrupted_run():
+    straight = train("mlp", "digits", epochs=4, seed=3, name="straight", progress=False)
+    steps = 40  # batches per epoch: 1257 training rows / 32
+    cut = train("mlp", "digits", epochs=4, seed=3, name="cut", progress=False, callbacks=[InterruptAt(2*steps + 5)])
+    assert cut.status == "interrupted"          # no SystemExit, the call returned
+    assert len(cut.history) == 2 and (cut.run_dir/"checkpoints"/"last.ckpt").exists()
+    resumed = train("mlp", "digits", epochs=4, seed=3, name="cut", progress=False, resume=True)
+    assert resumed.status == "completed" and resumed.run_dir == cut.run_dir
+    assert list(resumed.history.epoch) == [1, 2, 3, 4]
+    a, b = weights(straight.ref), weights(resumed.ref)
+    assert a.keys() == b.keys()
+    for k in a: torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    assert resumed.test_metrics == pytest.approx(straight.test_metrics, abs=1e-6)
+
+
+def test_resume_with_nothing_to_resume_is_an_error(tmp_path):
+    with pytest.raises(AimassError, match="Nothing to resume"): train("linear", "iris", resume=True, name="fresh")
+    with pytest.raises(AimassError, match="Nothing to resume"): train("linear", "iris", resume=str(tmp_path/"nope"), name="fresh")
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_finite_checkpoint(aimass_home):
+    with pytest.raises(AimassError, match="NaN or infinite at epoch 2") as e:
+        train(Explodes, "digits", epochs=5, name="explodes", progress=False)
+    assert "last finite checkpoint" in str(e.value)
+    last = next((aimass_home/"runs"/"explodes").glob("*/checkpoints/last.ckpt"))
+    state = torch.load(last, weights_only=True)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values())
+    assert Registry().list().empty  # nothing half-trained was registered
+
+
+def test_global_state_is_restored():
+    torch.use_deterministic_algorithms(False)
+    torch.manual_seed(1234); np.random.seed(7)
+    torch_rng, np_rng = torch.get_rng_state(), np.random.get_state()[1].copy()
+    env = os.environ.get("PL_GLOBAL_SEED")
+    train("linear", "iris", epochs=1, deterministic=True, seed=5, progress=False)
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert torch.equal(torch.get_rng_state(), torch_rng) and np.array_equal(np.random.get_state()[1], np_rng)
+    assert os.environ.get("PL_GLOBAL_SEED") == env
+
+
+def test_csv_with_categories_and_missing_values_predicts_the_same_from_raw_rows(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 300
+    df = pd.DataFrame({"tenure": rng.integers(0, 60, n).astype(float), "plan": rng.choice(["basic", "pro", "max"], n),
+                       "spend": rng.normal(50, 15, n)})
+    df["churned"] = np.where((df.tenure < 12) & (df.plan == "basic") | (df.spend > 70), "yes", "no")
+    df.loc[::9, "tenure"] = np.nan; df.loc[::13, "plan"] = None
+    df.to_csv(tmp_path/"churn.csv", index=False)
+    run = train("mlp", str(tmp_path/"churn.csv"), target="churned", epochs=15, name="churn", progress=False)
+    assert run.test_metrics["accuracy"] > 0.8
+    raw = pd.read_csv(tmp_path/"churn.csv").drop(columns=["churned"])
+    loaded = load("churn")
+    np.testing.assert_array_equal(loaded.outputs(raw), run.model.outputs(raw))
+    rows = raw.head(5).astype(object).where(raw.head(5).notna(), None).to_dict("records")  # JSON-like rows, nulls included
+    assert list(loaded.predict(rows)) == list(run.model.predict(raw.head(5)))
+    with pytest.raises(AimassError, match="Missing column"): loaded.predict([{"tenure": 3}])
+
+
+def test_second_run_registers_v2_and_init_from_starts_from_weights():
+    r1 = train("linear", "wine", epochs=1, name="wine", progress=False)
+    r2 = train("linear", "wine", epochs=1, name="wine", progress=False, init_from="wine:v1", lr=0.0, scheduler="constant")
+    assert (r1.version.version, r2.version.version) == (1, 2)
+    a, b = weights("wine:v1"), weights("wine:v2")
+    for k in a: assert torch.equal(a[k], b[k])  # lr=0: the weights it started from are the ones it kept
+    with pytest.raises(AimassError, match="do not fit"): train("mlp", "wine", epochs=1, init_from="wine:v1", progress=False)
+
+
+def test_bad_arguments():
+    with pytest.raises(AimassError, match="at least 1"): train("mlp", "iris", epochs=0)
+    with pytest.raises(AimassError, match="Unknown model template"): train("resnet", "iris")
+    with pytest.raises(AimassError, match="Unknown optimizer"): train("mlp", "iris", optimizer="lion", epochs=1, progress=False)
+    with pytest.raises(AimassError, match="Cannot set up training"): train("mlp", "iris", accelerator="tpu", epochs=1)
+
+
+DDP_SCRIPT = textwrap.dedent("""
+    from aimass.train import train
+    run = train("mlp", "digits", epochs=2, accelerator="cpu", devices=2, strategy="ddp", progress=False, name="ddp")
+    if run is not None: print("RESULT", run.ref, run.test_metrics["accuracy"])
+""")
+
+
+def test_two_process_ddp_on_cpu_from_a_script(tmp_path):
+    script = tmp_path/"ddp_train.py"; script.write_text(DDP_SCRIPT)
+    out = subprocess.run([PYTHON, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = [l for l in out.stdout.splitlines() if l.startswith("RESULT")]
+    assert len(result) == 1 and result[0].split()[1] == "ddp:v1"  # only rank 0 registers
+    assert Registry().get("ddp:v1").card["hparams"]["strategy"] == "DDPStrategy"
+
+
+def test_two_process_ddp_from_a_notebook_kernel(tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in [
+        "%load_ext aimass",
+        "%aimass train mlp --data digits --epochs 2 --accelerator cpu --devices 2 --no-progress --name ddpnb -o run",
+        "print(run.ref, run.version.card['hparams']['strategy'])"]])
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    text = "".join(o.get("text", "") for o in nb.cells[2].outputs)
+    assert "ddpnb:v1" in text and "DDP" in text
