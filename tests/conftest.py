@@ -20,6 +20,6 @@ def ip():
     from IPython.core.interactiveshell import InteractiveShell
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "aimass")
+    before = set(shell.user_ns)
     yield shell
-    shell.user_ns.clear()
-    shell.init_user_ns()
+    for k in set(shell.user_ns) - before: del shell.user_ns[k]

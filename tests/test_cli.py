@@ -1,0 +1,25 @@
+"The aimass console script: same verbs as the magics; exit status 2 and one clear line for bad input."
+import os, subprocess
+from conftest import ROOT
+
+AIMASS = str(ROOT/".venv"/"bin"/"aimass")
+
+
+def sh(*args):
+    return subprocess.run([AIMASS, *args], capture_output=True, text=True, env=os.environ.copy(), timeout=300)
+
+
+def test_train_then_list():
+    r = sh("train", "linear", "--data", "iris", "--epochs", "2", "--name", "cli-iris")
+    assert r.returncode == 0, r.stderr
+    assert "cli-iris:v1" in r.stdout and "accuracy" in r.stdout
+    r = sh("models")
+    assert r.returncode == 0 and "cli-iris" in r.stdout
+
+
+def test_bad_input_exits_2_with_a_message():
+    r = sh("train", "mlp", "--data", "nowhere")
+    assert r.returncode == 2 and "No dataset, file named 'nowhere'" in r.stderr and "Traceback" not in r.stderr
+    r = sh("train", "--bogus")
+    assert r.returncode == 2 and "unrecognized arguments: --bogus" in r.stderr
+    assert sh("--help").returncode == 0

@@ -1,0 +1,78 @@
+"The %aimass magics through a real IPython shell: verbs, -o, variables, cell magic, and clear UsageErrors."
+import subprocess, sys, time
+import numpy as np, pandas as pd, pytest
+from IPython.core.error import UsageError
+from conftest import PYTHON
+
+
+def test_load_ext_is_fast_and_imports_nothing_heavy():
+    code = ("import time, sys; from IPython.core.interactiveshell import InteractiveShell; ip = InteractiveShell.instance();"
+            "t = time.perf_counter(); ip.run_line_magic('load_ext', 'aimass'); dt = time.perf_counter() - t;"
+            "print(dt, [m for m in ('torch', 'lightning', 'onnx', 'litserve', 'pandas') if m in sys.modules])")
+    out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, check=True).stdout.split(maxsplit=1)
+    assert float(out[0]) < 0.5 and out[1].strip() == "[]"
+
+
+def test_train_with_o_and_models(ip):
+    r = ip.run_line_magic("aimass", "train linear --data iris --epochs 10 --lr 0.05 --no-progress --name iris-lin -o run")
+    assert ip.user_ns["run"] is r and r.ref == "iris-lin:v1"
+    table = ip.run_line_magic("aimass", "models")
+    assert list(table.version) == ["v1"] and table.test_accuracy.iloc[0] > 0.8
+    assert ip.run_line_magic("aimass", "models iris-lin:v1").version == 1
+
+
+def test_data_and_model_from_variables(ip):
+    rng = np.random.default_rng(0)
+    ip.user_ns["df"] = pd.DataFrame({"a": rng.normal(size=120), "b": rng.choice(["x", "y"], 120), "t": rng.integers(0, 2, 120)})
+    r = ip.run_line_magic("aimass", "train mlp --data df --target t --epochs 1 --no-progress --hidden 8")
+    assert r.version.card["spec"] == {"template": "mlp", "kwargs": {"hidden": [8]}}
+    ip.run_cell("from torch import nn\nclass Tiny(nn.Module):\n    def __init__(self, in_features, num_classes):\n"
+                "        super().__init__(); self.l = nn.Linear(in_features, num_classes)\n    def forward(self, x): return self.l(x.flatten(1))")
+    r = ip.run_line_magic("aimass", "train Tiny --data iris --epochs 1 --no-progress")
+    assert r.ref == "iris-tiny:v1" and "source" in r.version.card["spec"]
+
+
+def test_cell_magic_trains_the_class_the_cell_defines(ip):
+    body = ("import torch\nfrom torch import nn\n\nclass Wide(nn.Module):\n    def __init__(self, in_features, num_classes, width=32):\n"
+            "        super().__init__(); self.width = width\n        self.f = nn.Sequential(nn.Flatten(), nn.Linear(in_features, width), nn.ReLU(), nn.Linear(width, num_classes))\n"
+            "    def forward(self, x): return self.f(x)\n\nWide(64, 10, width=48)\n")
+    r = ip.run_cell_magic("aimass", "train --data digits --epochs 2 --no-progress --name wide", body)
+    assert r.version.card["spec"]["kwargs"] == {"width": 48} or r.version.card["spec"]["kwargs"].get("width") == 48
+    from aimass.registry import load
+    assert load("wide").net.f[1].out_features == 48   # rebuilt from the cell's source, with its arguments
+
+
+@pytest.mark.parametrize("line, message", [
+    ("fly", "invalid choice: 'fly'"),
+    ("train mlp --epochs ten", "invalid int value"),
+    ("train mlp --learning-rate 3", "unrecognized arguments"),
+    ("train mlp --data nowhere", "No dataset, file or variable named 'nowhere'"),
+    ("train mlp --data ./missing.csv --target y", "No file"),
+    ("train resnet --data iris", "Unknown model template 'resnet'"),
+    ("models ghost", "No model named 'ghost'"),
+    ("delete ghost:v1", "No model named 'ghost'"),
+    ("rollback ghost", "no alias 'production'"),
+    ("train mlp --devices x", "expected 'auto'"),
+])
+def test_bad_lines_raise_usage_errors_and_the_shell_survives(ip, line, message):
+    with pytest.raises(UsageError, match=message): ip.run_line_magic("aimass", line)
+    assert ip.run_cell("1 + 1").result == 2
+
+
+def test_cell_magic_errors(ip):
+    with pytest.raises(UsageError, match="defines no nn.Module"): ip.run_cell_magic("aimass", "train --data iris", "x = 1\n")
+    with pytest.raises(UsageError, match="works with train"): ip.run_cell_magic("aimass", "models", "x = 1\n")
+
+
+def test_help(ip, capsys):
+    ip.run_line_magic("aimass", "--help")
+    assert "train" in capsys.readouterr().out
+    ip.run_line_magic("aimass", "train --help")
+    assert "--early-stopping" in capsys.readouterr().out
+
+
+def test_promote_rollback(ip):
+    for _ in range(2): ip.run_line_magic("aimass", "train linear --data iris --epochs 1 --no-progress --name pr")
+    ip.run_line_magic("aimass", "promote pr v1"); ip.run_line_magic("aimass", "promote pr v2")
+    assert ip.run_line_magic("aimass", "rollback pr").version == 1
+    assert ip.run_line_magic("aimass", "models pr@production").version == 1
