@@ -1,0 +1,221 @@
+"Export to ONNX: parity per template and for a notebook-defined model, int8, re-export, error paths, safe loading."
+import io, json, os
+from pathlib import Path
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from aimass.core import AimassError
+from aimass.data import Preprocessor, load_data, split
+from aimass.models import model_from_spec, resolve_model
+from aimass.registry import Registry
+import aimass.export as ex
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIMASS_HOME", str(tmp_path/"home"))
+    return tmp_path/"home"
+
+
+def make_version(model="mlp", data="digits", epochs=3, name=None, spec=None, **model_kwargs):
+    "A few epochs of a template (or a spec) on a dataset, registered the way aimass.train stores it."
+    ds = load_data(data) if isinstance(data, str) else data
+    sp = split(ds, seed=0); pre = Preprocessor.fit(sp.train)
+    nout = ds.num_classes or 1
+    torch.manual_seed(0)
+    if spec is None: net, spec = resolve_model(model, pre.input_shape, nout, model_kwargs)
+    else: net = model_from_spec(spec, pre.input_shape, nout)
+    xtr, ytr = torch.from_numpy(pre.transform(sp.train.X)), torch.from_numpy(sp.train.y)
+    ymean, ystd = (float(ytr.mean()), float(ytr.std())) if ds.task == "regression" else (0.0, 1.0)
+    if any(p.requires_grad for p in net.parameters()):
+        opt = torch.optim.AdamW(net.parameters(), 1e-3)
+        for _ in range(epochs):
+            for i in range(0, len(ytr), 32):
+                out, yb = net(xtr[i:i+32]), ytr[i:i+32]
+                loss = (torch.nn.functional.cross_entropy(out, yb) if ds.task == "classification"
+                        else torch.nn.functional.mse_loss(out.reshape(-1), (yb - ymean) / ystd))
+                opt.zero_grad(); loss.backward(); opt.step()
+    buf = io.BytesIO(); np.savez(buf, x=pre.transform(sp.test.X), y=sp.test.y)
+    card = {"task": ds.task, "classes": ds.classes, "target": {"name": ds.target, "mean": ymean, "std": ystd},
+            "model": spec.get("template", "custom"), "spec": spec, "input_shape": list(pre.input_shape), "num_outputs": nout,
+            "preprocessor": pre.to_dict(), "schema": pre.schema, "metrics": {"test": {}}}
+    return Registry().save(name or f"{ds.name}-{model}", card, net.state_dict(), files={"heldout.npz": buf.getvalue()})
+
+
+def assert_parity(rep, int8=True):
+    assert rep.passed, rep
+    fp32 = rep.parity[rep.parity.variant == "fp32"]
+    assert set(fp32.batch_size) == {1, int(fp32.rows.max())} and fp32.rows.max() > 8
+    assert fp32.max_abs.max() <= 1e-4
+    key = "accuracy" if "accuracy" in rep.metrics["torch"] else "r2"
+    assert abs(rep.metrics["fp32"][key] - rep.metrics["torch"][key]) < 1e-6
+    if int8: assert rep.metrics["fp32"][key] - rep.metrics["int8"][key] <= 0.01
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_template_parity_and_card(model):
+    mv = make_version(model, **({"channels": (8, 16), "hidden": 32} if model == "cnn" else {}))  # a small cnn trains fast
+    rep = ex.export(mv.ref, quantize="int8")
+    assert_parity(rep)
+    assert rep.exporter == "dynamo" and rep.io["inputs"] == "raw" and rep.io["input_shape"] == [None, 64]
+    card = Registry().get(mv.ref).card["export"]
+    assert card["passed"] and card["inputs"] == "raw" and card["files"]["int8"] == "onnx/model.int8.onnx"
+    report = json.loads((mv.path/"onnx/report.json").read_text())
+    assert report["opset"] == rep.opset and report["ir_version"] == rep.ir_version and report["passed"]
+    # the graph takes the raw rows a user sends: same numbers as the registry's numpy + torch path
+    raw = load_data("digits").X[:5].reshape(5, -1)
+    sess = ex.load_onnx(rep.model_path)
+    np.testing.assert_allclose(sess.run(None, {"input": raw})[0], Registry().load(mv.ref).outputs(raw), atol=1e-5)
+    assert "passed" in repr(rep) and "<table" in rep._repr_html_() and "| fp32 |" in rep._repr_markdown_()
+
+
+CELL = '''
+import torch
+from torch import nn
+class CellNet(nn.Module):
+    "A model defined in a notebook cell."
+    def __init__(self, in_features, num_classes, width=32):
+        super().__init__()
+        self.in_features, self.num_classes, self.width = in_features, num_classes, width
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(in_features, width), nn.GELU(), nn.Linear(width, num_classes))
+    def forward(self, x): return self.body(x).tanh() * 3
+'''
+
+
+def test_notebook_defined_model_exports():
+    "A class defined in an IPython cell: the registry stores its source, rebuilds it, and export traces the rebuilt one."
+    from IPython.core.interactiveshell import InteractiveShell
+    shell = InteractiveShell.instance()
+    assert shell.run_cell(CELL).success
+    assert shell.run_cell("from aimass.models import resolve_model\n_net, _spec = resolve_model(CellNet, (1, 8, 8), 10)").success
+    spec = shell.user_ns["_spec"]
+    assert spec["class"] == "__main__:CellNet" and "class CellNet" in spec["source"]
+    mv = make_version(spec=spec, name="cell-net")
+    rep = ex.export(mv.ref)
+    assert_parity(rep, int8=False)
+    assert "int8" not in rep.files and "fp32-opt" in rep.files
+
+
+def test_tabular_regression_raw_inputs_with_missing_values():
+    mv = make_version("mlp", "diabetes")
+    rep = ex.export(mv.ref)
+    assert_parity(rep, int8=False)
+    assert rep.io["inputs"] == "raw" and rep.io["input_shape"] == [None, 10] and rep.io["output_name"] == "value"
+    lm = Registry().load(mv.ref)
+    raw = lm.preprocessor.state  # columns with fill values: NaN in the graph must equal the median fill
+    row = np.array([[np.nan] + [c["mean"] for c in raw["columns"][1:]]], np.float32)
+    out = ex.load_onnx(rep.model_path).run(None, {"input": row})[0]
+    np.testing.assert_allclose(out, lm.outputs(pd.DataFrame(row.astype(float), columns=lm.preprocessor.columns)), rtol=1e-5)
+
+
+def test_categorical_tabular_takes_preprocessed_features():
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"a": rng.normal(size=300), "color": rng.choice(["red", "green", "blue"], 300)})
+    df["y"] = np.where((df.a > 0) ^ (df.color == "red"), "yes", "no")
+    mv = make_version("mlp", load_data(df, target="y"), name="cats")
+    rep = ex.export(mv.ref)
+    assert_parity(rep, int8=False)
+    assert rep.io["inputs"] == "preprocessed" and rep.io["input_shape"] == [None, 4]
+    assert "Preprocessor" in Registry().get(mv.ref).card["export"]["note"]
+
+
+def test_reexport_replaces_atomically():
+    mv = make_version("linear")
+    ex.export(mv.ref, quantize="int8")
+    first = Registry().get(mv.ref).card["export"]["created_at"]
+    rep = ex.export(mv.ref, optimize=False)
+    assert sorted(p.name for p in (mv.path/"onnx").iterdir()) == ["model.onnx", "report.json"]
+    assert not [p for p in mv.path.iterdir() if p.name.startswith(".")], "staging/old folders left behind"
+    card = Registry().get(mv.ref).card["export"]
+    assert set(card["files"]) == {"fp32"} and card["created_at"] >= first and rep.passed
+
+
+def test_failed_check_is_loud_and_saved(monkeypatch):
+    mv = make_version("linear")
+    monkeypatch.setattr(ex, "FP32_MAX_ABS", -1.0)
+    with pytest.warns(UserWarning, match="failed its checks"):
+        rep = ex.export(mv.ref, optimize=False)
+    assert not rep.passed and "FAILED" in repr(rep)
+    card = Registry().get(mv.ref).card["export"]
+    assert card["passed"] is False and (mv.path/"onnx/model.onnx").exists()
+
+
+def test_legacy_fallback_is_recorded(monkeypatch, capsys):
+    real = torch.onnx.export
+    def no_dynamo(*a, dynamo=True, **kw):
+        if dynamo: raise RuntimeError("simulated torch.export failure")
+        kw.pop("external_data", None); kw.pop("dynamic_shapes", None)
+        return real(*a, dynamo=False, **kw)
+    monkeypatch.setattr(torch.onnx, "export", no_dynamo)
+    mv = make_version("linear")
+    rep = ex.export(mv.ref)
+    assert rep.exporter == "legacy" and rep.passed
+    assert "simulated torch.export failure" in rep.notes[0] and "legacy" in capsys.readouterr().out
+    assert Registry().get(mv.ref).card["export"]["exporter"] == "legacy"
+
+
+CUMMAX_SOURCE = '''
+class Cumulative(nn.Module):
+    def __init__(self, in_features, num_classes):
+        super().__init__()
+        self.in_features, self.num_classes = in_features, num_classes
+        self.lin = nn.Linear(in_features, num_classes)
+    def forward(self, x): return torch.cummax(self.lin(x.flatten(1)), dim=1).values
+'''
+
+
+def test_unexportable_model_names_the_op():
+    spec = {"class": "__main__:Cumulative", "kwargs": {"in_features": 64, "num_classes": 10}, "lightning": False, "source": CUMMAX_SOURCE}
+    mv = make_version(spec=spec, name="cumulative", epochs=1)
+    with pytest.raises(AimassError, match="aten.cummax") as e:
+        ex.export(mv.ref)
+    assert "Try:" in str(e.value)
+    assert "export" not in Registry().get(mv.ref).card and not (mv.path/"onnx").exists()
+
+
+def test_unknown_ref_and_bad_arguments():
+    with pytest.raises(AimassError, match="No model named"): ex.export("nope")
+    mv = make_version("linear")
+    with pytest.raises(AimassError, match="quantize"): ex.export(mv.ref, quantize="int4")
+    with pytest.raises(AimassError, match="format"): ex.export(mv.ref, format="tflite")
+
+
+def tiny_onnx(path, ir_version=8, external_location=None):
+    w = helper.make_tensor("w", TensorProto.FLOAT, [1], [2.0])
+    if external_location:
+        w = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[1], data_location=TensorProto.EXTERNAL)
+        w.external_data.add(key="location", value=external_location)
+    g = helper.make_graph([helper.make_node("Mul", ["x", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = ir_version
+    Path(path).write_bytes(m.SerializeToString())
+    return Path(path)
+
+
+def test_ir_version_too_new_is_an_aimass_error(tmp_path):
+    with pytest.raises(AimassError, match="IR version"):
+        ex.load_onnx(tiny_onnx(tmp_path/"new.onnx", ir_version=99))
+
+
+def test_external_data_outside_the_folder_is_refused(tmp_path):
+    d = tmp_path/"model"; d.mkdir()
+    secret = tmp_path/"secret.bin"; secret.write_bytes(np.float32([7.0]).tobytes())
+    for loc in ["../../etc/passwd", "../secret.bin", str(secret)]:
+        with pytest.raises(AimassError, match="outside the model folder"):
+            ex.load_onnx(tiny_onnx(d/"evil.onnx", external_location=loc))
+    (d/"w.bin").symlink_to(secret)  # a symlink inside the folder that points out of it
+    with pytest.raises(AimassError, match="outside the model folder"):
+        ex.load_onnx(tiny_onnx(d/"link.onnx", external_location="w.bin"))
+    (d/"model-link.onnx").symlink_to(tiny_onnx(tmp_path/"elsewhere.onnx"))
+    with pytest.raises(AimassError, match="outside its model folder"):
+        ex.load_onnx(d/"model-link.onnx")
+    # a real file inside the folder is fine
+    (d/"ok.bin").write_bytes(np.float32([3.0]).tobytes())
+    sess = ex.load_onnx(tiny_onnx(d/"ok.onnx", external_location="ok.bin"))
+    assert sess.run(None, {"x": np.ones((1, 1), np.float32)})[0].item() == 3.0
+    with pytest.raises(AimassError, match="No ONNX file"): ex.load_onnx(d/"missing.onnx")
