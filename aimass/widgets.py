@@ -38,7 +38,14 @@ def svg_lines(series: dict, width=300, height=150, title="") -> str:
             parts.append(f'<text x="{pad_l + 4 + 70*k}" y="{height-6}" fill="{c}">{html.escape(label)}</text>')
     return "".join(parts) + "</svg>"
 
-# %% ../nbs/13_widgets.ipynb #7529c82e
+# %% ../nbs/13_widgets.ipynb #b0d03e21
+def _kernel_polls() -> bool:
+    "True for ipykernels that process shell messages with do_one_iteration (before 7)."
+    try:
+        from IPython import get_ipython
+        return hasattr(getattr(get_ipython(), "kernel", None), "do_one_iteration")
+    except Exception: return False
+
 class TrainingDashboard:
     "Progress, metrics, live curves and a Stop button for a training run in a notebook."
     def __init__(self, title="training"):
@@ -48,6 +55,7 @@ class TrainingDashboard:
         self.status = w.HTML(f"<b>{html.escape(title)}</b>: starting")
         self.stop_button = w.Button(description="Stop", button_style="warning", icon="stop", tooltip="End training after this batch; the best checkpoint is kept")
         self.stop_button.on_click(self._on_stop)
+        self._watch_clicks_off_main_thread()
         self.charts = w.HTML()
         self.widget = w.VBox([w.HBox([self.bar, self.stop_button]), self.status, self.charts])
         self.widget.add_class("aimass-dashboard")
@@ -56,6 +64,18 @@ class TrainingDashboard:
     def _on_stop(self, _):
         if self.stop_signal is not None: self.stop_signal.set("stopped")
         self.stop_button.disabled = True; self.stop_button.description = "Stopping..."
+
+    def _watch_clicks_off_main_thread(self):
+        "See a Stop click on ipykernel 7's shell-channel thread, while the main thread is busy training."
+        comm = getattr(self.stop_button, "comm", None)
+        if comm is None: return
+        def route(data, subshell_id):
+            try:
+                if data.get("method") == "custom" and (data.get("content") or {}).get("event") == "click" and self.stop_signal is not None:
+                    self.stop_signal.set("stopped")  # a plain attribute write: safe from this thread
+            except Exception: pass
+            return subshell_id  # route the message as ipykernel would have
+        comm._reply_subshell_for = route
 
     def _ipython_display_(self):
         from IPython.display import display
@@ -74,11 +94,14 @@ class TrainingDashboard:
         if now - self._last_draw > 0.1: self.bar.value, self._last_draw = self._steps, now  # one comm message per 0.1 s
 
     def poll(self):
-        "Process pending widget events (a Stop click) while the cell is running."
-        try:
-            from jupyter_ui_poll import ui_events
-            with ui_events() as process: process(20)
-        except Exception: pass  # not in a kernel that can poll (a terminal, nbdev's shell): nothing to process
+        "Show a Stop seen off the main thread; on older ipykernels, process pending widget events while the cell runs."
+        if self.stop_signal and not self.stop_button.disabled:
+            self.stop_button.disabled = True; self.stop_button.description = "Stopping..."
+        if _kernel_polls():
+            try:
+                from jupyter_ui_poll import ui_events
+                with ui_events() as process: process(20)
+            except Exception: pass  # not in a kernel that can poll: nothing to process
 
     def epoch(self, row: dict):
         self.rows.append(row); self.bar.value = self._steps
