@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 import importlib as _importlib
 
 _VERBS = {"train": "aimass.train", "export": "aimass.export", "bench": "aimass.bench", "serve": "aimass.serve",
-          "loadtest": "aimass.loadtest", "predict": "aimass.predict"}
+          "loadtest": "aimass.loadtest"}
 _FUNCS = {"load": "aimass.registry", "list_models": "aimass.registry", "show": "aimass.registry",
           "delete": "aimass.registry", "set_alias": "aimass.registry", "rollback": "aimass.registry",
           "Registry": "aimass.registry", "load_data": "aimass.data", "servers": "aimass.serve", "stop": "aimass.serve"}
