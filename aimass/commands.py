@@ -115,8 +115,8 @@ def build_parser(prog="aimass") -> Parser:
         sp.add_argument("-o", "--out", metavar="NAME", help="store the result in this notebook variable")
     return p
 
-# %% ../nbs/10_commands.ipynb #8276eb09
-def _lookup(value, namespace, what):
+# %% ../nbs/10_commands.ipynb #5718ae2f
+def _lookup(value, namespace):
     "A variable from the notebook, else the string itself (a dataset name, path or template)."
     if namespace is not None and isinstance(value, str) and value.isidentifier() and value in namespace: return namespace[value]
     return value
@@ -159,7 +159,7 @@ def _model_from_cell(cell: str, namespace: dict):
     if not defined: raise AimassError("The cell defines no nn.Module: define a model class, or end the cell with a model expression like Net(64, 10).")
     return defined[-1], None
 
-# %% ../nbs/10_commands.ipynb #000e7cd3
+# %% ../nbs/10_commands.ipynb #b37b9840
 def _train(a, namespace, cell):
     from aimass.train import train
     kw = dict(a.arg)
@@ -167,8 +167,8 @@ def _train(a, namespace, cell):
         model, cell_kwargs = _model_from_cell(cell, namespace if namespace is not None else {})
         kw.update(cell_kwargs or {})
     elif a.model is None: model = "mlp"
-    else: model = _lookup(a.model, namespace, "model")
-    data = _lookup(a.data, namespace, "data")
+    else: model = _lookup(a.model, namespace)
+    data = _lookup(a.data, namespace)
     if isinstance(data, str): _check_data(data, namespace)
     for k in ("hidden", "channels", "dropout"):
         if getattr(a, k) is not None: kw[k] = getattr(a, k)
@@ -205,7 +205,7 @@ _LATER_CALLS = {
     "serve": lambda m, a, ns: m.serve(a.ref, **{k: v for k, v in dict(port=a.port, host=a.host, backend=a.backend, max_batch_size=a.max_batch_size,
                                         batch_timeout=a.batch_timeout, workers=a.workers, timeout=a.timeout, api_key=a.api_key,
                                         max_payload=a.max_payload).items() if v is not None}),
-    "loadtest": lambda m, a, ns: m.loadtest(_lookup(a.target, ns, "server"), concurrency=a.concurrency, requests=a.requests, duration=a.duration),
+    "loadtest": lambda m, a, ns: m.loadtest(_lookup(a.target, ns), concurrency=a.concurrency, requests=a.requests, duration=a.duration),
 }
 
 def _servers(a, namespace, cell):

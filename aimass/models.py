@@ -15,9 +15,9 @@ from .core import AimassError
 
 # %% auto #0
 __all__ = ['TEMPLATES', 'mlp', 'cnn', 'linear', 'class_spec', 'model_from_spec', 'resolve_model', 'TaskModule', 'Predictor',
-           'read_state_dict', 'load_weights']
+           'batched_outputs', 'read_state_dict', 'load_weights']
 
-# %% ../nbs/02_models.ipynb #f8c1315a
+# %% ../nbs/02_models.ipynb #c5b4feed
 TEMPLATES = {}
 def _template(f):
     TEMPLATES[f.__name__] = f
@@ -41,7 +41,7 @@ def cnn(input_shape, num_outputs, channels=(32, 64), hidden=128, dropout=0.1):
         raise AimassError(f"The cnn template needs image-shaped inputs (channels, height, width); these rows have shape {tuple(input_shape)}. Use mlp for tabular data.")
     c, h, w = input_shape
     channels = [channels] if isinstance(channels, int) else list(channels)
-    layers = [nn.Unflatten(1, (c, h, w))] if len(input_shape) == 3 else []
+    layers = [nn.Unflatten(1, (c, h, w))]  # rows may arrive flat
     for ch in channels:
         layers += [nn.Conv2d(c, ch, 3, padding=1), nn.ReLU()]
         if min(h, w) >= 4: layers.append(nn.MaxPool2d(2)); h, w = h // 2, w // 2
@@ -204,6 +204,12 @@ class Predictor(nn.Module):
         out = self.net(x)
         if self.task == "classification": return torch.softmax(out, dim=-1)
         return out.reshape(-1) * self.target_std + self.target_mean
+
+# %% ../nbs/02_models.ipynb #41f52f64
+def batched_outputs(predictor: nn.Module, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    "Outputs of `predictor` for float32 inputs `x`, computed `batch_size` rows at a time."
+    with torch.inference_mode():
+        return np.concatenate([predictor(torch.from_numpy(x[i:i+batch_size])).float().numpy() for i in range(0, len(x), batch_size)])
 
 # %% ../nbs/02_models.ipynb #f3a5ff1b
 def read_state_dict(path) -> dict:

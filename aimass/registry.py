@@ -285,7 +285,7 @@ def put_files(self, ref, subdir: str, files: dict, card_key: str|None = None, ca
     finally: shutil.rmtree(staging, ignore_errors=True)
     return mv
 
-# %% ../nbs/03_registry.ipynb #4dc2b3ca
+# %% ../nbs/03_registry.ipynb #31d7a9af
 class LoadedModel:
     "A registered model ready to predict from raw inputs."
     def __init__(self, version: ModelVersion, net, preprocessor):
@@ -301,10 +301,8 @@ class LoadedModel:
 
     def outputs(self, X, batch_size: int = 4096) -> np.ndarray:
         "Class probabilities `(N, C)` or regression values `(N,)` for raw inputs `X`."
-        import torch
-        x = self.preprocessor.transform(X)
-        with torch.inference_mode():
-            return np.concatenate([self.predictor(torch.from_numpy(x[i:i+batch_size])).numpy() for i in range(0, len(x), batch_size)])
+        from aimass.models import batched_outputs
+        return batched_outputs(self.predictor, self.preprocessor.transform(X), batch_size)
 
     def predict_proba(self, X) -> np.ndarray:
         if self.task != "classification": raise AimassError(f"{self.ref} is a regression model: use predict().")
