@@ -3,10 +3,10 @@ __version__ = "0.1.0"
 # Everything heavy (torch, lightning, onnx, litserve) is imported on first use, so `%load_ext aimass` stays fast.
 import importlib as _importlib
 
-_VERBS = {"train": "aimass.train", "export": "aimass.export", "bench": "aimass.bench", "serve": "aimass.serve",
-          "loadtest": "aimass.loadtest"}
+_VERBS = {"train": "aimass.train", "export": "aimass.export", "bench": "aimass.bench", "predict": "aimass.predict",
+          "serve": "aimass.serve", "loadtest": "aimass.loadtest", "bundle": "aimass.bundle"}
 _FUNCS = {"load": "aimass.registry", "list_models": "aimass.registry", "show": "aimass.registry",
-          "delete": "aimass.registry", "set_alias": "aimass.registry", "rollback": "aimass.registry",
+          "delete": "aimass.registry", "set_alias": "aimass.registry", "rollback": "aimass.registry", "promote": "aimass.registry",
           "Registry": "aimass.registry", "load_data": "aimass.data", "servers": "aimass.serve", "stop": "aimass.serve"}
 
 def __getattr__(name):

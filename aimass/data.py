@@ -232,7 +232,7 @@ class Preprocessor:
         n = sum(c['kind'] == 'number' for c in self.state['columns'])
         return f"Preprocessor(tabular: {n} numeric, {len(self.state['columns'])-n} categorical columns -> {self.input_shape[0]} features)"
 
-# %% ../nbs/01_data.ipynb #f3468b49
+# %% ../nbs/01_data.ipynb #29b51d91
 def _transform_tensor(st, X) -> np.ndarray:
     shape, width = tuple(st["shape"]), int(np.prod(st["shape"]))
     try: a = np.asarray(X.to_numpy() if isinstance(X, pd.DataFrame) else X, dtype=np.float32)
@@ -245,12 +245,12 @@ def _transform_tensor(st, X) -> np.ndarray:
     return ((a - st["mean"]) / st["std"]).astype(np.float32)
 
 def _rows_to_frame(st, X) -> pd.DataFrame:
-    names = [c["name"] for c in st["columns"]]
+    names, objects = [c["name"] for c in st["columns"]], False
     if isinstance(X, pd.DataFrame): df = X
-    elif isinstance(X, dict): df = pd.DataFrame([X])
+    elif isinstance(X, dict): df, objects = pd.DataFrame([X]), True
     else:
         rows = list(X.tolist() if isinstance(X, np.ndarray) else X)
-        if rows and all(isinstance(r, dict) for r in rows): df = pd.DataFrame(rows)
+        if rows and all(isinstance(r, dict) for r in rows): df, objects = pd.DataFrame(rows), True
         else:
             for i, r in enumerate(rows):
                 if isinstance(r, dict) or not hasattr(r, "__len__") or isinstance(r, str) or len(r) != len(names):
@@ -258,6 +258,9 @@ def _rows_to_frame(st, X) -> pd.DataFrame:
                     raise AimassError(f"Row {i} has {got} values; each row needs {len(names)}, in this order: {', '.join(names)}.")
             df = pd.DataFrame(rows, columns=names)
     missing = [n for n in names if n not in df.columns]
+    known = [n for n in names if n in df.columns]
+    if missing and objects and known:  # an absent field is a missing value, imputed as in a row that has it as null
+        return df.assign(**{n: None for n in missing})
     if missing: raise AimassError(f"Missing column(s) {', '.join(map(repr, missing))}; the model takes: {', '.join(names)}.")
     return df
 
@@ -271,11 +274,12 @@ def _transform_tabular(st, X) -> np.ndarray:
             if bad.any(): raise AimassError(f"Column {c['name']!r} must be numeric; got {s[bad].iloc[0]!r}.")
             parts.append(((v.astype(float).fillna(c["fill"]).to_numpy() - c["mean"]) / c["std"])[:, None])
         else:
-            cats = {k: i for i, k in enumerate(c["categories"])}
-            oh = np.zeros((len(df), len(cats)), np.float32)
-            codes = [cats.get(str(x), -1) if x is not None and not (isinstance(x, float) and math.isnan(x)) else -1 for x in s]
-            for r, k in enumerate(codes):
-                if k >= 0: oh[r, k] = 1
+            text = s.astype("string")  # str() of each value, <NA> where missing; vectorised: batch scoring runs this on every row
+            codes = pd.Index(c["categories"], dtype="string").get_indexer(text)
+            codes[text.isna().to_numpy()] = -1  # missing and unseen values: all zeros
+            oh = np.zeros((len(df), len(c["categories"])), np.float32)
+            hit = codes >= 0
+            oh[np.flatnonzero(hit), codes[hit]] = 1
             parts.append(oh)
     return np.concatenate(parts, axis=1).astype(np.float32) if parts else np.zeros((len(df), 0), np.float32)
 

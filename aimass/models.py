@@ -146,7 +146,7 @@ def resolve_model(model, input_shape, num_outputs, model_kwargs=None):
         return model, class_spec(type(model), _init_kwargs(model))
     raise AimassError(f"Cannot train {type(model).__name__}: pass a template name ({', '.join(TEMPLATES)}), an nn.Module class or instance, or a LightningModule.")
 
-# %% ../nbs/02_models.ipynb #be7ad065
+# %% ../nbs/02_models.ipynb #15a2335d
 class TaskModule(L.LightningModule):
     "Loss, optimizer, schedule and metrics around a network `net`."
     def __init__(self, net: nn.Module, task="classification", num_outputs=2, lr=1e-3, weight_decay=0.0,
@@ -163,6 +163,12 @@ class TaskModule(L.LightningModule):
         self.val_metrics = mk().clone(prefix="val_")
 
     def forward(self, x): return self.net(x)
+
+    def __setattr__(self, name, value):
+        # Lightning sets `_current_fx_name` around every hook call, ~45 times a step; nn.Module.__setattr__'s checks
+        # for parameters and submodules (a str is neither) then cost a tenth of a small model's step.
+        if name == "_current_fx_name": object.__setattr__(self, name, value)
+        else: super().__setattr__(name, value)
 
     def _loss(self, out, y):
         if self.hparams.task == "classification": return nn.functional.cross_entropy(out, y)

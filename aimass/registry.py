@@ -16,7 +16,7 @@ from .core import AimassError, Ref, aimass_home, atomic_write_json, check_name, 
 
 # %% auto #0
 __all__ = ['ModelVersion', 'Registry', 'LoadedModel', 'registry', 'list_models', 'show', 'load', 'delete', 'set_alias',
-           'rollback']
+           'rollback', 'promote']
 
 # %% ../nbs/03_registry.ipynb #0b5be708
 _SCHEMA = """
@@ -326,7 +326,7 @@ def load(self, ref) -> LoadedModel:
     load_weights(net, read_state_dict(mv.file("weights.safetensors")))
     return LoadedModel(mv, net, Preprocessor.from_dict(c["preprocessor"]))
 
-# %% ../nbs/03_registry.ipynb #b96757ca
+# %% ../nbs/03_registry.ipynb #a20dcab0
 def registry() -> Registry: return Registry()
 def list_models(name=None) -> pd.DataFrame: return Registry().list(name)
 def show(ref) -> ModelVersion: return Registry().get(ref)
@@ -334,3 +334,6 @@ def load(ref) -> LoadedModel: return Registry().load(ref)
 def delete(ref) -> list: return Registry().delete(ref)
 def set_alias(name, alias, version) -> Ref: return Registry().set_alias(name, alias, version)
 def rollback(name, alias="production") -> Ref: return Registry().rollback(name, alias)
+def promote(name, version, alias="production") -> Ref:
+    "Point `name@alias` at `version` (`set_alias` with the arguments in the order people say it); servers on the alias follow."
+    return Registry().set_alias(name, alias, version)

@@ -23,3 +23,16 @@ def test_bad_input_exits_2_with_a_message():
     r = sh("train", "--bogus")
     assert r.returncode == 2 and "unrecognized arguments: --bogus" in r.stderr
     assert sh("--help").returncode == 0
+
+
+def test_predict_from_a_shell(tmp_path):
+    assert sh("train", "linear", "--data", "iris", "--epochs", "2", "--name", "cli-iris").returncode == 0
+    from sklearn.datasets import load_iris
+    X = load_iris(as_frame=True).frame.drop(columns="target").head(20)
+    X.to_csv(tmp_path/"rows.csv", index=False)
+    r = sh("predict", "cli-iris", "--data", str(tmp_path/"rows.csv"), "--output", str(tmp_path/"out.parquet"), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    import pandas as pd
+    assert len(pd.read_parquet(tmp_path/"out.parquet")) == 20
+    r = sh("predict", "cli-iris", "--data", str(tmp_path/"nothere.csv"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr

@@ -76,3 +76,31 @@ def test_promote_rollback(ip):
     ip.run_line_magic("aimass", "promote pr v1"); ip.run_line_magic("aimass", "promote pr v2")
     assert ip.run_line_magic("aimass", "rollback pr").version == 1
     assert ip.run_line_magic("aimass", "models pr@production").version == 1
+
+
+def test_predict_serve_several_and_bundle_from_magics(ip, tmp_path):
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"size": rng.normal(10, 3, 150).round(1), "kind": rng.choice(["a", "b", "c"], 150)})
+    df["big"] = np.where(df["size"] > 10, "yes", "no")
+    df.loc[::11, "size"] = np.nan
+    ip.user_ns["df"] = df
+    ip.run_line_magic("aimass", "train mlp --data df --target big --epochs 2 --no-progress --name sizes")
+    ip.run_line_magic("aimass", "export sizes")
+    out = tmp_path/"scored.csv"
+    p = ip.run_line_magic("aimass", f"predict sizes --data df --output {out} --keep kind --no-progress -o scored")
+    assert ip.user_ns["scored"] is p and p.rows == 150 and out.exists()
+    assert list(pd.read_csv(out).columns[:2]) == ["kind", "prediction"]
+    with pytest.raises(UsageError, match="overwrite"): ip.run_line_magic("aimass", f"predict sizes --data df --output {out}")
+    ip.run_line_magic("aimass", "promote sizes v1")
+    srv = ip.run_line_magic("aimass", "serve a=sizes@production b=sizes:v1 -o srv")
+    try:
+        assert set(srv.models) == {"a", "b"} and srv.models["a"]["follow"] == "sizes@production"
+        rows = df.drop(columns="big").head(4)
+        assert [r["label"] for r in srv.predict(rows, model="b")] == list(p.frame.prediction.head(4))
+        rep = ip.run_line_magic("aimass", f"loadtest {srv.url} --model a --requests 50 --concurrency 2")
+        assert rep.errors == {} and rep.served_by == {"sizes:v1": 50}
+    finally:
+        ip.run_line_magic("aimass", "stop --all")
+    b = ip.run_line_magic("aimass", f"bundle sizes@production {tmp_path/'deploy'}")
+    assert b.ref == "sizes:v1" and (tmp_path/"deploy"/"server.py").exists() and (tmp_path/"deploy"/"Dockerfile").exists()
+    with pytest.raises(UsageError, match="overwrite"): ip.run_line_magic("aimass", f"bundle sizes {tmp_path/'deploy'}")

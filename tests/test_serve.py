@@ -301,6 +301,8 @@ def test_server_dies_with_its_owner(home, tmp_path):
 def test_stale_record_of_dead_owner_is_cleaned(home):
     # an owner that died while its server's watchdogs could not act: servers() kills the group and drops the record
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "aimass.server"], start_new_session=True)
+    deadline = time.monotonic() + 10  # /proc/PID/cmdline reads empty until the exec has finished
+    while not S._is_aimass_server(proc.pid) and time.monotonic() < deadline: time.sleep(0.01)
     rec = {"name": "ghost-v1-1", "ref": "ghost:v1", "url": "http://127.0.0.1:1", "pid": proc.pid, "owner_pid": 2**22 + 12345,
            "backend": "onnx", "run_dir": "/nonexistent", "log": "", "started_at": ""}
     (Path(home["dir"])/"servers").mkdir(parents=True, exist_ok=True)

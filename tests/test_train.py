@@ -87,7 +87,8 @@ def test_csv_with_categories_and_missing_values_predicts_the_same_from_raw_rows(
     np.testing.assert_array_equal(loaded.outputs(raw), run.model.outputs(raw))
     rows = raw.head(5).astype(object).where(raw.head(5).notna(), None).to_dict("records")  # JSON-like rows, nulls included
     assert list(loaded.predict(rows)) == list(run.model.predict(raw.head(5)))
-    with pytest.raises(AimassError, match="Missing column"): loaded.predict([{"tenure": 3}])
+    with pytest.raises(AimassError, match="Missing column"): loaded.predict(raw.drop(columns=["plan"]))
+    assert list(loaded.outputs([{"tenure": 3}])[0]) == list(loaded.outputs([{"tenure": 3, "plan": None, "spend": None}])[0])
 
 
 def test_second_run_registers_v2_and_init_from_starts_from_weights():
