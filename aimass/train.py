@@ -22,18 +22,22 @@ from .registry import LoadedModel, Registry
 __all__ = ['EpochBatches', 'TensorPairs', 'make_loader', 'isolated_global_state', 'StopSignal', 'NonFiniteLoss', 'StopRequested',
            'AimassCallback', 'TerminalProgress', 'Run', 'Prepared', 'prepare', 'train']
 
-# %% ../nbs/04_train.ipynb #fbbbe772
+# %% ../nbs/04_train.ipynb #609e7bff
 class EpochBatches(torch.utils.data.Sampler):
-    "Yields index tensors of batches, shuffled from `(seed, epoch)`; shards batches across DDP processes."
-    def __init__(self, n: int, batch_size: int, shuffle: bool = True, seed: int = 0):
-        self.n, self.batch_size, self.shuffle, self.seed, self.epoch = n, batch_size, shuffle, seed, 0
+    """Yields index tensors of batches, shuffled from `(seed, epoch)`; shards batches across DDP processes.
+
+    With `chunk=k`, each item joins k consecutive batches: a chunked `TaskModule` splits it back and steps once per batch."""
+    def __init__(self, n: int, batch_size: int, shuffle: bool = True, seed: int = 0, chunk: int = 1):
+        self.n, self.batch_size, self.shuffle, self.seed, self.epoch, self.chunk = n, batch_size, shuffle, seed, 0, chunk
         self.epoch_source = None  # a callable giving the current epoch, read when iteration starts
     def set_epoch(self, epoch: int): self.epoch = epoch
     def _world(self):
         d = torch.distributed
         return (d.get_rank(), d.get_world_size()) if d.is_available() and d.is_initialized() else (0, 1)
     def __iter__(self):
-        yield from self._batches(self.epoch_source() if self.epoch_source else self.epoch)
+        batches = self._batches(self.epoch_source() if self.epoch_source else self.epoch)
+        if self.chunk > 1: batches = [torch.cat(batches[i:i + self.chunk]) for i in range(0, len(batches), self.chunk)]
+        yield from batches
     def _batches(self, epoch):
         if self.shuffle: order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed*100_003 + epoch))
         else: order = torch.arange(self.n)
@@ -41,9 +45,12 @@ class EpochBatches(torch.utils.data.Sampler):
         rank, world = self._world()
         if world > 1: batches = batches[:len(batches) - len(batches) % world][rank::world] or batches[:1]
         return batches
-    def __len__(self):
+    @property
+    def steps_per_epoch(self) -> int:
+        "Batches (optimizer steps) per epoch in this process."
         n = math.ceil(self.n / self.batch_size)
         return max(1, n // self._world()[1]) if self._world()[1] > 1 else n
+    def __len__(self): return math.ceil(self.steps_per_epoch / self.chunk)
 
 class TensorPairs(torch.utils.data.Dataset):
     "Inputs and targets indexed a whole batch at a time."
@@ -90,7 +97,7 @@ class StopSignal:
         try: yield
         finally: signal.signal(signal.SIGINT, previous)
 
-# %% ../nbs/04_train.ipynb #5cbdf96f
+# %% ../nbs/04_train.ipynb #809fc1ac
 class NonFiniteLoss(Exception): pass
 class StopRequested(Exception):
     "Raised after a batch to end training at once: no partial epoch is validated or checkpointed, so resume stays exact."
@@ -103,12 +110,14 @@ class AimassCallback(L.Callback):
 
     def on_train_start(self, trainer, pl_module):
         if self.progress and trainer.is_global_zero:
-            self.progress.start(trainer.max_epochs, trainer.num_training_batches, first_epoch=trainer.current_epoch)
+            steps = self.sampler.steps_per_epoch if self.sampler is not None else trainer.num_training_batches
+            self.progress.start(trainer.max_epochs, steps, first_epoch=trainer.current_epoch)
 
     def setup(self, trainer, pl_module, stage):
         # After a resume Lightning starts iterating before the epoch hooks run (and its set_epoch count lags),
         # so the batch order reads the trainer's epoch itself, when iteration starts.
         if self.sampler is not None: self.sampler.epoch_source = lambda: trainer.current_epoch
+        if getattr(pl_module, "chunked", False): pl_module.after_step = lambda loss, n: self._after_step(trainer)
 
     def on_train_epoch_start(self, trainer, pl_module): self._loss_sum, self._loss_n = 0.0, 0
 
@@ -126,6 +135,10 @@ class AimassCallback(L.Callback):
             if not math.isfinite(value): raise NonFiniteLoss(f"epoch {trainer.current_epoch + 1}, step {trainer.global_step}")
             n = len(batch[1]) if isinstance(batch, (tuple, list)) and len(batch) > 1 else 1
             self._loss_sum += value*n; self._loss_n += n
+        if not getattr(pl_module, "chunked", False): self._after_step(trainer)  # a chunked module calls it after each step
+
+    def _after_step(self, trainer):
+        "After every optimizer step: progress, a look for a Stop click, and a clean stop when asked."
         if self.progress and trainer.is_global_zero: self.progress.step()
         now = time.monotonic()
         if now - self._last_poll > 0.2:  # let the notebook deliver a Stop click (a few times a second)
@@ -325,7 +338,7 @@ def train(model="mlp", data="digits", *, target: str|None = None, task: str|None
             scheduler=scheduler, val_size=val_size, test_size=test_size, precision=str(precision or "32-true"),
             early_stopping=early_stopping, devices=str(devices), strategy=str(trainer.strategy.__class__.__name__)))
 
-# %% ../nbs/04_train.ipynb #7b370028
+# %% ../nbs/04_train.ipynb #3198791c
 def _fit(p, run_dir, ckpt_path, epochs, batch_size, seed, accelerator, devices, strategy, precision,
          deterministic, early_stopping, progress, callbacks):
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -346,6 +359,12 @@ def _fit(p, run_dir, ckpt_path, epochs, batch_size, seed, accelerator, devices, 
                             callbacks=[cb, ckpt, *extra, *(callbacks or [])])
     except Exception as e:  # Lightning's MisconfigurationException and friends
         raise AimassError(f"Cannot set up training: {e}") from None
+    # One process and no user callbacks (which would expect a hook per batch): several batches per Lightning step,
+    # each still its own optimizer step (see TaskModule). This is what brings aimass.train near a hand-written loop.
+    chunked = isinstance(p.module, TaskModule) and trainer.world_size == 1 and not callbacks
+    if chunked:
+        p.module.chunked, p.module.step_size = True, batch_size
+        loaders[0].sampler.chunk = max(1, min(16, 4096 // batch_size))
     status = "completed"
     with stop.catch_sigint(), _quiet_lightning():
         try: trainer.fit(p.module, *loaders, ckpt_path=ckpt_path, weights_only=True)
@@ -359,6 +378,8 @@ def _fit(p, run_dir, ckpt_path, epochs, batch_size, seed, accelerator, devices, 
         except SystemExit:  # Lightning exits after a KeyboardInterrupt (a second Ctrl-C)
             status = "interrupted"
         except KeyboardInterrupt: status = "interrupted"
+        finally:
+            if chunked: p.module.chunked, p.module.after_step = False, None  # the trained module is an ordinary one again
     if stop: status = stop.reason
     elif status == "completed" and trainer.current_epoch < epochs and extra and trainer.should_stop: status = "early-stopped"
     if display: display.close(status)

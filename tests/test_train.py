@@ -133,3 +133,23 @@ def test_two_process_ddp_from_a_notebook_kernel(tmp_path):
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     text = "".join(o.get("text", "") for o in nb.cells[2].outputs)
     assert "ddpnb:v1" in text and "DDP" in text
+
+
+def test_several_batches_per_lightning_step_make_the_same_updates():
+    # On one device aimass.train hands Lightning chunks of batches and steps once per batch (TaskModule); a user
+    # callback turns that off. Both must end at the same weights, and count the same optimizer steps.
+    import lightning as L
+    from aimass.models import read_state_dict
+    class CountSteps(L.Callback):
+        def on_train_end(self, trainer, pl_module): self.steps = trainer.global_step
+    counter = CountSteps()
+    chunked = train("mlp", "digits", epochs=3, batch_size=16, name="chunked", progress=False)
+    plain = train("mlp", "digits", epochs=3, batch_size=16, name="plain", progress=False, callbacks=[counter])
+    a, b = (read_state_dict(r.version.path/"weights.safetensors") for r in (chunked, plain))
+    assert a.keys() == b.keys()
+    for k in a: np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), atol=1e-6, err_msg=k)
+    np.testing.assert_allclose(chunked.history.train_loss, plain.history.train_loss, rtol=1e-5)
+    from aimass.data import load_data, split
+    expected = 3 * -(-len(split(load_data("digits"), seed=0).train.y) // 16)
+    chunked_steps = torch.load(chunked.run_dir/"checkpoints"/"last.ckpt", weights_only=True)["global_step"]
+    assert counter.steps == chunked_steps == expected
