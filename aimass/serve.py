@@ -276,7 +276,7 @@ def serve(ref, port: int|None = None, host: str = "127.0.0.1", backend: str = "a
     _record(srv)
     return srv
 
-# %% ../nbs/08_serve.ipynb #f0b4bff4
+# %% ../nbs/08_serve.ipynb #dcef90bb
 def _group_alive(pgid: int) -> bool:
     try: os.killpg(pgid, 0)
     except ProcessLookupError: return False
@@ -284,10 +284,13 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 def _kill_process_group(proc, grace: float = 2.0, wait: float = 10.0):
-    "SIGTERM the group `proc` leads, SIGKILL it after `grace` s, reap `proc`, wait until no member is left."
+    """SIGTERM the server's leader, which lets requests in flight finish and then ends its group; SIGKILL the whole
+    group after `grace` s; reap `proc`; wait until no member is left."""
     pgid = proc.pid  # start_new_session=True: the server leads its own group
     for sig, limit in ((signal.SIGTERM, grace), (signal.SIGKILL, wait)):
-        try: os.killpg(pgid, sig)
+        try:
+            if sig == signal.SIGTERM: os.kill(pgid, sig)
+            else: os.killpg(pgid, sig)
         except ProcessLookupError: pass
         end = time.monotonic() + limit
         while time.monotonic() < end:
@@ -296,10 +299,11 @@ def _kill_process_group(proc, grace: float = 2.0, wait: float = 10.0):
     proc.poll()
 
 @patch_to(Server, "stop")
-def _server_stop(self, grace: float = 2.0):
-    "Stop the server's whole process group and free its port."
+def _server_stop(self, grace: float|None = None):
+    """Stop the server and free its port. Requests in flight finish first (for at most `grace` s, by default the
+    server's request timeout); new connections are refused meanwhile."""
     if self._client is not None: self._client.close(); self._client = None
-    _kill_process_group(self.proc, grace)
+    _kill_process_group(self.proc, self.config.get("timeout", 30.0) + 2 if grace is None else grace)
     SERVERS.pop(self.name, None)
     (_servers_dir()/f"{self.name}.json").unlink(missing_ok=True)
 

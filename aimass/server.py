@@ -369,7 +369,7 @@ class FastLitServer(ls.LitServer):
         self._transport = PipeTransport([PipeQueue(ctx) for _ in range(num_api_servers)])
         return manager
 
-# %% ../nbs/09_server.ipynb #82f59290
+# %% ../nbs/09_server.ipynb #e56e8c12
 PR_SET_PDEATHSIG = 1
 
 def _set_parent_death_signal(sig=signal.SIGTERM):
@@ -382,6 +382,25 @@ def _kill_group(*_):
     "Kill this server's whole process group, this process included."
     try: os.killpg(os.getpgrp(), signal.SIGKILL)
     finally: os._exit(1)
+
+def _drain_then_exit(limit: float):
+    """On SIGTERM (`Server.stop()`, `docker stop`, a Kubernetes rollout): the HTTP processes stop accepting and finish
+    the requests they hold (uvicorn's graceful shutdown), for at most `limit` seconds; then every process we started ends.
+
+    LitServe's own SIGTERM handling leaves inference workers behind, so the ending is ours; a second SIGTERM ends it at once."""
+    signal.signal(signal.SIGTERM, _kill_group)
+    import multiprocessing as mp
+    children = mp.active_children()
+    http = [p for p in children if p.name.startswith("LitServer-")]
+    for p in http:
+        try: os.kill(p.pid, signal.SIGTERM)
+        except ProcessLookupError: pass
+    end = time.monotonic() + limit
+    for p in http: p.join(max(0.0, end - time.monotonic()))
+    for p in mp.active_children():
+        try: os.kill(p.pid, signal.SIGKILL)
+        except ProcessLookupError: pass
+    os._exit(0)
 
 def _exit_with_parent(interval: float = 0.5):
     "In a child process: exit when the parent that started it is gone."
@@ -405,7 +424,7 @@ def watch_owner(owner_pid: int, interval: float = 0.5):
         _kill_group()
     threading.Thread(target=watch, daemon=True, name="aimass-owner-watch").start()
 
-# %% ../nbs/09_server.ipynb #07b19c66
+# %% ../nbs/09_server.ipynb #6d9bfb31
 def model_entries(cfg: dict) -> list:
     "The models a config serves, each with its predict path (one model: `/predict`; several: `/v1/models/NAME:predict`)."
     models = cfg.get("models") or [{"name": None, "model_dir": cfg["model_dir"], "backend": cfg["backend"], "info": cfg.get("info")}]
@@ -467,7 +486,8 @@ def main(config_path: str):
         if cfg.get("parent_death_signal", True): _set_parent_death_signal(signal.SIGTERM)
         if os.getppid() != owner: _kill_group()  # the owner died before we could ask to be told
         watch_owner(owner)
-    signal.signal(signal.SIGTERM, _kill_group)  # LitServe's own SIGTERM handling leaves workers behind
+    limit = cfg.get("timeout", 30.0)  # no request can take longer: Guard answers 504 by then
+    signal.signal(signal.SIGTERM, lambda *_: _drain_then_exit(limit))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("aimass.server")
     for m in model_entries(cfg):

@@ -298,6 +298,28 @@ def test_server_dies_with_its_owner(home, tmp_path):
         if owner.poll() is None: owner.kill()
 
 
+def test_stop_lets_requests_in_flight_finish(home):
+    # stop() (and docker stop, which sends the same SIGTERM to a bundle's server) drains: the HTTP process stops
+    # accepting, answers what it holds, then the whole group ends
+    srv = S.serve("quirky", backend="torch", max_batch_size=1, timeout=10)
+    slow = {"instances": [[1e6] + [0.0] * 63]}  # the quirky model sleeps 2.5 s on this row
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(httpx.post, srv.url + "/predict", json=slow, timeout=30)
+        time.sleep(0.8)  # the request is inside the model now
+        t0 = time.monotonic()
+        srv.stop()
+        took = time.monotonic() - t0
+        r = pending.result()
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 1
+    assert 1.0 < took < 12, took
+    assert not S._group_alive(srv.pid) and not S.port_in_use(srv.port)
+    with pytest.raises(httpx.ConnectError): httpx.get(srv.url + "/health", timeout=2)
+    idle = S.serve("quirky", backend="torch")
+    t0 = time.monotonic(); idle.stop()
+    assert time.monotonic() - t0 < 3, "an idle server stops at once"
+    assert not S._group_alive(idle.pid)
+
+
 def test_stale_record_of_dead_owner_is_cleaned(home):
     # an owner that died while its server's watchdogs could not act: servers() kills the group and drops the record
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "aimass.server"], start_new_session=True)
