@@ -3,7 +3,7 @@
     .venv/bin/python tools/readme.py          # write README.md
     .venv/bin/python tools/readme.py --check  # exit 1 when README.md is out of date
 """
-import sys
+import re, sys
 from pathlib import Path
 import nbformat
 from nbconvert import MarkdownExporter
@@ -17,6 +17,7 @@ def render() -> str:
         if c.cell_type == "code": c.source = "\n".join(l for l in c.source.splitlines() if not l.startswith("#|")); c.outputs = []
     nb.metadata["language_info"] = {"name": "python"}  # fenced code blocks marked as python
     body, _ = MarkdownExporter().from_notebook_node(nb)
+    body = re.sub(r"\]\((?![a-z]+:|/|#)([^)]+\.ipynb)\)", r"](nbs/\1)", body)  # links between notebooks, from the repo root
     return "<!-- Generated from nbs/index.ipynb by tools/readme.py: edit the notebook, not this file. -->\n\n" + body.strip() + "\n"
 
 if __name__ == "__main__":
