@@ -16,9 +16,9 @@ from .predict import pick_backend
 
 # %% auto #0
 __all__ = ['SERVERS', 'free_port', 'port_in_use', 'summarize_stats', 'read_stats', 'live_states', 'Server', 'server_info',
-           'serve', 'servers', 'stop']
+           'check_limits', 'serve', 'servers', 'stop']
 
-# %% ../nbs/08_serve.ipynb #89c549ba
+# %% ../nbs/08_serve.ipynb #6aa60405
 def free_port(host: str = "127.0.0.1") -> int:
     "A port nothing listens on now."
     with socket.socket() as s:
@@ -26,14 +26,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    "True when binding `host:port` fails (someone listens there), the way uvicorn binds (SO_REUSEADDR)."
-    with socket.socket() as s:
+    "True when binding `host:port` (IPv4 or IPv6) fails (someone listens there), the way uvicorn binds (SO_REUSEADDR)."
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try: s.bind((host, port))
         except OSError: return True
     return False
 
-# %% ../nbs/08_serve.ipynb #d53fd230
+# %% ../nbs/08_serve.ipynb #8fcbc47a
 def summarize_stats(snapshots: list, window: float = 10.0) -> dict:
     "Merge the snapshots of a server's HTTP processes: count, rate over the last `window` s, p50/p99 ms, errors by status."
     now = time.time()
@@ -62,9 +62,7 @@ def live_states(folder) -> list:
     for f in Path(folder).glob("*.json"):
         try: st = json.loads(f.read_text())
         except (OSError, ValueError): continue
-        try: os.kill(st["pid"], 0)
-        except ProcessLookupError: continue
-        except (PermissionError, KeyError, TypeError): pass
+        if isinstance(st.get("pid"), int) and not _pid_alive(st["pid"]): continue
         states.append(st)
     return states
 
@@ -195,7 +193,7 @@ def _spawn(cfg: dict, api_key, run_dir: Path):
         return subprocess.Popen([sys.executable, "-m", "aimass.server", str(cfg_path)], stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True, env=env, cwd=run_dir)
 
-# %% ../nbs/08_serve.ipynb #fd858450
+# %% ../nbs/08_serve.ipynb #51adac0b
 def server_info(card: dict, cfg: dict) -> dict:
     "What GET /info answers: the model, its input schema, the backend and the limits."
     from aimass.data import Preprocessor
@@ -204,6 +202,12 @@ def server_info(card: dict, cfg: dict) -> dict:
             "schema": Preprocessor.from_dict(card["preprocessor"]).schema, "input_shape": card.get("input_shape"),
             "target": (card.get("target") or {}).get("name"),
             "limits": {k: cfg.get(k) for k in ("timeout", "max_queue", "max_payload", "max_batch_size", "batch_timeout", "workers")}}
+
+def check_limits(timeout: float, batch_timeout: float, **counts):
+    "Raise `AimassError` unless every count is at least 1 and 0 <= batch_timeout < timeout (a server's limits, live or bundled)."
+    low = [k for k, v in counts.items() if v < 1]
+    if low: raise AimassError(f"{', '.join(low)} must be at least 1 (got {', '.join(str(counts[k]) for k in low)}).")
+    if timeout <= 0 or batch_timeout < 0 or batch_timeout >= timeout: raise AimassError("Need timeout > 0 and 0 <= batch_timeout < timeout.")
 
 def _model_entries(refs, backend: str, follow) -> list:
     "One entry per model to serve: its path name, resolved version, backend, and the alias it follows (if any)."
@@ -243,13 +247,11 @@ def serve(ref, port: int|None = None, host: str = "127.0.0.1", backend: str = "a
     from aimass.registry import Registry
     host = "127.0.0.1" if host == "localhost" else host
     if host not in ("127.0.0.1", "0.0.0.0", "::"): raise AimassError(f"host must be '127.0.0.1' (this machine only), '0.0.0.0' or '::', not {host!r}.")
-    if max_batch_size < 1 or workers < 1 or api_servers < 1 or max_queue < 1:
-        raise AimassError("max_batch_size, workers, api_servers and max_queue must be at least 1.")
-    if timeout <= 0 or batch_timeout < 0 or batch_timeout >= timeout: raise AimassError("Need timeout > 0 and 0 <= batch_timeout < timeout.")
+    check_limits(timeout, batch_timeout, max_batch_size=max_batch_size, workers=workers, api_servers=api_servers, max_queue=max_queue)
     if follow_interval <= 0: raise AimassError("follow_interval must be more than 0 seconds.")
     entries = _model_entries(ref, backend, follow)
     if port is None: port = free_port()
-    elif host != "::" and port_in_use(port, host):
+    elif port_in_use(port, host):
         raise AimassError(f"Port {port} is already in use: pick another port, or port=None for a free one.")
     url_host = "[::1]" if host == "::" else "127.0.0.1"
     single = len(entries) == 1
@@ -264,7 +266,6 @@ def serve(ref, port: int|None = None, host: str = "127.0.0.1", backend: str = "a
         e["path"] = "/predict" if single else f"/v1/models/{e['name']}:predict"
         e["info"] = server_info(e.pop("card"), {**cfg, "backend": e["backend"]})
     cfg["models"] = entries
-    if single: cfg.update(model_dir=entries[0]["model_dir"], backend=entries[0]["backend"], ref=entries[0]["version_ref"])
     proc = _spawn(cfg, api_key, run_dir)
     backends = "+".join(sorted({e["backend"] for e in entries}))
     srv = Server(name, label, url, host, port, backends, cfg, api_key, proc, run_dir)

@@ -8,7 +8,7 @@ Docs: https://aimass.github.io/aimass/server.html.md"""
 __all__ = ['Row', 'PR_SET_PDEATHSIG', 'PredictRequest', 'PredictResponse', 'ModelAPI', 'RequestStats', 'Guard', 'PipeQueue',
            'PipeTransport', 'FastLitServer', 'watch_owner', 'model_entries', 'ModelInfo', 'build_server', 'main']
 
-# %% ../nbs/09_server.ipynb #1d360e37
+# %% ../nbs/09_server.ipynb #4fb9a18b
 import asyncio, ctypes, json, logging, os, signal, sys, threading, time
 from collections import Counter, deque
 from pathlib import Path
@@ -16,8 +16,7 @@ from typing import Any, Union
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 from .core import AimassError, patch_to
-from .predict import OnnxBackend, TorchBackend, encode_predictions, example_rows, onnx_export, raw_array
-from .serve import live_states, read_stats, server_info, summarize_stats
+from .serve import _pid_alive, live_states, read_stats, server_info, summarize_stats
 
 # %% ../nbs/09_server.ipynb #81c91bad
 Row = Union[list, dict]
@@ -369,7 +368,7 @@ class FastLitServer(ls.LitServer):
         self._transport = PipeTransport([PipeQueue(ctx) for _ in range(num_api_servers)])
         return manager
 
-# %% ../nbs/09_server.ipynb #e56e8c12
+# %% ../nbs/09_server.ipynb #ded9218c
 PR_SET_PDEATHSIG = 1
 
 def _set_parent_death_signal(sig=signal.SIGTERM):
@@ -410,12 +409,6 @@ def _exit_with_parent(interval: float = 0.5):
         os._exit(1)
     threading.Thread(target=watch, daemon=True, name="aimass-parent-watch").start()
 
-def _pid_alive(pid: int) -> bool:
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except PermissionError: return True
-    return True
-
 def watch_owner(owner_pid: int, interval: float = 0.5):
     "Tear the process group down when the owner process dies (or we were re-parented)."
     def watch():
@@ -424,10 +417,10 @@ def watch_owner(owner_pid: int, interval: float = 0.5):
         _kill_group()
     threading.Thread(target=watch, daemon=True, name="aimass-owner-watch").start()
 
-# %% ../nbs/09_server.ipynb #6d9bfb31
+# %% ../nbs/09_server.ipynb #654fd2cc
 def model_entries(cfg: dict) -> list:
     "The models a config serves, each with its predict path (one model: `/predict`; several: `/v1/models/NAME:predict`)."
-    models = cfg.get("models") or [{"name": None, "model_dir": cfg["model_dir"], "backend": cfg["backend"], "info": cfg.get("info")}]
+    models = cfg["models"]
     for m in models: m.setdefault("path", "/predict" if len(models) == 1 else f"/v1/models/{m['name']}:predict")
     return models
 
