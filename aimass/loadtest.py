@@ -59,7 +59,7 @@ def default_rows(info: dict, n: int = 256) -> list:
     except Exception: pass
     return _rows_from_schema(info["schema"])
 
-# %% ../nbs/10_loadtest.ipynb #9cec96b4
+# %% ../nbs/10_loadtest.ipynb #44fcbd89
 @dataclass
 class LoadTestReport:
     "What a load test measured. `latencies` in seconds, `started` offsets from the start, `statuses` per request (0: no answer)."
@@ -124,10 +124,9 @@ class LoadTestReport:
         if ax is None: fig, ax = plt.subplots(1, 2, figsize=(10, 3.2))
         else: fig = ax[0].figure
         ok = self.statuses == 200
-        by_version = self.served_by if len(self.served_by) > 1 else {"200": None}
-        for v in by_version:  # one colour per model version when the server switched during the test
-            m = ok & (self.versions == v) if by_version[v] is not None else ok
-            ax[0].plot(self.started[m], self.latencies[m] * 1000, ".", ms=2, label=v)
+        # one colour per model version when the server switched during the test
+        groups = [(v, ok & (self.versions == v)) for v in self.served_by] if len(self.served_by) > 1 else [("200", ok)]
+        for label, m in groups: ax[0].plot(self.started[m], self.latencies[m] * 1000, ".", ms=2, label=label)
         if (~ok).any(): ax[0].plot(self.started[~ok], self.latencies[~ok] * 1000, "x", ms=4, color="C3", label="errors")
         ax[0].set(xlabel="time since start (s)", ylabel="latency (ms)", title=f"{self.rps:,.0f} req/s at concurrency {self.concurrency}")
         ax[0].legend(loc="upper right")
