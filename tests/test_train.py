@@ -31,6 +31,12 @@ class Explodes(nn.Module):
 def weights(ref): return read_state_dict(Registry().get(ref).file("weights.safetensors"))
 
 
+def assert_registered_weights_are(run, checkpoint):
+    registered = weights(run.ref)
+    assert {"net." + k for k in registered} == set(checkpoint["state_dict"])
+    for k, v in registered.items(): torch.testing.assert_close(v, checkpoint["state_dict"]["net." + k], rtol=0, atol=0)
+
+
 def test_interrupt_ends_cleanly_and_resume_matches_an_uninterrupted_run():
     straight = train("mlp", "digits", epochs=4, seed=3, name="straight", progress=False)
     steps = 40  # batches per epoch: 1257 training rows / 32
@@ -135,11 +141,15 @@ def test_two_process_ddp_from_a_notebook_kernel(tmp_path):
     assert "ddpnb:v1" in text and "DDP" in text
 
 
-def test_several_batches_per_lightning_step_make_the_same_updates():
-    # On one device aimass.train hands Lightning chunks of batches and steps once per batch (TaskModule); a user
-    # callback turns that off. Both must end at the same weights, and count the same optimizer steps.
+@pytest.mark.parametrize("direct_steps", [True, False])
+def test_several_batches_per_lightning_step_make_the_same_updates(monkeypatch, direct_steps):
+    # On one device aimass.train hands Lightning chunks of batches and steps once per batch (TaskModule), calling
+    # backward and the optimizer itself where Lightning's wrapper would add nothing (direct_steps), and validates
+    # outside Lightning's loop; a user callback turns all that off. Both must end at the same weights, count the
+    # same optimizer steps and report the same validation metrics.
     import lightning as L
-    from aimass.models import read_state_dict
+    import aimass.models
+    if not direct_steps: monkeypatch.setattr(aimass.models, "plain_lightning_step", lambda trainer, module: False)
     class CountSteps(L.Callback):
         def on_train_end(self, trainer, pl_module): self.steps = trainer.global_step
     counter = CountSteps()
@@ -148,8 +158,54 @@ def test_several_batches_per_lightning_step_make_the_same_updates():
     a, b = (read_state_dict(r.version.path/"weights.safetensors") for r in (chunked, plain))
     assert a.keys() == b.keys()
     for k in a: np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), atol=1e-6, err_msg=k)
-    np.testing.assert_allclose(chunked.history.train_loss, plain.history.train_loss, rtol=1e-5)
+    assert list(chunked.history.columns) == list(plain.history.columns) == ["epoch", "train_loss", "val_loss", "val_acc", "val_f1"]
+    np.testing.assert_allclose(chunked.history.to_numpy(), plain.history.to_numpy(), rtol=1e-5)
     from aimass.data import load_data, split
     expected = 3 * -(-len(split(load_data("digits"), seed=0).train.y) // 16)
     chunked_steps = torch.load(chunked.run_dir/"checkpoints"/"last.ckpt", weights_only=True)["global_step"]
     assert counter.steps == chunked_steps == expected
+
+
+@pytest.mark.parametrize("precision", ["64-true", "bf16-true", "bf16-mixed"])
+def test_other_precisions_validate_and_step_alike_on_both_paths(precision):
+    # The single-device path validates outside Lightning's loop: inputs must still get the precision's dtype
+    # (float64, bfloat16) and autocast, as Lightning's loop gives them.
+    import lightning as L
+    fast = train("mlp", "iris", epochs=2, precision=precision, name="fast", progress=False)
+    slow = train("mlp", "iris", epochs=2, precision=precision, name="slow", progress=False, callbacks=[L.Callback()])
+    np.testing.assert_allclose(fast.history.to_numpy(), slow.history.to_numpy(), rtol=1e-5)
+    assert fast.test_metrics == slow.test_metrics
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_last_checkpoint_is_the_last_epoch_and_best_is_the_lowest_validation_loss(fast_path):
+    # Random labels: the model memorizes the training rows and the validation loss rises after its first epochs,
+    # so the best epoch is not the last. last.ckpt must still hold the last epoch (where resume starts), best.ckpt
+    # the lowest validation loss, and the registered weights must be the best ones.
+    import lightning as L
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(400, 20)).astype(np.float32), rng.integers(0, 3, 400)
+    callbacks = None if fast_path else [L.Callback()]  # any user callback takes Lightning's own loops
+    run = train("mlp", (X, y), epochs=8, lr=1e-2, name="memorize", progress=False, callbacks=callbacks)
+    best_epoch = int(run.history.val_loss.idxmin()) + 1
+    assert best_epoch < 8
+    ck = run.run_dir/"checkpoints"
+    last, best = (torch.load(ck/f, weights_only=True) for f in ("last.ckpt", "best.ckpt"))
+    assert last["epoch"] == 7 and best["epoch"] == best_epoch - 1
+    assert last["global_step"] == 8 * best["global_step"] // best_epoch
+    assert not (ck/"last.ckpt").is_symlink() and not (ck/"best.ckpt").is_symlink()
+    assert_registered_weights_are(run, best)
+    assert run.version.card["run"]["checkpoint"] == str(ck/"best.ckpt")
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_early_stopping_ends_after_patience_epochs_without_improvement(fast_path):
+    import lightning as L
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(400, 20)).astype(np.float32), rng.integers(0, 3, 400)
+    run = train("mlp", (X, y), epochs=30, lr=1e-2, early_stopping=2, name="patience", progress=False,
+                callbacks=None if fast_path else [L.Callback()])
+    assert run.status == "early-stopped"
+    best = int(run.history.val_loss.idxmin()) + 1
+    assert len(run.history) == best + 2 < 30  # two epochs without a new low, then stop
+    assert_registered_weights_are(run, torch.load(run.run_dir/"checkpoints"/"best.ckpt", weights_only=True))
