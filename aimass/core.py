@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['AimassError', 'aimass_home', 'Ref', 'parse_ref', 'check_name', 'atomic_write_bytes', 'atomic_write_json', 'patch_to',
-           'make_module_callable', 'in_notebook']
+__all__ = ['AimassError', 'aimass_home', 'Ref', 'parse_ref', 'check_name', 'atomic_write_bytes', 'atomic_write_json', 'pid_alive',
+           'patch_to', 'make_module_callable', 'in_notebook']
 
 # %% ../nbs/00_core.ipynb #42aa9767
 class AimassError(ValueError):
@@ -77,6 +77,14 @@ def _json_default(o):
     if isinstance(o, np.ndarray): return o.tolist()
     if isinstance(o, Path): return str(o)
     raise TypeError(f"{type(o).__name__} is not JSON serializable")
+
+# %% ../nbs/00_core.ipynb #5332358d
+def pid_alive(pid: int) -> bool:
+    "True while process `pid` exists (also when it belongs to another user)."
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
 
 # %% ../nbs/00_core.ipynb #61a8a634
 def patch_to(cls, name: str|None = None):

@@ -208,7 +208,7 @@ def _run_async(coro):
     if "error" in out: raise out["error"]
     return out["value"]
 
-# %% ../nbs/10_loadtest.ipynb #8fda067f
+# %% ../nbs/10_loadtest.ipynb #e66d4cca
 def loadtest(server_or_url, concurrency: int = 16, duration: float|None = None, requests: int|None = 1000, payload=None,
              api_key: str|None = None, rows_per_request: int = 1, timeout: float = 60.0, progress: bool = True,
              model: str|None = None) -> LoadTestReport:
@@ -224,9 +224,9 @@ def loadtest(server_or_url, concurrency: int = 16, duration: float|None = None, 
     headers = {"X-API-Key": api_key} if api_key else {}
     if concurrency < 1: raise AimassError("concurrency must be at least 1.")
     if requests is None and duration is None: raise AimassError("Give requests=N, duration=SECONDS, or both.")
-    if hasattr(server_or_url, "_model"): predict_path = server_or_url._model(model)["path"]
-    else: predict_path = f"/v1/models/{model}:predict" if model else "/predict"
-    info_path = "/info" if predict_path == "/predict" else predict_path.rsplit(":", 1)[0]
+    from aimass.serve import predict_path
+    path = server_or_url._model(model)["path"] if hasattr(server_or_url, "_model") else predict_path(model)
+    info_path = "/info" if path == "/predict" else path.rsplit(":", 1)[0]
     if isinstance(payload, dict): bodies = [json.dumps(payload).encode()]
     else:
         if payload is None:
@@ -238,10 +238,10 @@ def loadtest(server_or_url, concurrency: int = 16, duration: float|None = None, 
         k = max(1, rows_per_request)
         bodies = [json.dumps({"instances": [rows[(i + j) % len(rows)] for j in range(k)]}).encode() for i in range(0, len(rows), k)]
     bar = tqdm(total=requests, desc=f"loadtest {url}", unit="req", leave=False) if progress else None
-    try: dur, lat, start, status, failures, versions = _run_async(_load(url + predict_path, bodies, concurrency, requests, duration, headers, timeout, bar))
+    try: dur, lat, start, status, failures, versions = _run_async(_load(url + path, bodies, concurrency, requests, duration, headers, timeout, bar))
     finally:
         if bar is not None: bar.close()
-    return LoadTestReport(url + ("" if predict_path == "/predict" else predict_path), concurrency, dur, lat, start, status, failures, versions)
+    return LoadTestReport(url + ("" if path == "/predict" else path), concurrency, dur, lat, start, status, failures, versions)
 
 # %% ../nbs/10_loadtest.ipynb #00d1b2ac
 from .core import make_module_callable

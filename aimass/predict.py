@@ -15,18 +15,24 @@ from .core import AimassError
 __all__ = ['onnx_export', 'pick_backend', 'OnnxBackend', 'TorchBackend', 'raw_array', 'encode_predictions', 'Runner',
            'example_rows', 'Predictions', 'predict']
 
-# %% ../nbs/07_predict.ipynb #fcac40e6
+# %% ../nbs/07_predict.ipynb #10ebd826
 def _variant(card: dict) -> str|None:
     "Which exported file to run: the benchmark's pick when it names one, else the optimized fp32 graph, else plain fp32."
     exp = card.get("export") or {}
     files, checks = exp.get("files") or {}, exp.get("checks") or {}
     ok = [v for v in files if checks.get(v, True)]
-    best = str((card.get("bench") or {}).get("best_backend") or "").lower()
+    best = _bench_best(card).lower()
     for v in sorted(ok, key=len, reverse=True):  # 'fp32-opt' before 'fp32'
         if v.lower() in best: return v
     for v in ("fp32-opt", "fp32"):
         if v in ok: return v
     return ok[0] if ok else None
+
+def _bench_best(card: dict) -> str:
+    "The backend the benchmark found fastest for single rows, as the card records it ('' when never benchmarked)."
+    return str((card.get("bench") or {}).get("best_backend") or "")
+
+def _bench_prefers_torch(card: dict) -> bool: return _bench_best(card).lower().startswith(("torch", "eager", "pytorch"))
 
 def onnx_export(model_dir, card: dict) -> tuple[Path, bool]|None:
     "`(path of the ONNX file to run, graph takes raw inputs)` for a version folder, or None when it has no usable export."
@@ -47,8 +53,7 @@ def pick_backend(model_dir, card: dict, backend: str = "auto") -> str:
         raise AimassError(f"{card.get('name')}:v{card.get('version')} has no ONNX export that passed its checks: "
                           "run aimass.export first, or use backend='torch'.")
     if backend != "auto": return backend
-    best = str((card.get("bench") or {}).get("best_backend") or "").lower()
-    if exported and best.startswith(("torch", "eager", "pytorch")): return "torch"
+    if exported and _bench_prefers_torch(card): return "torch"
     return "onnx" if exported else "torch"
 
 # %% ../nbs/07_predict.ipynb #86e8d683
@@ -531,7 +536,7 @@ def plot(self, ax=None, top: int = 30):
     ax.set_ylabel("rows"); ax.set_title(f"{self.ref}: {self.rows:,} predictions")
     return fig or ax.figure
 
-# %% ../nbs/07_predict.ipynb #abeb16c3
+# %% ../nbs/07_predict.ipynb #d9b8776f
 class _Progress:
     "A tqdm bar over rows, or the caller's `progress(rows_done, total)` function."
     def __init__(self, progress, total: int|None, batch_size: int, desc: str):
@@ -568,7 +573,7 @@ def _chunk_results(runner: Runner, src: _Source, cols, read, keep: list, batch_s
     done = start
     for chunk in src.chunks(start, batch_size, read):
         x = chunk if cols is None else (chunk[cols].to_numpy() if runner.pre.kind == "tensor" else chunk)
-        try: outputs = runner.model(runner.array(x))
+        try: outputs = runner.outputs(x)
         except AimassError as e:
             raise AimassError(f"In rows {done:,} to {done + len(chunk) - 1:,} of {src.name} (data rows counted from 0): {e}") from None
         done += len(chunk)

@@ -8,15 +8,15 @@ Docs: https://aimass.github.io/aimass/server.html.md"""
 __all__ = ['Row', 'PR_SET_PDEATHSIG', 'PredictRequest', 'PredictResponse', 'ModelAPI', 'RequestStats', 'Guard', 'PipeQueue',
            'PipeTransport', 'FastLitServer', 'watch_owner', 'model_entries', 'ModelInfo', 'build_server', 'main']
 
-# %% ../nbs/09_server.ipynb #4fb9a18b
+# %% ../nbs/09_server.ipynb #924a391b
 import asyncio, ctypes, json, logging, os, signal, sys, threading, time
 from collections import Counter, deque
 from pathlib import Path
 from typing import Any, Union
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
-from .core import AimassError, patch_to
-from .serve import _pid_alive, live_states, read_stats, server_info, summarize_stats
+from .core import AimassError, patch_to, pid_alive
+from .serve import live_states, predict_path, read_stats, server_info, summarize_stats
 
 # %% ../nbs/09_server.ipynb #81c91bad
 Row = Union[list, dict]
@@ -368,7 +368,7 @@ class FastLitServer(ls.LitServer):
         self._transport = PipeTransport([PipeQueue(ctx) for _ in range(num_api_servers)])
         return manager
 
-# %% ../nbs/09_server.ipynb #ded9218c
+# %% ../nbs/09_server.ipynb #3b1b6b80
 PR_SET_PDEATHSIG = 1
 
 def _set_parent_death_signal(sig=signal.SIGTERM):
@@ -412,16 +412,16 @@ def _exit_with_parent(interval: float = 0.5):
 def watch_owner(owner_pid: int, interval: float = 0.5):
     "Tear the process group down when the owner process dies (or we were re-parented)."
     def watch():
-        while os.getppid() == owner_pid and _pid_alive(owner_pid): time.sleep(interval)
+        while os.getppid() == owner_pid and pid_alive(owner_pid): time.sleep(interval)
         logging.getLogger("aimass.server").warning("owner %s is gone: stopping", owner_pid)
         _kill_group()
     threading.Thread(target=watch, daemon=True, name="aimass-owner-watch").start()
 
-# %% ../nbs/09_server.ipynb #654fd2cc
+# %% ../nbs/09_server.ipynb #8a6070c5
 def model_entries(cfg: dict) -> list:
     "The models a config serves, each with its predict path (one model: `/predict`; several: `/v1/models/NAME:predict`)."
     models = cfg["models"]
-    for m in models: m.setdefault("path", "/predict" if len(models) == 1 else f"/v1/models/{m['name']}:predict")
+    for m in models: m.setdefault("path", predict_path(None if len(models) == 1 else m["name"]))
     return models
 
 class ModelInfo:

@@ -98,7 +98,7 @@ class StopSignal:
         try: yield
         finally: signal.signal(signal.SIGINT, previous)
 
-# %% ../nbs/04_train.ipynb #e37f10fa
+# %% ../nbs/04_train.ipynb #18576823
 class NonFiniteLoss(Exception): pass
 class StopRequested(Exception):
     "Raised after a batch to end training at once: no partial epoch is validated or checkpointed, so resume stays exact."
@@ -149,7 +149,7 @@ class AimassCallback(L.Callback):
         if self.stop:
             last = self.run_dir/"checkpoints"/"last.ckpt"
             io_plugin = trainer.strategy.checkpoint_io
-            if hasattr(io_plugin, "wait"): io_plugin.wait()  # the last epoch's checkpoint may still be on its way to disk
+            if isinstance(io_plugin, BackgroundCheckpointIO): io_plugin.wait()  # the last epoch's checkpoint may still be on its way to disk
             if not last.exists(): trainer.save_checkpoint(last, weights_only=False)  # stopped inside the first epoch: keep what there is
             raise StopRequested(self.stop.reason)
 
@@ -309,7 +309,7 @@ class BackgroundCheckpointIO(TorchCheckpointIO):
         finally:
             if self._pool is not None: self._pool.shutdown(); self._pool = None
 
-# %% ../nbs/04_train.ipynb #c8b5ba4d
+# %% ../nbs/04_train.ipynb #6c478256
 def _link_atomic(src: Path, dst: Path):
     "Make `dst` name the same file as `src` (a hard link; a copy where links are not supported), atomically."
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
@@ -324,17 +324,17 @@ class EpochCheckpoint(Checkpoint):
     `best_step` is the global step the best file holds."""
     def __init__(self, dirpath, monitor: str|None = "val_loss"):
         self.dirpath, self.monitor = Path(dirpath), monitor
-        self.best_score, self.best_epoch, self.best_step = None, None, None
+        self.best_score, self.best_step = None, None
         self.best_model_path = ""  # Lightning's process launchers read and set this one
 
     @property
     def last_model_path(self) -> Path: return self.dirpath/"last.ckpt"
 
-    def state_dict(self): return {"monitor": self.monitor, "best_score": self.best_score, "best_epoch": self.best_epoch, "best_step": self.best_step}
+    def state_dict(self): return {"monitor": self.monitor, "best_score": self.best_score, "best_step": self.best_step}
     def load_state_dict(self, state):
         if state.get("monitor") == self.monitor:
-            self.best_score, self.best_epoch, self.best_step = state.get("best_score"), state.get("best_epoch"), state.get("best_step")
-            if self.best_epoch is not None: self.best_model_path = str(self.dirpath/"best.ckpt")
+            self.best_score, self.best_step = state.get("best_score"), state.get("best_step")
+            if self.best_step is not None: self.best_model_path = str(self.dirpath/"best.ckpt")
 
     def on_train_epoch_end(self, trainer, pl_module):
         if trainer.sanity_checking: return
@@ -343,7 +343,7 @@ class EpochCheckpoint(Checkpoint):
                                             and (self.best_score is None or float(score) < self.best_score))
         if improved:  # before saving: the file records itself as the best
             self.best_score = float(score) if score is not None else None
-            self.best_epoch, self.best_step = trainer.current_epoch, trainer.global_step
+            self.best_step = trainer.global_step
             self.best_model_path = str(self.dirpath/"best.ckpt")
         trainer.save_checkpoint(self.last_model_path, weights_only=False)
         if improved and trainer.is_global_zero:
