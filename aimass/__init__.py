@@ -1,18 +1,34 @@
+"""Train, version, export, benchmark and serve PyTorch models from a Jupyter cell.
+
+The verbs are functions of this package: `aimass.train`, `aimass.export`, `aimass.bench`, `aimass.predict`,
+`aimass.serve`, `aimass.loadtest`, `aimass.bundle`, with the registry's `aimass.load`, `aimass.promote`,
+`aimass.rollback` and friends. `%load_ext aimass` gives the same verbs as `%aimass VERB`; `aimass VERB` from a shell."""
 __version__ = "0.1.0"
 
-# Everything heavy (torch, lightning, onnx, litserve) is imported on first use, so `%load_ext aimass` stays fast.
-import importlib as _importlib
-
-_VERBS = {"train": "aimass.train", "export": "aimass.export", "bench": "aimass.bench", "predict": "aimass.predict",
-          "serve": "aimass.serve", "loadtest": "aimass.loadtest", "bundle": "aimass.bundle"}
-_FUNCS = {"load": "aimass.registry", "list_models": "aimass.registry", "show": "aimass.registry",
-          "delete": "aimass.registry", "set_alias": "aimass.registry", "rollback": "aimass.registry", "promote": "aimass.registry",
-          "Registry": "aimass.registry", "load_data": "aimass.data", "servers": "aimass.serve", "stop": "aimass.serve"}
+# Each name is imported from its layer on first use, so `import aimass` and `%load_ext aimass` stay fast (no torch).
+# Layer modules are named for what they hold (`aimass.training`), never for a verb, so `aimass.train` is the function.
+_API = {
+    # verbs: also `%aimass VERB` and `aimass VERB`, with flags from their signatures (see aimass.commands)
+    "train": "training", "export": "exporting", "bench": "benchmark", "predict": "inference",
+    "serve": "launcher", "servers": "launcher", "stop": "launcher", "loadtest": "loadtesting", "bundle": "deployment",
+    "list_models": "registry", "promote": "registry", "rollback": "registry", "delete": "registry",
+    # the registry and its records
+    "load": "registry", "show": "registry", "set_alias": "registry", "Registry": "registry", "ModelCard": "registry",
+    # data, and the objects the verbs return
+    "load_data": "data", "Run": "training", "ExportReport": "exporting", "BenchReport": "benchmark",
+    "Predictions": "inference", "Server": "launcher", "ServerConfig": "launcher", "LoadTestReport": "loadtesting",
+    "Bundle": "deployment",
+}
+__all__ = list(_API)
 
 def __getattr__(name):
-    if name in _VERBS: return _importlib.import_module(_VERBS[name])  # a callable module: aimass.train(...)
-    if name in _FUNCS: return getattr(_importlib.import_module(_FUNCS[name]), name)
-    raise AttributeError(f"module 'aimass' has no attribute {name!r}")
+    if name not in _API: raise AttributeError(f"module 'aimass' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(f"aimass.{_API[name]}"), name)
+    globals()[name] = value  # found once, then an ordinary attribute
+    return value
+
+def __dir__(): return sorted({*globals(), *_API})
 
 def load_ipython_extension(ipython):
     "`%load_ext aimass`: register the `%aimass` and `%%aimass` magics."

@@ -1,4 +1,4 @@
-"""One parser for the `%aimass` magics and the `aimass` command line: verbs, flags, and the call each makes.
+"""One parser for the `%aimass` magics and the `aimass` command line, built from the verbs' own signatures.
 
 Docs: https://aimass.github.io/aimass/commands.html.md"""
 
@@ -6,19 +6,148 @@ Docs: https://aimass.github.io/aimass/commands.html.md"""
 
 # %% ../nbs/20_commands.ipynb #a6fab686
 from __future__ import annotations
-import argparse, ast, json, re, shlex, sys
-from pathlib import Path
-from .core import AimassError
+import argparse, ast, difflib, importlib.util, inspect, shlex
+from .core import AimassError, param_docs
 
 # %% auto #0
-__all__ = ['VERBS', 'CommandError', 'HelpRequested', 'Parser', 'build_parser', 'run']
+__all__ = ['VERBS', 'verb_function', 'verb_summary', 'Flag', 'add_flag', 'CommandError', 'HelpRequested', 'Parser', 'verb_flags',
+           'verb_parser', 'top_help', 'run']
 
 # %% ../nbs/20_commands.ipynb #f8500123
+VERBS = {"train": "train", "export": "export", "bench": "bench", "predict": "predict", "serve": "serve",
+         "servers": "servers", "stop": "stop", "loadtest": "loadtest", "bundle": "bundle", "models": "list_models",
+         "show": "show", "promote": "promote", "rollback": "rollback", "delete": "delete"}
+
+# %% ../nbs/20_commands.ipynb #6f9150bb
+def verb_function(verb: str):
+    "The `aimass` function a verb calls."
+    import aimass
+    return getattr(aimass, VERBS[verb])
+
+def verb_summary(verb: str) -> str:
+    "The first line of the verb's docstring, read from its module's source (nothing is imported)."
+    import aimass
+    name = VERBS[verb]
+    spec = importlib.util.find_spec(f"aimass.{aimass._API[name]}")
+    tree = ast.parse(open(spec.origin).read())
+    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    return (ast.get_docstring(node) or "").split("\n")[0].rstrip(".")
+
+# %% ../nbs/20_commands.ipynb #5718ae2f
+_SCALARS = {"int": int, "float": float, "str": str, "Path": str, "None": None}
+
+def _split_union(annotation: str) -> list:
+    "The parts of an annotation's top-level `|` union: `\"Literal['a', 'b'] | None\"` -> `[\"Literal['a', 'b']\", 'None']`."
+    parts, depth, cur = [], 0, ""
+    for ch in str(annotation):
+        depth += ch in "[(" ; depth -= ch in "])"
+        if ch == "|" and depth == 0: parts.append(cur.strip()); cur = ""
+        else: cur += ch
+    return [p for p in parts + [cur.strip()] if p and p != "inspect._empty"]
+
+def _choices(part: str):
+    "The values of a `Literal[...]` part, else None."
+    if not part.startswith("Literal["): return None
+    v = ast.literal_eval(part[len("Literal"):].replace("[", "(", 1)[:-1] + ",)")
+    return list(v)
+
+# %% ../nbs/20_commands.ipynb #49106ae4
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+_TEXT_LISTS = {"list[int]": int, "tuple[int, ...]": int, "list[str]": str, "tuple[str, ...]": str}
+
+class Flag:
+    "One parameter of a verb as a command-line argument."
+    def __init__(self, p: inspect.Parameter, doc: str = "", first: bool = False):
+        self.name, self.default, self.doc = p.name, p.default, doc or ""
+        ann = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
+        self.parts = _split_union(ann)
+        self.required = p.default is inspect.Parameter.empty
+        self.choices = next((c for c in map(_choices, self.parts) if c), None)
+        kinds = {q for q in self.parts if q != "None" and not q.startswith("Literal[")}
+        self.is_bool = "bool" in kinds
+        self.scalars = [q for q in ("int", "float") if q in kinds]
+        self.text = bool(kinds & {"str", "Path"}) or bool(self.choices)
+        self.list_of = next((_TEXT_LISTS[q] for q in kinds if q in _TEXT_LISTS), None)  # comma-separated values
+        self.is_dict = bool(kinds) and all(q == "dict" or q.startswith("dict[") for q in kinds)  # KEY=VALUE pairs
+        plain = {"bool", "int", "float", "str", "Path", *_TEXT_LISTS}
+        # anything else is a Python object, given in a notebook as a variable's name
+        self.objects = [] if self.is_dict else sorted(q for q in kinds - plain if not (self.text and q in ("list", "tuple", "dict")))
+        # before the `*` and required, or the very first parameter: positional (`train mlp`); `data` is always --data
+        self.positional = p.kind == p.POSITIONAL_OR_KEYWORD and (self.required or first) and p.name != "data"
+        self.many = self.positional and self.text and "list" in kinds  # serve a b c
+
+    @property
+    def python_only(self) -> bool:
+        "Takes only a Python object: in a notebook, a variable's name; not on a shell's command line."
+        return bool(self.objects) and not (self.text or self.list_of or self.is_bool or self.scalars)
+
+    def convert(self, text: str):
+        "The value of this flag's text (notebook variables are looked up later, by `run`)."
+        if self.list_of and ("," in text or not (self.text or self.scalars)):
+            try: return [self.list_of(t.strip()) for t in text.split(",") if t.strip()]
+            except ValueError: raise argparse.ArgumentTypeError(f"expected comma-separated {self.list_of.__name__}s like 1,8,64, not {text!r}") from None
+        if self.is_bool and text.lower() in _TRUE + _FALSE: return text.lower() in _TRUE
+        for kind in self.scalars:
+            try: return int(text) if kind == "int" else float(text)
+            except ValueError: pass
+        if self.scalars and not (self.text or self.objects or self.list_of):
+            raise argparse.ArgumentTypeError(f"expected {' or '.join('a whole number' if k == 'int' else 'a number' for k in self.scalars)}, not {text!r}")
+        if self.list_of: return [self.list_of(text)] if self.list_of is str or text.lstrip("-").isdigit() else text
+        return text
+
+    def __repr__(self): return f"Flag({self.name}, {'|'.join(self.parts)})"
+
+# %% ../nbs/20_commands.ipynb #7b79bf8d
+def _help(f: Flag, notebook: bool) -> str:
+    doc = f.doc.replace("%", "%%")
+    if f.objects and notebook: doc += (" " if doc else "") + ("(a notebook variable)" if f.python_only else "(or the name of a notebook variable)")
+    if not f.required and f.default is not None and not (f.is_bool and isinstance(f.default, bool)):
+        shown = ",".join(map(str, f.default)) if isinstance(f.default, (tuple, list)) else f.default
+        doc += f" (default: {shown})".replace("%", "%%")
+    return doc.strip()
+
+def add_flag(parser: argparse.ArgumentParser, f: Flag, notebook: bool = False):
+    "Add parameter `f` to `parser`: positional, switch, choice, list, KEY=VALUE or value."
+    opt, dash = f"--{f.name.replace('_', '-')}", argparse.SUPPRESS
+    kw = dict(help=_help(f, notebook), default=dash, dest=f.name)
+    if f.positional:
+        nargs = "+" if f.many else (None if f.required else "?")
+        return parser.add_argument(f.name, metavar=f.name.upper(), nargs=nargs, type=f.convert, **{k: v for k, v in kw.items() if k != "dest"})
+    if f.is_dict:
+        return parser.add_argument(opt, metavar="KEY=VALUE", action="append", type=_key_value, **kw)
+    if f.parts == ["bool"] or f.parts == ["bool", "None"] or f.parts == ["None", "bool"]:
+        if f.default is True or f.default is None: return parser.add_argument(opt, action=argparse.BooleanOptionalAction, **kw)
+        return parser.add_argument(opt, action="store_true", **kw)
+    if f.is_bool and f.default in (None, False) and f.text:  # --resume, or --resume RUN
+        return parser.add_argument(opt, nargs="?", const=True, type=f.convert, metavar="VALUE", **kw)
+    metavar = ("{" + ",".join(map(str, f.choices)) + "}") if f.choices else ("VAR" if f.python_only else f.name.upper())
+    action = parser.add_argument(opt, metavar=metavar, type=f.convert, required=f.required, **kw)
+    if f.choices: action.choices = [c for c in f.choices] + ([True, False] if f.is_bool else [])
+    if f.is_bool and f.default not in (None, False):  # `--no-progress` for `--progress false`
+        parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_const", const=False, default=dash,
+                            help=f"same as {opt} false")
+    return action
+
+def _key_value(text: str):
+    if "=" not in text: raise argparse.ArgumentTypeError(f"expected KEY=VALUE, not {text!r}")
+    k, v = text.split("=", 1)
+    try: v = ast.literal_eval(v)
+    except (ValueError, SyntaxError): pass
+    return k.strip(), v
+
+# %% ../nbs/20_commands.ipynb #5cee848a
 class CommandError(AimassError): "A command line that does not parse."
+
 class HelpRequested(Exception):
+    "Raised with the help text for `--help`: the front end prints it."
     def __init__(self, text): super().__init__(text); self.text = text
 
 class Parser(argparse.ArgumentParser):
+    "An `ArgumentParser` that raises `CommandError` or `HelpRequested` instead of printing and exiting."
+    def __init__(self, *args, **kwargs):
+        wide = lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=30, width=118)
+        super().__init__(*args, formatter_class=wide, add_help=False, **kwargs)
+        self.add_argument("-h", "--help", action="help", help="show this help")
     def error(self, message):
         raise CommandError(f"{message}\n{self.format_usage().strip()}\nRun `{self.prog} --help` for all options.")
     def print_help(self, file=None): raise HelpRequested(self.format_help())
@@ -26,133 +155,104 @@ class Parser(argparse.ArgumentParser):
         if status: raise CommandError(message or "invalid command")
         raise HelpRequested(message or "")
 
-# %% ../nbs/20_commands.ipynb #6f9150bb
-def _ints(s):
-    try: return [int(x) for x in s.split(",") if x.strip()]
-    except ValueError: raise argparse.ArgumentTypeError(f"expected comma-separated integers like 256,128, not {s!r}") from None
+# %% ../nbs/20_commands.ipynb #33d6d090
+def verb_flags(fn, notebook: bool = False) -> list:
+    "The `Flag`s of function `fn`: every parameter the command line can give (Python objects only in a notebook)."
+    sig, docs, flags = inspect.signature(fn), param_docs(fn), []
+    for i, p in enumerate(sig.parameters.values()):
+        if p.kind == p.VAR_KEYWORD:
+            flags += _kwargs_flags(fn, {f.name for f in flags}); continue
+        if p.kind == p.VAR_POSITIONAL: continue
+        f = Flag(p, docs.get(p.name, ""), first=i == 0)
+        if f.python_only and not notebook: continue
+        flags.append(f)
+    return flags
 
-def _devices(s):
-    if s == "auto": return s
-    if re.fullmatch(r"\d+", s): return int(s)
-    if re.fullmatch(r"\d+(,\d+)+", s): return [int(x) for x in s.split(",")]
-    raise argparse.ArgumentTypeError(f"expected 'auto', a count like 2, or device ids like 0,1, not {s!r}")
+def _kwargs_flags(fn, taken: set) -> list:
+    "Flags for the keyword parameters of `fn.__kwargs_from__()`'s functions; one flag per name, its help naming each function."
+    by_name = {}
+    for g in (fn.__kwargs_from__() if hasattr(fn, "__kwargs_from__") else []):
+        gdocs = param_docs(g)
+        for p in list(inspect.signature(g).parameters.values()):
+            if p.default is p.empty or p.name in taken or p.kind == p.VAR_KEYWORD: continue
+            by_name.setdefault(p.name, []).append((g.__name__, p, gdocs.get(p.name, "")))
+    flags = []
+    for name, uses in by_name.items():
+        ann = "|".join(dict.fromkeys(q for _, p, _ in uses for q in _split_union(p.annotation)))
+        f = Flag(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ann),
+                 "; ".join(f"{g}: {d}" + (f" (default: {_shown(p.default)})" if p.default is not None else "") for g, p, d in uses))
+        flags.append(f)
+    return flags
 
-def _kv(s):
-    if "=" not in s: raise argparse.ArgumentTypeError(f"expected KEY=VALUE, not {s!r}")
-    k, v = s.split("=", 1)
-    try: v = ast.literal_eval(v)
-    except (ValueError, SyntaxError): pass
-    return k, v
+def _shown(v): return ",".join(map(str, v)) if isinstance(v, (tuple, list)) else v
 
-def _add_train(sub):
-    p = sub.add_parser("train", help="train a model and register it", description=
-        "Train MODEL (a template: mlp, cnn, linear; or a variable holding an nn.Module class or instance) on --data and register it. "
-        "With %%aimass train, the cell defines the model.")
-    p.add_argument("model", nargs="?", help="template name or variable (omit in %%%%aimass train: the cell body defines it)")
-    p.add_argument("--data", default="digits", help="dataset name (digits, iris, wine, breast_cancer, diabetes), CSV/Parquet path, or variable (DataFrame or (X, y))")
-    p.add_argument("--target", help="column to predict (CSV, Parquet, DataFrame)")
-    p.add_argument("--task", choices=["classification", "regression"])
-    p.add_argument("--epochs", type=int, default=10); p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=32); p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw"); p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--scheduler", choices=["cosine", "constant"], default="cosine")
-    p.add_argument("--val-size", type=float, default=0.15); p.add_argument("--test-size", type=float, default=0.15)
-    p.add_argument("--accelerator", default="auto", help="auto, cpu, gpu, ...")
-    p.add_argument("--devices", type=_devices, default="auto", help="auto, a count, or ids like 0,1")
-    p.add_argument("--strategy", default="auto", help="Lightning strategy: auto, ddp, ddp_notebook, fsdp, ...")
-    p.add_argument("--precision", help="32-true, 16-mixed, bf16-mixed, ...")
-    p.add_argument("--deterministic", action="store_true")
-    p.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="stop after PATIENCE epochs without a better validation loss")
-    p.add_argument("--name", help="registry name (default: DATA-MODEL)")
-    p.add_argument("--resume", nargs="?", const=True, metavar="RUN", help="continue the newest run of --name, or RUN (id, folder or checkpoint)")
-    p.add_argument("--init-from", metavar="REF_OR_FILE", help="start from a registered version's weights or a weights file")
-    p.add_argument("--hidden", type=_ints, help="mlp hidden sizes, e.g. 256,128")
-    p.add_argument("--channels", type=_ints, help="cnn channels, e.g. 32,64")
-    p.add_argument("--dropout", type=float)
-    p.add_argument("--arg", type=_kv, action="append", default=[], metavar="KEY=VALUE", help="another model argument (repeatable)")
-    p.add_argument("--no-progress", action="store_true", help="no dashboard or progress bar")
+# %% ../nbs/20_commands.ipynb #0c079fae
+def verb_parser(verb: str, prog: str = "aimass", notebook: bool = False, flags: list|None = None) -> Parser:
+    "The parser of `verb`, from its function's signature and docstring."
+    fn = verb_function(verb)
+    p = Parser(prog=f"{prog} {verb}", description=inspect.getdoc(fn))
+    for f in (verb_flags(fn, notebook) if flags is None else flags): add_flag(p, f, notebook)
+    if notebook: p.add_argument("-o", "--out", metavar="NAME", default=None, help="store the result in this notebook variable")
     return p
 
-def _add_registry(sub):
-    p = sub.add_parser("models", help="list registered models, or show one", description="List the registry, a model's versions (NAME), or one version (NAME:vN, NAME@ALIAS).")
-    p.add_argument("ref", nargs="?")
-    p = sub.add_parser("promote", help="point an alias at a version", description="Point NAME@ALIAS at VERSION (the alias history is kept for rollback).")
-    p.add_argument("name"); p.add_argument("version"); p.add_argument("--alias", default="production")
-    p = sub.add_parser("rollback", help="move an alias back to its previous version")
-    p.add_argument("name"); p.add_argument("--alias", default="production")
-    p = sub.add_parser("delete", help="delete a version (NAME:vN) or a whole model (NAME)")
-    p.add_argument("ref"); p.add_argument("--yes", action="store_true", help="needed to delete every version of a NAME")
+# %% ../nbs/20_commands.ipynb #10820c60
+def top_help(prog: str = "aimass") -> str:
+    "The list of verbs, with the first line of each one's docstring."
+    from aimass import __version__
+    width = max(map(len, VERBS))
+    lines = [f"usage: {prog} VERB [options]   (aimass {__version__})", "", "Train, version, export, benchmark and serve models.", "", "verbs:"]
+    lines += [f"  {v:<{width}}  {verb_summary(v)}" for v in VERBS]
+    lines += ["", f"`{prog} VERB --help` lists a verb's options, with their defaults."]
+    if prog.startswith("%"): lines.append("Add -o NAME to store the result in a notebook variable.")
+    return "\n".join(lines)
 
-def _add_later_layers(sub):
-    p = sub.add_parser("export", help="export a registered model to ONNX, with a parity check")
-    p.add_argument("ref"); p.add_argument("--quantize", choices=["int8"]); p.add_argument("--opset", type=int)
-    p.add_argument("--no-optimize", action="store_true"); p.add_argument("--static-batch", action="store_true")
-    p = sub.add_parser("bench", help="benchmark latency and throughput of eager PyTorch vs ONNX Runtime")
-    p.add_argument("ref"); p.add_argument("--backends", default="torch,onnx,onnx-int8,torch-compile")
-    p.add_argument("--batch-sizes", type=_ints, default=[1, 8, 64]); p.add_argument("--threads", type=int, default=1)
-    p = sub.add_parser("predict", help="batch predictions for a file or a variable, resumable with --output")
-    p.add_argument("ref"); p.add_argument("--data", required=True, help="CSV/TSV/Parquet path, or a variable (DataFrame, array, rows)")
-    p.add_argument("--output", metavar="PATH", help="write results here (.csv, .tsv, .parquet); an interrupted run continues where it stopped")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    p.add_argument("--keep", type=lambda s: [c.strip() for c in s.split(",") if c.strip()], metavar="COL,COL", help="input columns to carry into the result (an id, say)")
-    p.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto"); p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--no-progress", action="store_true")
-    p = sub.add_parser("serve", help="serve registered models over HTTP (their own process)", description=
-        "Serve REF over HTTP at /predict; several refs (or NAME=REF pairs) are served at /v1/models/NAME:predict. "
-        "A NAME@ALIAS ref is followed: the server switches versions when the alias moves (promote, rollback).")
-    p.add_argument("ref", nargs="+", help="NAME, NAME:vN, NAME@ALIAS, or PATHNAME=REF"); p.add_argument("--port", type=int); p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--follow", action=argparse.BooleanOptionalAction, help="follow aliases (default: yes for NAME@ALIAS refs)")
-    p.add_argument("--follow-interval", type=float, metavar="SECONDS")
-    p.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto")
-    p.add_argument("--max-batch-size", type=int); p.add_argument("--batch-timeout", type=float)
-    p.add_argument("--workers", type=int); p.add_argument("--timeout", type=float)
-    p.add_argument("--api-key"); p.add_argument("--max-payload", type=int, metavar="BYTES")
-    sub.add_parser("servers", help="list the servers this session started (and clean up stale ones)")
-    p = sub.add_parser("stop", help="stop a server (by name, ref or URL) or --all")
-    p.add_argument("name", nargs="?"); p.add_argument("--all", action="store_true")
-    p = sub.add_parser("loadtest", help="load-test a running server")
-    p.add_argument("target", help="server name or URL on 127.0.0.1"); p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--requests", type=int, default=1000); p.add_argument("--duration", type=float)
-    p.add_argument("--model", help="on a server of several models, which one")
-    p = sub.add_parser("bundle", help="write a standalone deployment folder (server.py, requirements, Dockerfile)")
-    p.add_argument("ref"); p.add_argument("dir"); p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
-    p.add_argument("--port", type=int, default=8000, help="the port server.py listens on by default")
+def _resolve(flags: dict, values: dict, namespace: dict|None) -> dict:
+    "Values with notebook variables looked up (where a parameter takes Python objects) and KEY=VALUE pairs as dicts."
+    out = {}
+    for name, v in values.items():
+        f = flags[name]
+        if f.is_dict and isinstance(v, list) and all(isinstance(x, tuple) for x in v): v = dict(v)
+        if f.many and namespace is not None and len(v) == 1 and v[0].isidentifier() and v[0] in namespace: v = namespace[v[0]]
+        elif f.objects and isinstance(v, str) and namespace is not None and v.isidentifier() and v in namespace: v = namespace[v]
+        elif f.python_only:
+            raise CommandError(f"--{name.replace('_', '-')} takes the name of a notebook variable; there is no variable {v!r}.")
+        out[name] = v
+    return out
 
-def build_parser(prog="aimass") -> Parser:
-    "The parser shared by `%aimass` and the `aimass` command."
-    p = Parser(prog=prog, description="Train, version, export, benchmark and serve models.",
-               epilog="Add -o NAME (in a notebook) to store the result in a variable.")
-    p.add_argument("--version", dest="show_version", action="store_true", help="print aimass's version")
-    sub = p.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
-    _add_train(sub); _add_registry(sub); _add_later_layers(sub)
-    for name, sp in sub.choices.items():
-        sp.prog = f"{prog} {name}"
-        sp.add_argument("-o", "--out", metavar="NAME", help="store the result in this notebook variable")
-    return p
+# %% ../nbs/20_commands.ipynb #105664ee
+def run(argv, namespace: dict|None = None, cell: str|None = None, prog: str = "aimass"):
+    "Parse `argv` (a list, or a command line as one string) and run its verb; returns `(result, name to store it under)`."
+    if isinstance(argv, str):
+        try: argv = shlex.split(argv)
+        except ValueError as e: raise CommandError(f"Cannot split the command line: {e}.") from None
+    if not argv or argv[0] in ("-h", "--help", "help"): raise HelpRequested(top_help(prog))
+    if argv[0] == "--version":
+        from aimass import __version__
+        return __version__, None
+    verb, rest = argv[0], argv[1:]
+    if verb not in VERBS:
+        near = difflib.get_close_matches(verb, VERBS, n=1)
+        raise CommandError(f"Unknown verb {verb!r}" + (f": did you mean {near[0]}?" if near else ".") + f" Verbs: {', '.join(VERBS)}.")
+    if cell is not None and verb != "train": raise CommandError(f"%%{prog.lstrip('%')} works with train (the cell defines the model), not {verb}.")
+    notebook, fn = namespace is not None, verb_function(verb)
+    flags = verb_flags(fn, notebook)
+    values = vars(verb_parser(verb, prog, notebook, flags).parse_args(rest))
+    out = values.pop("out", None)
+    kwargs = _resolve({f.name: f for f in flags}, values, namespace)
+    if cell is not None:
+        if "model" in kwargs: raise CommandError("%%aimass train takes the model from the cell: leave out the MODEL argument.")
+        kwargs["model"], cell_kwargs = _model_from_cell(cell, namespace if namespace is not None else {})
+        if cell_kwargs: kwargs["model_kwargs"] = {**cell_kwargs, **kwargs.get("model_kwargs", {})}
+    return fn(**kwargs), out
 
-# %% ../nbs/20_commands.ipynb #5718ae2f
-def _lookup(value, namespace):
-    "A variable from the notebook, else the string itself (a dataset name, path or template)."
-    if namespace is not None and isinstance(value, str) and value.isidentifier() and value in namespace: return namespace[value]
-    return value
-
-def _check_data(value, namespace):
-    from aimass.data import BUILTIN_DATASETS
-    if isinstance(value, str) and value.isidentifier() and value not in BUILTIN_DATASETS and not Path(value).exists():
-        where = " or variable" if namespace is not None else ""
-        raise AimassError(f"No dataset, file{where} named {value!r}. Use a built-in dataset ({', '.join(BUILTIN_DATASETS)}), "
-                          f"a .csv/.parquet path{', or the name of a DataFrame or (X, y) variable' if namespace is not None else ''}.")
-    return value
-
+# %% ../nbs/20_commands.ipynb #d1e7041c
 def _model_from_cell(cell: str, namespace: dict):
     "Run the cell in the notebook's namespace; return `(model, kwargs)`: its last expression, or the last nn.Module class it defines."
     import torch.nn as nn
+    from IPython import get_ipython
     tree = ast.parse(cell)
     last_expr = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
-    before = set(namespace)
-    from IPython import get_ipython
-    ip = get_ipython()
-    src = ast.unparse(ast.Module(tree.body, [])) if tree.body else ""
+    ip, src = get_ipython(), ast.unparse(ast.Module(tree.body, [])) if tree.body else ""
     if src:
         res = ip.run_cell(src, store_history=False) if ip is not None else None
         if res is None: exec(compile(src, "<aimass cell>", "exec"), namespace)
@@ -160,104 +260,14 @@ def _model_from_cell(cell: str, namespace: dict):
     if last_expr is not None:
         call = last_expr.value
         if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and isinstance(namespace.get(call.func.id), type):
-            # `Net(64, 10, width=48)`: keep the class and its literal arguments, so the registry can rebuild it
-            try:
+            try:  # `Net(64, 10, width=48)`: the class and its literal arguments, so the registry can rebuild it
                 args = [ast.literal_eval(a) for a in call.args]
                 kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg}
-                import inspect
                 cls = namespace[call.func.id]
                 return cls, dict(inspect.signature(cls).bind(*args, **kwargs).arguments)
-            except (ValueError, TypeError, SyntaxError): pass  # not literals: fall back to the instance
+            except (ValueError, TypeError, SyntaxError): pass  # not literals: the instance itself
         return eval(compile(ast.Expression(call), "<aimass cell>", "eval"), namespace), None
-    defined = [namespace[n] for n in [c.name for c in tree.body if isinstance(c, ast.ClassDef)]
-               if isinstance(namespace.get(n), type) and issubclass(namespace[n], nn.Module)]
+    defined = [namespace[c.name] for c in tree.body if isinstance(c, ast.ClassDef)
+               if isinstance(namespace.get(c.name), type) and issubclass(namespace[c.name], nn.Module)]
     if not defined: raise AimassError("The cell defines no nn.Module: define a model class, or end the cell with a model expression like Net(64, 10).")
     return defined[-1], None
-
-# %% ../nbs/20_commands.ipynb #be27af07
-def _train(a, namespace, cell):
-    from aimass.train import train
-    kw = dict(a.arg)
-    if cell is not None and a.model is None:
-        model, cell_kwargs = _model_from_cell(cell, namespace if namespace is not None else {})
-        kw.update(cell_kwargs or {})
-    elif a.model is None: model = "mlp"
-    else: model = _lookup(a.model, namespace)
-    data = _lookup(a.data, namespace)
-    if isinstance(data, str): _check_data(data, namespace)
-    for k in ("hidden", "channels", "dropout"):
-        if getattr(a, k) is not None: kw[k] = getattr(a, k)
-    return train(model, data, target=a.target, task=a.task, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, seed=a.seed,
-                 optimizer=a.optimizer, weight_decay=a.weight_decay, scheduler=a.scheduler, val_size=a.val_size,
-                 test_size=a.test_size, accelerator=a.accelerator, devices=a.devices, strategy=a.strategy,
-                 precision=a.precision, deterministic=a.deterministic, early_stopping=a.early_stopping, name=a.name,
-                 resume=a.resume, init_from=a.init_from, progress=False if a.no_progress else "auto", model_kwargs=kw or None)
-
-def _models(a, namespace, cell):
-    from aimass import registry as r
-    if a.ref is None: return r.list_models()
-    if ":" in a.ref or "@" in a.ref: return r.show(a.ref)
-    return r.list_models(r.Registry().resolve(a.ref).name)
-
-def _delete(a, namespace, cell):
-    from aimass import registry as r
-    from aimass.core import parse_ref
-    ref = parse_ref(a.ref)
-    if ref.version is None and ref.alias is None and not a.yes:
-        raise AimassError(f"This deletes every version of {ref.name}; add --yes to confirm, or name one version like {ref.name}:v1.")
-    return r.delete(a.ref)
-
-def _later(verb):
-    def call(a, namespace, cell):
-        import importlib
-        mod = importlib.import_module(f"aimass.{verb}")
-        return _LATER_CALLS[verb](mod, a, namespace)
-    return call
-
-_LATER_CALLS = {
-    "export": lambda m, a, ns: m.export(a.ref, quantize=a.quantize, opset=a.opset, optimize=not a.no_optimize, dynamic_batch=not a.static_batch),
-    "bench": lambda m, a, ns: m.bench(a.ref, backends=tuple(b.strip() for b in a.backends.split(",") if b.strip()), batch_sizes=tuple(a.batch_sizes), threads=a.threads),
-    "serve": lambda m, a, ns: m.serve(_serve_refs(a.ref), **{k: v for k, v in dict(port=a.port, host=a.host, backend=a.backend, max_batch_size=a.max_batch_size,
-                                        batch_timeout=a.batch_timeout, workers=a.workers, timeout=a.timeout, api_key=a.api_key,
-                                        max_payload=a.max_payload, follow=a.follow, follow_interval=a.follow_interval).items() if v is not None}),
-    "loadtest": lambda m, a, ns: m.loadtest(_lookup(a.target, ns), concurrency=a.concurrency, requests=a.requests, duration=a.duration, model=a.model),
-    "predict": lambda m, a, ns: m.predict(a.ref, _lookup(a.data, ns), output=a.output, overwrite=a.overwrite, keep=a.keep,
-                                          backend=a.backend, batch_size=a.batch_size, progress=False if a.no_progress else "auto"),
-    "bundle": lambda m, a, ns: m.bundle(a.ref, a.dir, overwrite=a.overwrite, port=a.port),
-}
-
-def _serve_refs(refs: list):
-    "One ref as is; several as a list, or a dict when given as NAME=REF."
-    named = [r for r in refs if "=" in r]
-    if not named: return refs[0] if len(refs) == 1 else refs
-    if len(named) != len(refs): raise AimassError("Name all served models (NAME=REF ...) or none.")
-    return dict(r.split("=", 1) for r in refs)
-
-def _servers(a, namespace, cell):
-    from aimass.serve import servers
-    return servers()
-
-def _stop(a, namespace, cell):
-    from aimass.serve import stop
-    if not a.name and not a.all: raise AimassError("Say which server to stop (its name, ref or URL), or --all.")
-    return stop(a.name, all=a.all)
-
-VERBS = {"train": _train, "models": _models, "delete": _delete,
-         "promote": lambda a, ns, c: __import__("aimass.registry").registry.promote(a.name, a.version, a.alias),
-         "rollback": lambda a, ns, c: __import__("aimass.registry").registry.rollback(a.name, a.alias),
-         "export": _later("export"), "bench": _later("bench"), "serve": _later("serve"), "loadtest": _later("loadtest"),
-         "predict": _later("predict"), "bundle": _later("bundle"),
-         "servers": _servers, "stop": _stop}
-
-def run(argv, namespace: dict|None = None, cell: str|None = None, prog="aimass"):
-    "Parse `argv` (a list or a command-line string) and run its verb; returns `(result, out_name)`."
-    if isinstance(argv, str):
-        try: argv = shlex.split(argv)
-        except ValueError as e: raise CommandError(f"Cannot split the command line: {e}.") from None
-    a = build_parser(prog).parse_args(argv)
-    if a.show_version:
-        from aimass import __version__
-        return __version__, None
-    if a.verb is None: raise HelpRequested(build_parser(prog).format_help())
-    if cell is not None and a.verb != "train": raise CommandError(f"%%{prog} works with train (the cell defines the model), not {a.verb}.")
-    return VERBS[a.verb](a, namespace, cell), a.out

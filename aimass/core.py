@@ -12,7 +12,7 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['AimassError', 'aimass_home', 'Ref', 'parse_ref', 'check_name', 'atomic_write_bytes', 'atomic_write_json', 'pid_alive',
-           'patch_to', 'make_module_callable', 'in_notebook']
+           'patch_to', 'param_docs', 'with_options', 'split_options', 'in_notebook']
 
 # %% ../nbs/00_core.ipynb #42aa9767
 class AimassError(ValueError):
@@ -95,17 +95,82 @@ def patch_to(cls, name: str|None = None):
         return f
     return deco
 
-# %% ../nbs/00_core.ipynb #0742a272
-import sys, types
+# %% ../nbs/00_core.ipynb #fa6438dc
+import ast, dataclasses, inspect, io, textwrap, tokenize
 
-def make_module_callable(module_name: str, func_name: str):
-    "Let `module_name` be called as its function `func_name` (skipped for a notebook's `__main__`)."
-    if module_name == "__main__" or module_name not in sys.modules: return
-    mod = sys.modules[module_name]
-    class CallableModule(types.ModuleType):
-        def __call__(self, *args, **kwargs): return getattr(self, func_name)(*args, **kwargs)
-        def __repr__(self): return f"<aimass verb {module_name}: call it like {func_name}(...)>"
-    mod.__class__ = CallableModule
+def _comments(src: str) -> dict:
+    "Line number -> text of the comment that ends that line."
+    out = {}
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+            if tok.type == tokenize.COMMENT: out[tok.start[0]] = tok.string.lstrip("#").strip()
+    except (tokenize.TokenError, IndentationError): pass
+    return out
+
+def _docs_at(spans: list, comments: dict, lines: list) -> dict:
+    "`spans`: (name, first line, last line) in order; each name's comment on its last line, plus comment-only lines after it."
+    docs = {}
+    for i, (name, first, last) in enumerate(spans):
+        nxt = spans[i+1][1] if i + 1 < len(spans) else None
+        if nxt == last: continue  # the next one starts on this line: the comment is the next one's
+        parts, ln = [comments[last]] if last in comments else [], last + 1
+        while parts and ln in comments and lines[ln-1].strip().startswith("#") and (nxt is None or ln < nxt):
+            parts.append(comments[ln]); ln += 1
+        if parts: docs[name] = " ".join(parts)
+    return docs
+
+def param_docs(obj) -> dict:
+    """`{parameter: description}` for a function's parameters or a dataclass's fields, from the comment that ends
+    each one's line. Options a function takes through `with_options` are described where they are declared."""
+    try: src = textwrap.dedent(inspect.getsource(obj))
+    except (OSError, TypeError): src = None
+    docs = {}
+    if src:
+        lines, comments = src.splitlines(), _comments(src)
+        node = ast.parse(src).body[0]
+        if isinstance(node, ast.ClassDef):
+            spans = [(st.target.id, st.lineno, st.end_lineno) for st in node.body
+                     if isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name)]
+        else:
+            a = node.args
+            pos = a.posonlyargs + a.args
+            dflt = dict(zip([x.arg for x in pos[len(pos)-len(a.defaults):]], a.defaults))
+            dflt.update({x.arg: d for x, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None})
+            params = pos + ([a.vararg] if a.vararg else []) + a.kwonlyargs + ([a.kwarg] if a.kwarg else [])
+            spans = sorted(((p.arg, p.lineno, (dflt.get(p.arg) or p).end_lineno) for p in params), key=lambda t: t[1])
+        docs = _docs_at(spans, comments, lines)
+    opts = getattr(obj, "__options__", None)
+    if opts: docs = {**param_docs(opts[0]), **docs}
+    return docs
+
+# %% ../nbs/00_core.ipynb #61aadbb1
+def with_options(options_cls, exclude=()):
+    """Decorator: the function's `**options` are the fields of dataclass `options_cls` (but `exclude`); its
+    signature shows them as keyword-only parameters with the dataclass's defaults."""
+    def deco(f):
+        sig = inspect.signature(f)
+        params = [p for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD]
+        have = {p.name for p in params}
+        extra = []
+        for fld in dataclasses.fields(options_cls):
+            if fld.name in exclude or fld.name in have or not fld.init: continue
+            if fld.default is not dataclasses.MISSING: default = fld.default
+            elif fld.default_factory is not dataclasses.MISSING: default = fld.default_factory()
+            else: continue
+            extra.append(inspect.Parameter(fld.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=fld.type))
+        f.__signature__ = sig.replace(parameters=params + extra)
+        f.__options__ = (options_cls, tuple(p.name for p in extra))
+        return f
+    return deco
+
+def split_options(f, kwargs: dict) -> tuple[dict, dict]:
+    "`(options for f's options class, the rest)`; an unknown keyword is an `AimassError` that lists the known ones."
+    cls, names = f.__options__
+    bad = [k for k in kwargs if k not in names]
+    if bad:
+        known = [p for p in inspect.signature(f).parameters]
+        raise AimassError(f"{f.__name__}() got unknown option(s) {', '.join(bad)}; it takes: {', '.join(known)}.")
+    return {k: v for k, v in kwargs.items() if k in names}, {k: v for k, v in kwargs.items() if k not in names}
 
 # %% ../nbs/00_core.ipynb #21bfad59
 def in_notebook() -> bool:

@@ -26,7 +26,9 @@ def _template(f):
 def _flat(shape): return int(np.prod(shape))
 
 @_template
-def mlp(input_shape, num_outputs, hidden=(256, 128), dropout=0.1):
+def mlp(input_shape, num_outputs,
+        hidden: int|list[int] = (256, 128),  # sizes of the hidden layers
+        dropout: float = 0.1):  # dropout after each hidden layer
     "Multi-layer perceptron on flattened inputs: `hidden` sizes with ReLU and dropout."
     hidden = [hidden] if isinstance(hidden, int) else list(hidden)
     layers, width = [nn.Flatten()], _flat(input_shape)
@@ -34,7 +36,10 @@ def mlp(input_shape, num_outputs, hidden=(256, 128), dropout=0.1):
     return nn.Sequential(*layers, nn.Linear(width, num_outputs))
 
 @_template
-def cnn(input_shape, num_outputs, channels=(32, 64), hidden=128, dropout=0.1):
+def cnn(input_shape, num_outputs,
+        channels: int|list[int] = (32, 64),  # channels of each convolution block
+        hidden: int = 128,  # width of the dense layer
+        dropout: float = 0.1):  # dropout before the output layer
     "Small image classifier: conv-ReLU blocks (max-pooled while the image is at least 4 pixels wide), then a dense head."
     if len(input_shape) == 2: input_shape = (1, *input_shape)
     if len(input_shape) != 3:

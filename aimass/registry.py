@@ -7,7 +7,7 @@ Docs: https://aimass.github.io/aimass/registry.html.md"""
 # %% ../nbs/03_registry.ipynb #dfece661
 from __future__ import annotations
 import json, os, shutil, sqlite3, time, uuid, contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np
@@ -15,8 +15,8 @@ import pandas as pd
 from .core import AimassError, Ref, aimass_home, atomic_write_json, check_name, parse_ref, patch_to, pid_alive
 
 # %% auto #0
-__all__ = ['ModelVersion', 'Registry', 'LoadedModel', 'registry', 'list_models', 'show', 'load', 'delete', 'set_alias',
-           'rollback', 'promote']
+__all__ = ['Record', 'TargetInfo', 'ExportInfo', 'BenchInfo', 'ModelCard', 'ModelVersion', 'Registry', 'LoadedModel',
+           'list_models', 'show', 'load', 'delete', 'set_alias', 'promote', 'rollback']
 
 # %% ../nbs/03_registry.ipynb #d1b252dc
 _SCHEMA = """
@@ -33,22 +33,185 @@ CREATE TABLE IF NOT EXISTS alias_history (
 def _now(): return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 # %% ../nbs/03_registry.ipynb #878ee481
+def _from_dict(cls, d: dict):
+    "An instance of dataclass `cls` from `d`: known keys as fields, the rest in `extra` (when `cls` has it)."
+    names = {f.name for f in fields(cls)}
+    kw = {k: v for k, v in d.items() if k in names and k != "extra"}
+    rest = {k: v for k, v in d.items() if k not in names}
+    if "extra" in names: kw["extra"] = {**d.get("extra", {}), **rest}
+    return cls(**kw)
+
+def _to_dict(obj) -> dict:
+    "The dataclass as plain JSON data: `None` sub-records dropped, `extra` keys put back at the top."
+    d = {f.name: getattr(obj, f.name) for f in fields(obj)}
+    extra = d.pop("extra", {})
+    return {**{k: _plain(v) for k, v in d.items() if v is not None}, **extra}
+
+def _plain(v):
+    "Dataclasses (in lists and dicts too) as dicts."
+    if hasattr(v, "__dataclass_fields__"): return _to_dict(v)
+    if isinstance(v, (list, tuple)): return [_plain(x) for x in v]
+    if isinstance(v, dict): return {k: _plain(x) for k, x in v.items()}
+    return v
+
+class Record:
+    "A card or a part of one: `from_dict` (unknown keys kept in `extra` where there is one) and `to_dict`, as JSON data."
+    @classmethod
+    def from_dict(cls, d: dict): return _from_dict(cls, d)
+    def to_dict(self) -> dict: return _to_dict(self)
+
+# %% ../nbs/03_registry.ipynb #75136330
+@dataclass
+class TargetInfo(Record):
+    "What a model predicts, and for regression the scale its network's outputs are in."
+    name: str|None = None  # the target column
+    mean: float = 0.0  # regression: the network predicts (y - mean) / std of the training split
+    std: float = 1.0
+
+# %% ../nbs/03_registry.ipynb #56608355
+@dataclass
+class ExportInfo(Record):
+    "The card's record of an ONNX export: which files there are, what they take, and whether they passed their checks."
+    files: dict = field(default_factory=dict)  # variant (fp32, fp32-opt, int8) -> file, relative to the version folder
+    inputs: str = "raw"  # raw: rows go in as they are; preprocessed: run the stored preprocessing first
+    input_name: str = "input"
+    input_shape: list = field(default_factory=lambda: [None])  # None: any batch size
+    output_name: str = "probs"
+    checks: dict = field(default_factory=dict)  # variant -> passed its parity (fp32) or accuracy (int8) check
+    passed: bool = True  # every variant passed
+    format: str = "onnx"
+    exporter: str|None = None  # dynamo or legacy
+    opset: int|None = None
+    ir_version: int|None = None
+    max_abs_err: dict = field(default_factory=dict)  # variant -> worst difference from PyTorch on held-out rows
+    metrics: dict = field(default_factory=dict)  # variant -> test metrics ('torch': the eager reference)
+    report: str|None = None  # the full report, relative to the version folder
+    dtype: str = "float32"
+    note: str = ""
+    torch: str|None = None
+    onnxruntime: str|None = None
+    created_at: str|None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def usable(self) -> list:
+        "Variants whose checks passed."
+        return [v for v in self.files if self.checks.get(v, True)]
+
+# %% ../nbs/03_registry.ipynb #baa29af8
+@dataclass
+class BenchInfo(Record):
+    "The card's record of a benchmark: the fastest backend and the latencies behind that choice."
+    best_backend: str|None = None  # fastest at batch size 1 among the eligible backends: serve and predict use it
+    best_backend_overall: str|None = None  # fastest over all batch sizes (geometric mean of p50)
+    p50_ms: dict = field(default_factory=dict)  # backend -> batch size -> median latency
+    throughput: dict = field(default_factory=dict)  # backend -> batch size -> rows/s
+    speedup_vs_torch: dict = field(default_factory=dict)
+    metric_name: str|None = None
+    metric: dict = field(default_factory=dict)  # backend -> test metric
+    threads: int = 1
+    batch_sizes: list = field(default_factory=list)
+    skipped: dict = field(default_factory=dict)  # backend -> why it did not run
+    setup_s: dict = field(default_factory=dict)
+    eligible: list = field(default_factory=list)  # backends whose export checks passed
+    files: dict = field(default_factory=dict)
+    machine: dict = field(default_factory=dict)
+    torch: str|None = None
+    onnxruntime: str|None = None
+    created_at: str|None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def prefers_torch(self) -> bool:
+        "The benchmark found eager or compiled PyTorch fastest for single rows."
+        return str(self.best_backend or "").lower().startswith(("torch", "eager", "pytorch"))
+
+# %% ../nbs/03_registry.ipynb #ca75017e
+@dataclass
+class ModelCard(Record):
+    "Everything needed to use a registered version again: its `model.json`."
+    task: str  # classification or regression
+    spec: dict = field(default_factory=dict)  # how to rebuild the network (aimass.models.model_from_spec)
+    preprocessor: dict = field(default_factory=dict)  # raw rows -> model inputs (aimass.data.Preprocessor)
+    input_shape: list = field(default_factory=list)  # one preprocessed row
+    num_outputs: int = 1  # classes, or 1 for regression
+    classes: list|None = None  # class names, in the order of the outputs
+    model: str|None = None  # what was trained: a template or class name
+    target: TargetInfo = field(default_factory=TargetInfo)
+    schema: dict|None = None  # what one raw row must look like (from the preprocessor; kept for readers without aimass)
+    metrics: dict = field(default_factory=dict)  # {'test': {...}, 'val': {...}}
+    hparams: dict = field(default_factory=dict)  # how it was trained
+    status: str|None = None  # how training ended: completed, stopped, interrupted, early-stopped
+    data: dict = field(default_factory=dict)  # the data: name, fingerprint, rows per split
+    run: dict = field(default_factory=dict)  # the training run: folder, checkpoint, epochs, seconds
+    name: str|None = None  # set by the registry
+    version: int|None = None  # set by the registry
+    created_at: str|None = None  # set by the registry
+    export: ExportInfo|None = None  # set by aimass.export
+    bench: BenchInfo|None = None  # set by aimass.bench
+    extra: dict = field(default_factory=dict)  # keys this version of aimass does not know, kept as they are
+
+    def __post_init__(self):
+        for name, cls in (("target", TargetInfo), ("export", ExportInfo), ("bench", BenchInfo)):
+            v = getattr(self, name)
+            if isinstance(v, dict): setattr(self, name, _from_dict(cls, v))
+        if self.task not in ("classification", "regression"):
+            raise AimassError(f"A model card's task must be 'classification' or 'regression', not {self.task!r}.")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelCard:
+        "A card from `model.json`'s contents (also one written by an earlier aimass)."
+        d = dict(d)
+        if "data_name" in d:  # before 0.1: the data's name had a key of its own
+            d["data"] = {"name": d.pop("data_name"), **(d.get("data") or {})}
+        return _from_dict(cls, d)
+
+    @classmethod
+    def read(cls, folder) -> ModelCard:
+        "The card of the version in `folder`; an `AimassError` naming the file when it cannot be read."
+        path = Path(folder)/"model.json"
+        try: return cls.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as e:
+            raise AimassError(f"Cannot read the model card {path}: {e}") from None
+
+    @property
+    def ref(self) -> str: return f"{self.name}:v{self.version}"
+    @property
+    def data_name(self) -> str|None: return self.data.get("name")
+    @property
+    def test_metrics(self) -> dict: return self.metrics.get("test", {})
+
+    def preprocessing(self):
+        "The stored preprocessing, ready to transform raw rows."
+        from aimass.data import Preprocessor
+        return Preprocessor.from_dict(self.preprocessor)
+
+    def onnx_variant(self) -> str|None:
+        "Which exported file to run: the benchmark's pick when it names one, else the optimized fp32 graph, else plain fp32."
+        if self.export is None or self.export.format != "onnx": return None
+        ok, best = self.export.usable, str(self.bench.best_backend or "").lower() if self.bench else ""
+        for v in sorted(ok, key=len, reverse=True):  # 'fp32-opt' before 'fp32'
+            if v.lower() in best: return v
+        for v in ("fp32-opt", "fp32"):
+            if v in ok: return v
+        return ok[0] if ok else None
+
+# %% ../nbs/03_registry.ipynb #6ffd7368
 @dataclass
 class ModelVersion:
     "One registered version: its name, number, folder and card (`model.json`)."
     name: str
     version: int
     path: Path
-    card: dict
+    card: ModelCard
     @property
     def ref(self) -> str: return f"{self.name}:v{self.version}"
     @property
-    def metrics(self) -> dict: return self.card.get("metrics", {})
+    def metrics(self) -> dict: return self.card.metrics
     def file(self, *parts) -> Path: return self.path.joinpath(*parts)
     def __repr__(self):
-        test = self.metrics.get("test", {})
-        m = ", ".join(f"{k}={v:.4g}" for k, v in test.items())
-        return f"ModelVersion({self.ref}, {self.card.get('task')}, {self.card.get('created_at')}{', ' + m if m else ''})"
+        m = ", ".join(f"{k}={v:.4g}" for k, v in self.card.test_metrics.items())
+        return f"ModelVersion({self.ref}, {self.card.task}, {self.card.created_at}{', ' + m if m else ''})"
 
 # %% ../nbs/03_registry.ipynb #85d5b238
 class Registry:
@@ -107,8 +270,9 @@ def _clean_leftovers(model_dir: Path, known: set):
             shutil.rmtree(p, ignore_errors=True)
 
 @patch_to(Registry)
-def save(self, name: str, card: dict, state_dict=None, files: dict|None = None) -> ModelVersion:
+def save(self, name: str, card: ModelCard|dict, state_dict=None, files: dict|None = None) -> ModelVersion:
     "Register a new version of `name` with its `card`, weights `state_dict` and extra `files` ({filename: bytes, str or Path})."
+    card = ModelCard.from_dict(card) if isinstance(card, dict) else card
     check_name(name)
     model_dir = self.models_dir/name
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -121,8 +285,8 @@ def save(self, name: str, card: dict, state_dict=None, files: dict|None = None) 
             rows = db.execute("SELECT version, deleted FROM versions WHERE name=?", (name,)).fetchall()
             _clean_leftovers(model_dir, {v for v, d in rows if not d})
             version = max([v for v, _ in rows], default=0) + 1
-            card = {**card, "name": name, "version": version, "created_at": card.get("created_at") or _now()}
-            atomic_write_json(staging/"model.json", card)
+            card = replace(card, name=name, version=version, created_at=card.created_at or _now())
+            atomic_write_json(staging/"model.json", card.to_dict())
             _fsync_dir(staging)
             final = model_dir/f"v{version}"
             os.rename(staging, final)
@@ -134,11 +298,10 @@ def save(self, name: str, card: dict, state_dict=None, files: dict|None = None) 
     return ModelVersion(name, version, final, card)
 
 @patch_to(Registry)
-def _insert_version(self, db, card):
-    summary = {k: card.get(k) for k in ("model", "data_name", "status") if card.get(k) is not None}
+def _insert_version(self, db, card: ModelCard):
+    summary = {k: v for k, v in (("model", card.model), ("data_name", card.data_name), ("status", card.status)) if v is not None}
     db.execute("INSERT INTO versions (name, version, created_at, task, metrics, summary) VALUES (?, ?, ?, ?, ?, ?)",
-               (card["name"], card["version"], card["created_at"], card.get("task"),
-                json.dumps(card.get("metrics", {}).get("test", {})), json.dumps(summary)))
+               (card.name, card.version, card.created_at, card.task, json.dumps(card.test_metrics), json.dumps(summary)))
 
 # %% ../nbs/03_registry.ipynb #ca2d0769
 @patch_to(Registry)
@@ -173,8 +336,8 @@ def get(self, ref) -> ModelVersion:
     "The `ModelVersion` a ref points to."
     r = self.resolve(ref)
     path = self.models_dir/r.name/f"v{r.version}"
-    try: card = json.loads((path/"model.json").read_text())
-    except (OSError, ValueError) as e:
+    try: card = ModelCard.read(path)
+    except AimassError as e:
         raise AimassError(f"{r} is recorded but its card cannot be read ({e}); delete it with delete({str(r)!r}).") from None
     return ModelVersion(r.name, r.version, path, card)
 
@@ -258,8 +421,8 @@ def delete(self, ref) -> list:
     return [f"{r.name}:v{v}" for v in doomed]
 
 @patch_to(Registry)
-def put_files(self, ref, subdir: str, files: dict, card_key: str|None = None, card_value=None) -> ModelVersion:
-    "Atomically replace folder `subdir` of a version with `files` ({name: bytes or path}); set `card[card_key]`."
+def put_files(self, ref, subdir: str, files: dict, **card_fields) -> ModelVersion:
+    "Atomically replace folder `subdir` of a version with `files` ({name: bytes or path}); set the card's `card_fields`."
     mv = self.get(ref)
     staging = mv.path/f".staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
@@ -270,10 +433,9 @@ def put_files(self, ref, subdir: str, files: dict, card_key: str|None = None, ca
         with self._write():  # one writer at a time swaps folders and rewrites the card
             if target.exists(): os.rename(target, old)
             os.rename(staging, target)
-            if card_key:
-                card = json.loads((mv.path/"model.json").read_text())
-                card[card_key] = card_value
-                atomic_write_json(mv.path/"model.json", card)
+            if card_fields:
+                card = replace(ModelCard.read(mv.path), **card_fields)  # read again: another writer may have changed it
+                atomic_write_json(mv.path/"model.json", card.to_dict())
                 mv.card = card
         shutil.rmtree(old, ignore_errors=True)
     finally: shutil.rmtree(staging, ignore_errors=True)
@@ -286,9 +448,8 @@ class LoadedModel:
         from aimass.models import Predictor
         c = version.card
         self.version, self.card, self.net, self.preprocessor = version, c, net.eval(), preprocessor
-        self.task, self.classes = c["task"], c.get("classes")
-        tgt = c.get("target") or {}
-        self.predictor = Predictor(self.net, self.task, tgt.get("mean", 0.0), tgt.get("std", 1.0)).eval()
+        self.task, self.classes = c.task, c.classes
+        self.predictor = Predictor(self.net, self.task, c.target.mean, c.target.std).eval()
 
     @property
     def ref(self): return self.version.ref
@@ -312,22 +473,58 @@ class LoadedModel:
 @patch_to(Registry)
 def load(self, ref) -> LoadedModel:
     "Rebuild the model `ref` points to, with its weights and preprocessing."
-    from aimass.data import Preprocessor
     from aimass.models import model_from_spec, load_weights, read_state_dict
     mv = self.get(ref)
     c = mv.card
-    net = model_from_spec(c["spec"], c.get("input_shape"), c.get("num_outputs"))
+    if not c.spec: raise AimassError(f"{mv.ref}'s card says nothing of how to rebuild its network (no spec): it cannot be loaded.")
+    net = model_from_spec(c.spec, c.input_shape, c.num_outputs)
     load_weights(net, read_state_dict(mv.file("weights.safetensors")))
-    return LoadedModel(mv, net, Preprocessor.from_dict(c["preprocessor"]))
+    return LoadedModel(mv, net, c.preprocessing())
 
 # %% ../nbs/03_registry.ipynb #a20dcab0
-def registry() -> Registry: return Registry()
-def list_models(name=None) -> pd.DataFrame: return Registry().list(name)
-def show(ref) -> ModelVersion: return Registry().get(ref)
-def load(ref) -> LoadedModel: return Registry().load(ref)
-def delete(ref) -> list: return Registry().delete(ref)
-def set_alias(name, alias, version) -> Ref: return Registry().set_alias(name, alias, version)
-def rollback(name, alias="production") -> Ref: return Registry().rollback(name, alias)
-def promote(name, version, alias="production") -> Ref:
-    "Point `name@alias` at `version` (`set_alias` with the arguments in the order people say it); servers on the alias follow."
+def list_models(ref: str|None = None,  # NAME: its versions; NAME:vN or NAME@ALIAS: that version; none: every model
+                ) -> pd.DataFrame:
+    "A table of registered versions with their aliases and test metrics."
+    reg = Registry()
+    if ref is None: return reg.list()
+    r = parse_ref(ref)
+    table = reg.list(reg.resolve(r).name)
+    if r.version is None and r.alias is None: return table
+    return table[table.version == f"v{reg.resolve(r).version}"].reset_index(drop=True)
+
+def show(ref: str,  # NAME (its latest version), NAME:vN or NAME@ALIAS
+         ) -> ModelVersion:
+    "One registered version: its folder and its card."
+    return Registry().get(ref)
+
+def load(ref: str,  # NAME (its latest version), NAME:vN or NAME@ALIAS
+         ) -> LoadedModel:
+    "The model `ref` points to, rebuilt with its weights and preprocessing: `predict(rows)` takes raw rows."
+    return Registry().load(ref)
+
+def delete(ref: str,  # NAME:vN or NAME@ALIAS: that version; NAME: every version (with all_versions)
+           *, all_versions: bool = False,  # confirm that a bare NAME means every one of its versions
+           ) -> list:
+    "Delete registered versions (their numbers are never reused); returns the refs deleted."
+    r = parse_ref(ref)
+    if r.version is None and r.alias is None and not all_versions:
+        raise AimassError(f"This deletes every version of {r.name}: pass all_versions=True (--all-versions), "
+                          f"or name one version like {r.name}:v1.")
+    return Registry().delete(ref)
+
+def set_alias(name: str, alias: str, version) -> Ref:
+    "Point `name@alias` at `version` (a number, 'v3' or a ref)."
     return Registry().set_alias(name, alias, version)
+
+def promote(name: str,  # the model
+            version: str,  # the version the alias moves to: 3, v3 or a ref
+            alias: str = "production",  # the alias to move; servers that follow it switch without dropping a request
+            ) -> Ref:
+    "Point `name@alias` at `version`; the alias's history is kept, so `rollback` can undo it."
+    return Registry().set_alias(name, alias, version)
+
+def rollback(name: str,  # the model
+             alias: str = "production",  # the alias to move back
+             ) -> Ref:
+    "Move `name@alias` back to the version it pointed to before its last move."
+    return Registry().rollback(name, alias)

@@ -17,9 +17,9 @@ import argparse, io, json, os, sys, tempfile, time
 def train_version(model: str, epochs: int):
     "A trained, registered version of `model` on digits: aimass.train if it works, else the plain recipe."
     try:
-        from aimass.train import train
+        from aimass.training import train
         run = train(model, "digits", epochs=epochs, name=f"bench-{model}", seed=0)
-        if run.version is not None: return run.version, "aimass.train"
+        if run.version is not None: return run.version, "aimass.training"
     except Exception as e:  # train not there yet, or broken: the recipe below gives the same kind of version
         print(f"aimass.train unavailable ({type(e).__name__}: {e}); training with the plain recipe", file=sys.stderr)
     import numpy as np, torch
@@ -60,8 +60,8 @@ def main(argv=None):
     else: tmp = tempfile.TemporaryDirectory(prefix="aimass-bench-"); os.environ["AIMASS_HOME"] = tmp.name
 
     import pandas as pd
-    from aimass.export import export
-    from aimass.bench import bench
+    from aimass.exporting import export
+    from aimass.benchmark import bench
     backends = ("torch", "onnx", "onnx-int8") + (() if args.no_compile else ("torch-compile",))
     batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
     summary, ok = {}, True

@@ -38,8 +38,8 @@ BASELINE_APP = textwrap.dedent('''
 
 def make_model(name="digits-cnn", epochs=3):
     "Train the cnn template on digits (aimass.train registers it with its held-out rows), then export it to ONNX."
-    from aimass.train import train
-    from aimass.export import export
+    from aimass.training import train
+    from aimass.exporting import export
     train("cnn", "digits", epochs=epochs, name=name, progress=False)
     export(name)
     return name
@@ -52,7 +52,7 @@ def baseline_source(kind: str) -> str:
 
 
 def start_baseline(ref, workdir, kind="async"):
-    from aimass.serve import free_port
+    from aimass.launcher import free_port
     import httpx
     app = Path(workdir)/f"baseline_{kind}.py"; app.write_text(baseline_source(kind))
     port = free_port()
@@ -85,8 +85,8 @@ def main():
     args = ap.parse_args()
     home = tempfile.mkdtemp(prefix="aimass-bench-")
     os.environ["AIMASS_HOME"] = home
-    from aimass.serve import serve
-    from aimass.loadtest import loadtest
+    from aimass.launcher import serve
+    from aimass.loadtesting import loadtest
     import numpy as np
     ref = make_model()
     rows = load_rows(ref)
@@ -124,7 +124,7 @@ def main():
 
 
 def load_rows(ref, n=256):
-    from aimass.loadtest import default_rows
+    from aimass.loadtesting import default_rows
     return default_rows({"ref": ref, "schema": None}, n)
 
 

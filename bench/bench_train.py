@@ -46,7 +46,7 @@ def raw_loop(epochs, batch_size, seed=0, dataloader=False):
     with torch.no_grad(): return (net(xte).argmax(-1) == yte).float().mean().item()
 
 def aimass_run(epochs, batch_size, progress):
-    from aimass.train import train
+    from aimass.training import train
     run = train("mlp", "digits", epochs=epochs, batch_size=batch_size, name="bench-mlp", progress=progress)
     return run.test_metrics["accuracy"]
 
@@ -59,13 +59,13 @@ def main():
     a = ap.parse_args()
     if a.threads: torch.set_num_threads(a.threads)
     os.environ["AIMASS_HOME"] = tempfile.mkdtemp(prefix="aimass-bench-")
-    import aimass.train  # imports (torch, lightning) are not part of either timing
+    import aimass.training  # imports (torch, lightning) are not part of either timing
     progress = False if a.progress == "none" else a.progress
     aimass_run(1, a.batch_size, False); raw_loop(1, a.batch_size); raw_loop(1, a.batch_size, dataloader=True)  # warm-up
-    times = {"dataloader loop": [], "tight loop": [], "aimass.train": []}
+    times = {"dataloader loop": [], "tight loop": [], "aimass.training": []}
     runs = {"dataloader loop": lambda: raw_loop(a.epochs, a.batch_size, dataloader=True),
             "tight loop": lambda: raw_loop(a.epochs, a.batch_size),
-            "aimass.train": lambda: aimass_run(a.epochs, a.batch_size, progress)}
+            "aimass.training": lambda: aimass_run(a.epochs, a.batch_size, progress)}
     for i in range(a.repeats):  # interleaved, so load from other processes hits every side alike
         line = []
         for k, f in runs.items():
@@ -75,10 +75,10 @@ def main():
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"digits, mlp 64-256-128-10, {a.epochs} epochs, batch {a.batch_size}, progress={a.progress}, torch threads={torch.get_num_threads()}")
     print("medians: " + ", ".join(f"{k} {v:.3f}s" for k, v in med.items()))
-    print(f"ratio aimass.train / hand-written DataLoader loop: {med['aimass.train']/med['dataloader loop']:.3f}  (target <= 1.15)")
-    print(f"ratio aimass.train / tight index-slicing loop:    {med['aimass.train']/med['tight loop']:.3f}")
+    print(f"ratio aimass.train / hand-written DataLoader loop: {med['aimass.training']/med['dataloader loop']:.3f}  (target <= 1.15)")
+    print(f"ratio aimass.train / tight index-slicing loop:    {med['aimass.training']/med['tight loop']:.3f}")
     # This machine's neighbours come and go; ratios within one repeat (seconds apart) show how much that moved.
-    paired = sorted(a/b for a, b in zip(times["aimass.train"], times["dataloader loop"]))
+    paired = sorted(a/b for a, b in zip(times["aimass.training"], times["dataloader loop"]))
     print(f"per-repeat ratios to the DataLoader loop: median {statistics.median(paired):.3f}, range {paired[0]:.3f} to {paired[-1]:.3f}")
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import torch
 
 from aimass.core import AimassError, atomic_write_json
 from aimass.registry import Registry
-import aimass.bench as bm
+import aimass.benchmark as bm
 from test_export import make_version
 
 COLUMNS = ["backend", "batch_size", "p50_ms", "p90_ms", "p99_ms", "throughput", "peak_mem_mb", "metric"]
@@ -28,11 +28,11 @@ def test_bench_exports_first_and_stores_results():
     acc = t.groupby("backend").metric.first()
     assert abs(acc["onnx"] - acc["torch"]) < 1e-9 and acc["torch"] - acc["onnx-int8"] <= 0.01
     card = Registry().get(mv.ref).card
-    assert "int8" in card["export"]["files"]  # bench exported first, with the int8 variant it needed
-    b = card["bench"]
-    assert b["best_backend"] == rep.best["batch_1"] and b["best_backend"] in {"torch", "onnx", "onnx-int8"}
-    assert set(b["p50_ms"]) == {"torch", "onnx", "onnx-int8"} and set(b["p50_ms"]["onnx"]) == {"1", "4"}
-    assert b["threads"] == 1 and b["speedup_vs_torch"]["torch"] == 1.0
+    assert "int8" in card.export.files  # bench exported first, with the int8 variant it needed
+    b = card.bench
+    assert b.best_backend == rep.best["batch_1"] and b.best_backend in {"torch", "onnx", "onnx-int8"}
+    assert set(b.p50_ms) == {"torch", "onnx", "onnx-int8"} and set(b.p50_ms["onnx"]) == {"1", "4"}
+    assert b.threads == 1 and b.speedup_vs_torch["torch"] == 1.0
     results = json.loads((mv.path/"bench/results.json").read_text())
     assert len(results["rows"]) == 6 and (mv.path/"bench/latency.png").read_bytes()[:4] == b"\x89PNG"
     assert "Benchmark of" in repr(rep) and "<img" in rep._repr_html_()
@@ -46,9 +46,9 @@ def test_compile_failure_is_skipped_not_a_crash(monkeypatch):
     rep = bm.bench(mv.ref, backends=("torch", "torch-compile"), batch_sizes=(1,), warmup=1, repeats=3)
     assert set(rep.table.backend) == {"torch"}
     assert "no C++ compiler" in rep.skipped["torch-compile"]
-    card = Registry().get(mv.ref).card["bench"]
-    assert card["best_backend"] == "torch" and "torch-compile" in card["skipped"]
-    assert "export" not in Registry().get(mv.ref).card  # no ONNX backend asked: nothing exported
+    b = Registry().get(mv.ref).card.bench
+    assert b.best_backend == "torch" and "torch-compile" in b.skipped
+    assert Registry().get(mv.ref).card.export is None  # no ONNX backend asked: nothing exported
 
 
 def test_failing_int8_is_not_picked():
@@ -56,11 +56,11 @@ def test_failing_int8_is_not_picked():
     rep = bm.bench(mv.ref, backends=("onnx-int8",), batch_sizes=(1,), warmup=1, repeats=3, save=False)
     assert rep.best["batch_1"] == "onnx-int8" and rep.eligible == ["onnx-int8"]
     card = Registry().get(mv.ref).card
-    card["export"]["checks"]["int8"] = False  # as if int8 had lost more than a point of accuracy
-    atomic_write_json(mv.path/"model.json", card)
+    card.export.checks["int8"] = False  # as if int8 had lost more than a point of accuracy
+    atomic_write_json(mv.path/"model.json", card.to_dict())
     rep = bm.bench(mv.ref, backends=("torch", "onnx-int8"), batch_sizes=(1,), warmup=1, repeats=3)
     assert rep.eligible == ["torch"] and rep.best["batch_1"] == "torch"
-    assert Registry().get(mv.ref).card["bench"]["best_backend"] == "torch"
+    assert Registry().get(mv.ref).card.bench.best_backend == "torch"
 
 
 def test_bad_arguments():

@@ -10,7 +10,7 @@ pytest.importorskip("torch")
 
 from aimass.core import AimassError
 from aimass.registry import Registry
-from aimass import bundle as B
+from aimass import deployment as B
 
 HEAVY = ("torch", "lightning", "pytorch_lightning", "torchmetrics", "ipywidgets", "IPython", "ipykernel", "jupyter_core",
          "matplotlib", "sklearn", "nbdev", "aimass")
@@ -35,7 +35,7 @@ def _frame(n=240, seed=0):
 @pytest.fixture(scope="session")
 def home(tmp_path_factory):
     "One AIMASS_HOME for the session: a tabular model (categorical column, missing values) bundled once; v2 left unexported."
-    from aimass.train import train
+    from aimass.training import train
     old = os.environ.get("AIMASS_HOME")
     d = tmp_path_factory.mktemp("bundle_home")
     os.environ["AIMASS_HOME"] = str(d/"home")
@@ -192,17 +192,17 @@ def test_server_py_flags(home, fresh_venv, tmpdirs):
 def test_version_without_export_gets_exported(home, capsys):
     b = home["bundle"]
     assert any("exported it first" in n for n in b.notes) and b.manifest["notes"] == b.notes
-    assert Registry().get("churn:v1").card["export"]["passed"]
+    assert Registry().get("churn:v1").card.export.passed
     capsys.readouterr()
     again = B.bundle("churn:v1", home["dir"]/"bundles"/"again", check=False)  # exported now: nothing to do
     assert again.notes == [] and "exporting it first" not in capsys.readouterr().out
 
 
 def test_failing_export_is_a_clear_error(home, tmp_path, monkeypatch):
-    import aimass.export
+    import aimass.exporting
     class FailedReport:
         checks = {"fp32": {"passed": False, "why": "fp32 max abs error 0.3 (limit 0.0001)"}}
-    monkeypatch.setattr(aimass.export, "export", lambda ref, registry=None: FailedReport())
+    monkeypatch.setattr(aimass.exporting, "export", lambda ref, registry=None: FailedReport())
     with pytest.raises(AimassError, match="failed its checks.*max abs error 0.3"):
         B.bundle("churn:v2", tmp_path/"b")
     assert not (tmp_path/"b").exists() and list(tmp_path.iterdir()) == []
@@ -250,7 +250,7 @@ def test_contents_and_manifest(home):
     b = home["bundle"]
     files = set(b.files)
     assert {"server.py", "requirements.txt", "Dockerfile", ".dockerignore", "README.md", "example.json", "bundle.json",
-            "model/model.json", "aimass/server.py", "aimass/predict.py", "aimass/data.py", "aimass/core.py"} <= files
+            "model/model.json", "aimass/server_process.py", "aimass/inference.py", "aimass/data.py", "aimass/core.py"} <= files
     card = json.loads((b.path/"model"/"model.json").read_text())
     onnx_files = list(card["export"]["files"].values())
     assert len(onnx_files) == 1 and f"model/{onnx_files[0]}" in files

@@ -19,7 +19,7 @@ def test_train_then_list():
 
 def test_bad_input_exits_2_with_a_message():
     r = sh("train", "mlp", "--data", "nowhere")
-    assert r.returncode == 2 and "No dataset, file named 'nowhere'" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "Unknown dataset 'nowhere'" in r.stderr and "Traceback" not in r.stderr
     r = sh("train", "--bogus")
     assert r.returncode == 2 and "unrecognized arguments: --bogus" in r.stderr
     assert sh("--help").returncode == 0

@@ -11,7 +11,7 @@ from aimass.core import AimassError
 from aimass.data import Preprocessor, load_data, split
 from aimass.models import model_from_spec, resolve_model
 from aimass.registry import Registry
-import aimass.export as ex
+import aimass.exporting as ex
 
 
 @pytest.fixture(autouse=True)
@@ -61,8 +61,8 @@ def test_template_parity_and_card(model):
     rep = ex.export(mv.ref, quantize="int8")
     assert_parity(rep)
     assert rep.exporter == "dynamo" and rep.io["inputs"] == "raw" and rep.io["input_shape"] == [None, 64]
-    card = Registry().get(mv.ref).card["export"]
-    assert card["passed"] and card["inputs"] == "raw" and card["files"]["int8"] == "onnx/model.int8.onnx"
+    exp = Registry().get(mv.ref).card.export
+    assert exp.passed and exp.inputs == "raw" and exp.files["int8"] == "onnx/model.int8.onnx"
     report = json.loads((mv.path/"onnx/report.json").read_text())
     assert report["opset"] == rep.opset and report["ir_version"] == rep.ir_version and report["passed"]
     # the graph takes the raw rows a user sends: same numbers as the registry's numpy + torch path
@@ -119,18 +119,18 @@ def test_categorical_tabular_takes_preprocessed_features():
     rep = ex.export(mv.ref)
     assert_parity(rep, int8=False)
     assert rep.io["inputs"] == "preprocessed" and rep.io["input_shape"] == [None, 4]
-    assert "Preprocessor" in Registry().get(mv.ref).card["export"]["note"]
+    assert "preprocessing" in Registry().get(mv.ref).card.export.note
 
 
 def test_reexport_replaces_atomically():
     mv = make_version("linear")
     ex.export(mv.ref, quantize="int8")
-    first = Registry().get(mv.ref).card["export"]["created_at"]
+    first = Registry().get(mv.ref).card.export.created_at
     rep = ex.export(mv.ref, optimize=False)
     assert sorted(p.name for p in (mv.path/"onnx").iterdir()) == ["model.onnx", "report.json"]
     assert not [p for p in mv.path.iterdir() if p.name.startswith(".")], "staging/old folders left behind"
-    card = Registry().get(mv.ref).card["export"]
-    assert set(card["files"]) == {"fp32"} and card["created_at"] >= first and rep.passed
+    exp = Registry().get(mv.ref).card.export
+    assert set(exp.files) == {"fp32"} and exp.created_at >= first and rep.passed
 
 
 def test_failed_check_is_loud_and_saved(monkeypatch):
@@ -139,8 +139,8 @@ def test_failed_check_is_loud_and_saved(monkeypatch):
     with pytest.warns(UserWarning, match="failed its checks"):
         rep = ex.export(mv.ref, optimize=False)
     assert not rep.passed and "FAILED" in repr(rep)
-    card = Registry().get(mv.ref).card["export"]
-    assert card["passed"] is False and (mv.path/"onnx/model.onnx").exists()
+    exp = Registry().get(mv.ref).card.export
+    assert exp.passed is False and (mv.path/"onnx/model.onnx").exists()
 
 
 def test_legacy_fallback_is_recorded(monkeypatch, capsys):
@@ -154,7 +154,7 @@ def test_legacy_fallback_is_recorded(monkeypatch, capsys):
     rep = ex.export(mv.ref)
     assert rep.exporter == "legacy" and rep.passed
     assert "simulated torch.export failure" in rep.notes[0] and "legacy" in capsys.readouterr().out
-    assert Registry().get(mv.ref).card["export"]["exporter"] == "legacy"
+    assert Registry().get(mv.ref).card.export.exporter == "legacy"
 
 
 CUMMAX_SOURCE = '''
@@ -173,7 +173,7 @@ def test_unexportable_model_names_the_op():
     with pytest.raises(AimassError, match="aten.cummax") as e:
         ex.export(mv.ref)
     assert "Try:" in str(e.value)
-    assert "export" not in Registry().get(mv.ref).card and not (mv.path/"onnx").exists()
+    assert Registry().get(mv.ref).card.export is None and not (mv.path/"onnx").exists()
 
 
 def test_unknown_ref_and_bad_arguments():

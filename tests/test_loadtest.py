@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from aimass.core import AimassError
-from aimass.loadtest import loadtest, local_url, LoadTestReport, _rows_from_heldout
+from aimass.loadtesting import loadtest, local_url, LoadTestReport, _rows_from_heldout
 
 APP = textwrap.dedent('''
     import asyncio, sys, json
@@ -31,7 +31,7 @@ APP = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
-    from aimass.serve import free_port
+    from aimass.launcher import free_port
     import httpx
     path = tmp_path_factory.mktemp("app")/"app.py"; path.write_text(APP)
     port = free_port()
@@ -85,7 +85,7 @@ def test_client_timeout_counts_as_no_answer(app_url):
 
 
 def test_connection_refused():
-    from aimass.serve import free_port
+    from aimass.launcher import free_port
     rep = loadtest(f"http://127.0.0.1:{free_port()}", concurrency=2, requests=4, payload=[[1]], progress=False)
     assert rep.errors == {0: 4}
 
@@ -110,5 +110,5 @@ def test_rows_from_heldout_tabular(tmp_path):
                                          {"name": "c", "kind": "category", "categories": ["x", "y", "z"]}]}
     x = np.array([[0.5, 0, 1, 0], [-1.0, 0, 0, 1]], np.float32)
     np.savez(tmp_path/"heldout.npz", x=x, y=np.array([0, 1]))
-    rows = _rows_from_heldout({"preprocessor": st}, tmp_path, 10)
+    rows = _rows_from_heldout(st, tmp_path, 10)
     assert rows == [{"a": 11.0, "c": "y"}, {"a": 8.0, "c": "z"}]

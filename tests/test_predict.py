@@ -10,7 +10,7 @@ pytest.importorskip("onnxruntime")
 
 from aimass.core import AimassError
 from aimass.registry import Registry
-from aimass.predict import Predictions, predict
+from aimass.inference import Predictions, predict
 
 CLASSES_PROBS = lambda frame: frame.filter(like="prob_").to_numpy()
 
@@ -29,8 +29,8 @@ def _penguins(n: int, seed: int = 0) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     "One AIMASS_HOME for the module: a classifier with a categorical column (two versions), a numeric regression model."
-    from aimass.train import train
-    from aimass.export import export
+    from aimass.training import train
+    from aimass.exporting import export
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AIMASS_HOME", str(d := tmp_path_factory.mktemp("aimass_home")))
         df = _penguins(600).drop(columns="id")
@@ -61,7 +61,7 @@ def big_csv(tmp_path_factory):
 
 
 def test_file_matches_server_and_registry(tmp_path):
-    from aimass.serve import serve
+    from aimass.launcher import serve
     csv = tmp_path/"rows.csv"
     _penguins(300, seed=3).to_csv(csv, index=False)
     got = predict("pengs@production", csv, batch_size=64, keep=["id"], progress=False)
@@ -90,8 +90,8 @@ def test_in_memory_inputs_agree(tmp_path):
     for other in (as_dicts, as_lists):
         assert other.prediction.tolist() == p.frame.prediction.tolist()
         np.testing.assert_allclose(CLASSES_PROBS(other), CLASSES_PROBS(p.frame), atol=1e-6)
-    import aimass.predict as verb
-    assert verb("pengs:v2", rows.head(3), progress=False).rows == 3  # the module is callable, as aimass.predict(...)
+    import aimass
+    assert aimass.predict("pengs:v2", rows.head(3), progress=False).rows == 3  # the verb is a function of the package
 
 
 def _run_in_subprocess(csv, output, sig, batch_size=50):
@@ -99,7 +99,7 @@ def _run_in_subprocess(csv, output, sig, batch_size=50):
     script = textwrap.dedent("""
         import signal, sys, time
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a background shell may start us with SIGINT ignored
-        from aimass.predict import predict
+        from aimass.inference import predict
         predict("pengs:v1", sys.argv[1], output=sys.argv[2], keep=["id"], batch_size=int(sys.argv[3]),
                 progress=lambda done, total: time.sleep(0.03))  # slow enough to be caught halfway
     """)
@@ -287,7 +287,7 @@ def test_image_rows():
     "A tensor model takes an array, a torch tensor, or named pixel columns next to kept ones."
     import torch
     from aimass.data import load_data
-    from aimass.train import train
+    from aimass.training import train
     train("mlp", "digits", epochs=1, name="digits", progress=False)
     x = load_data("digits").X[:300]
     arr = predict("digits", x, batch_size=128, progress=False)

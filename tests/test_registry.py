@@ -50,7 +50,7 @@ def test_concurrent_writers_get_distinct_versions(aimass_home):
     assert all(p.wait(60) == 0 for p in procs)
     reg = Registry()
     assert list(reg.list("c").version) == [f"v{i}" for i in range(1, 16)]
-    assert all(reg.get(f"c:v{i}").card["version"] == i for i in range(1, 16))
+    assert all(reg.get(f"c:v{i}").card.version == i for i in range(1, 16))
 
 
 def test_refs_aliases_rollback_history():
@@ -68,7 +68,7 @@ def test_refs_aliases_rollback_history():
 
 
 def test_corrupt_files_get_clear_errors(aimass_home):
-    from aimass.train import train
+    from aimass.training import train
     run = train("linear", "iris", epochs=1, progress=False, name="corrupt")
     (run.version.path/"weights.safetensors").write_bytes(b"not safetensors at all")
     with pytest.raises(AimassError, match="not a valid safetensors"): Registry().load("corrupt")

@@ -12,8 +12,8 @@ from aimass.core import AimassError
 from aimass.data import load_data, split, Preprocessor
 from aimass.models import resolve_model
 from aimass.registry import Registry
-from aimass import serve as S
-from aimass.loadtest import loadtest
+from aimass import launcher as S
+from aimass.loadtesting import loadtest
 
 # A user model (stored as source, like a class defined in a notebook) whose forward misbehaves on magic inputs:
 # a first raw pixel of 1e6 sleeps 2.5 s, -1e6 kills the worker process. Served by the torch backend.
@@ -62,7 +62,7 @@ def home(tmp_path_factory):
     ds, sp, pre = _digits()
     net, spec = resolve_model("cnn", pre.input_shape, 10)
     _register("digits-cnn", net, spec, ds, sp, pre)
-    from aimass.export import export
+    from aimass.exporting import export
     export("digits-cnn")
     spec_q = {"class": "aimass_user_model:Quirky", "kwargs": {"in_features": 64, "num_outputs": 10}, "lightning": False,
               "source": QUIRKY_SOURCE}
@@ -244,7 +244,7 @@ def test_port_in_use(home):
 
 def _server_processes():
     import psutil
-    return {p.pid for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] and "aimass.server" in " ".join(p.info["cmdline"])}
+    return {p.pid for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] and "aimass.server_process" in " ".join(p.info["cmdline"])}
 
 
 def test_stop_frees_port_and_lists(home):
@@ -272,7 +272,7 @@ def test_restart_keeps_url(home):
 
 OWNER_SCRIPT = textwrap.dedent('''
     import sys, time
-    from aimass.serve import serve
+    from aimass.launcher import serve
     srv = serve("digits-cnn", backend="onnx")
     print(srv.url, srv.pid, flush=True)
     time.sleep(600)
@@ -322,7 +322,7 @@ def test_stop_lets_requests_in_flight_finish(home):
 
 def test_stale_record_of_dead_owner_is_cleaned(home):
     # an owner that died while its server's watchdogs could not act: servers() kills the group and drops the record
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "aimass.server"], start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "aimass.server_process"], start_new_session=True)
     deadline = time.monotonic() + 10  # /proc/PID/cmdline reads empty until the exec has finished
     while not S._is_aimass_server(proc.pid) and time.monotonic() < deadline: time.sleep(0.01)
     rec = {"name": "ghost-v1-1", "ref": "ghost:v1", "url": "http://127.0.0.1:1", "pid": proc.pid, "owner_pid": 2**22 + 12345,

@@ -9,15 +9,15 @@ httpx = pytest.importorskip("httpx")
 
 from aimass.core import AimassError
 from aimass.registry import Registry
-from aimass import serve as S
-from aimass.loadtest import loadtest
+from aimass import launcher as S
+from aimass.loadtesting import loadtest
 
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     "digits v1 and v2 (different seeds, both exported), v3 (not exported), and a tabular model with a categorical column."
-    from aimass.train import train
-    from aimass.export import export
+    from aimass.training import train
+    from aimass.exporting import export
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AIMASS_HOME", str(d := tmp_path_factory.mktemp("aimass_home")))
         for seed in (0, 1):
@@ -108,7 +108,7 @@ def test_a_version_that_cannot_load_is_not_switched_to(home):
         info = srv.info()
         assert info["version"] == 1 and "no ONNX export" in info["follow_error"]
         assert len(srv.predict(_rows(2))) == 2
-        from aimass.export import export
+        from aimass.exporting import export
         export("digits:v3")  # fixed: the server picks it up without being told
         _wait_for(lambda: srv.info()["serving"] == ["digits:v3"])
         assert srv.info()["follow_error"] is None

@@ -6,7 +6,7 @@ import lightning as L
 from conftest import PYTHON, ROOT
 from aimass.core import AimassError
 from aimass.registry import Registry, load
-from aimass.train import train
+from aimass.training import train
 from aimass.models import read_state_dict
 
 
@@ -114,7 +114,7 @@ def test_bad_arguments():
 
 
 DDP_SCRIPT = textwrap.dedent("""
-    from aimass.train import train
+    from aimass.training import train
     run = train("mlp", "digits", epochs=2, accelerator="cpu", devices=2, strategy="ddp", progress=False, name="ddp")
     if run is not None: print("RESULT", run.ref, run.test_metrics["accuracy"])
 """)
@@ -126,7 +126,7 @@ def test_two_process_ddp_on_cpu_from_a_script(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     result = [l for l in out.stdout.splitlines() if l.startswith("RESULT")]
     assert len(result) == 1 and result[0].split()[1] == "ddp:v1"  # only rank 0 registers
-    assert Registry().get("ddp:v1").card["hparams"]["strategy"] == "DDPStrategy"
+    assert Registry().get("ddp:v1").card.hparams["strategy"] == "DDPStrategy"
 
 
 def test_two_process_ddp_from_a_notebook_kernel(tmp_path):
@@ -135,7 +135,7 @@ def test_two_process_ddp_from_a_notebook_kernel(tmp_path):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in [
         "%load_ext aimass",
         "%aimass train mlp --data digits --epochs 2 --accelerator cpu --devices 2 --no-progress --name ddpnb -o run",
-        "print(run.ref, run.version.card['hparams']['strategy'])"]])
+        "print(run.ref, run.version.card.hparams['strategy'])"]])
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     text = "".join(o.get("text", "") for o in nb.cells[2].outputs)
     assert "ddpnb:v1" in text and "DDP" in text
@@ -195,7 +195,7 @@ def test_last_checkpoint_is_the_last_epoch_and_best_is_the_lowest_validation_los
     assert last["global_step"] == 8 * best["global_step"] // best_epoch
     assert not (ck/"last.ckpt").is_symlink() and not (ck/"best.ckpt").is_symlink()
     assert_registered_weights_are(run, best)
-    assert run.version.card["run"]["checkpoint"] == str(ck/"best.ckpt")
+    assert run.version.card.run["checkpoint"] == str(ck/"best.ckpt")
 
 
 @pytest.mark.parametrize("fast_path", [True, False])
