@@ -12,18 +12,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from .core import AimassError, patch_to
+from fastcore.basics import patch
+from .core import AimassError
 from .data import score
 from .registry import BenchInfo, Registry
 from .exporting import export, graph_module, heldout_inputs, input_spec, load_onnx, markdown_table, metric_key, onnx_path
 
 # %% auto #0
-__all__ = ['BACKENDS', 'make_backend', 'time_calls', 'latency_row', 'batch_of', 'BenchReport', 'time_interleaved', 'bench']
+__all__ = ['BACKENDS', 'BenchReport', 'bench']
 
 # %% ../nbs/06_benchmark.ipynb #73af531d
 BACKENDS = ("torch", "onnx", "onnx-int8", "torch-compile")
 
+# %% ../nbs/06_benchmark.ipynb #a64c04d2
 def _torch_backend(lm, compile=False):
+    "Eager (or `torch.compile`d) torch, preprocessing included when the export takes raw rows."
     import torch
     module = graph_module(lm.predictor, lm.preprocessor)
     if compile: module = torch.compile(module)
@@ -31,11 +34,14 @@ def _torch_backend(lm, compile=False):
         with torch.inference_mode(): return module(torch.from_numpy(x)).numpy()
     return run
 
+# %% ../nbs/06_benchmark.ipynb #a0e865ab
 def _onnx_backend(mv, variant, threads):
+    "An ONNX Runtime session of the exported `variant`."
     sess = load_onnx(onnx_path(mv, variant), mv.path/"onnx", threads=threads)
     name = sess.get_inputs()[0].name
     return lambda x: sess.run(None, {name: x})[0]
 
+# %% ../nbs/06_benchmark.ipynb #d3b75b0e
 def make_backend(name: str, lm, threads: int = 1):
     "The run function of backend `name` for loaded model `lm` (ONNX backends need an export in the card)."
     if name == "torch": return _torch_backend(lm)
@@ -53,20 +59,26 @@ def time_calls(fn, x, warmup: int = 10, repeats: int = 100) -> np.ndarray:
         t0 = time.perf_counter_ns(); fn(x); ns[i] = time.perf_counter_ns() - t0
     return ns / 1e6
 
+# %% ../nbs/06_benchmark.ipynb #f17970f3
 def latency_row(ms: np.ndarray, batch_size: int) -> dict:
+    "p50/p90/p99 latency (ms) and throughput (rows per second at the p50)."
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
     return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "throughput": float(batch_size / (p50 / 1e3))}
 
+# %% ../nbs/06_benchmark.ipynb #d848fe87
 def batch_of(x: np.ndarray, n: int) -> np.ndarray:
     "`n` rows of `x`, repeating rows when `x` has fewer."
     return np.ascontiguousarray(np.resize(x, (n, *x.shape[1:])) if n > len(x) else x[:n])
 
-# %% ../nbs/06_benchmark.ipynb #f17970f3
+# %% ../nbs/06_benchmark.ipynb #754b65e2
 def _rss_mb() -> float:
+    "This process's resident set size in MB."
     import psutil
     return psutil.Process().memory_info().rss / 2**20
 
+# %% ../nbs/06_benchmark.ipynb #aa229a42
 def _metric(fn, lm, x, y, batch: int) -> float:
+    "The test metric of backend `fn` on the held-out rows, run `batch` rows at a time."
     out = np.concatenate([fn(np.ascontiguousarray(x[i:i+batch])) for i in range(0, len(x), batch)])
     return score(lm.task, out, y)[metric_key(lm.task)]
 
@@ -92,20 +104,24 @@ class BenchReport:
         geo = t.groupby("backend").p50_ms.apply(lambda s: float(np.exp(np.log(s).mean()))).sort_values()
         return {"batch_1": b1.backend.iloc[0], "overall": geo.index[0]}
 
-    def p50(self) -> pd.DataFrame:
-        "p50 latency (ms): one row per batch size, one column per backend."
-        return self.table.pivot(index="batch_size", columns="backend", values="p50_ms")
+# %% ../nbs/06_benchmark.ipynb #6d27fc01
+@patch
+def p50(self: BenchReport) -> pd.DataFrame:
+    "p50 latency (ms): one row per batch size, one column per backend."
+    return self.table.pivot(index="batch_size", columns="backend", values="p50_ms")
 
-    def speedups(self, baseline="torch") -> dict:
-        "p50 of `baseline` / p50 of each backend, at the smallest batch size."
-        p = self.p50()
-        if baseline not in p: return {}
-        row = p.iloc[0]
-        return {b: float(row[baseline] / row[b]) for b in p.columns}
+# %% ../nbs/06_benchmark.ipynb #24887fd0
+@patch
+def speedups(self: BenchReport, baseline="torch") -> dict:
+    "p50 of `baseline` / p50 of each backend, at the smallest batch size."
+    p = self.p50()
+    if baseline not in p: return {}
+    row = p.iloc[0]
+    return {b: float(row[baseline] / row[b]) for b in p.columns}
 
-# %% ../nbs/06_benchmark.ipynb #6bfbe0a0
-@patch_to(BenchReport)
-def plot(self, ax=None):
+# %% ../nbs/06_benchmark.ipynb #d996d5a7
+@patch
+def plot(self: BenchReport, ax=None):
     "Median latency by batch size for each backend (log-log)."
     from matplotlib.figure import Figure
     fig = None
@@ -118,38 +134,45 @@ def plot(self, ax=None):
     ax.grid(True, which="both", alpha=0.3); ax.legend()
     return fig or ax.figure
 
-@patch_to(BenchReport)
-def png(self) -> bytes:
+# %% ../nbs/06_benchmark.ipynb #43d235cb
+@patch
+def png(self: BenchReport) -> bytes:
+    "The latency plot as PNG bytes."
     buf = io.BytesIO(); self.plot().savefig(buf, format="png", dpi=100, bbox_inches="tight")
     return buf.getvalue()
 
-@patch_to(BenchReport)
-def _head(self):
+# %% ../nbs/06_benchmark.ipynb #d54518eb
+@patch
+def _head(self: BenchReport) -> str:
+    "The verdict line the reprs start with."
     best = self.best
     sp = self.speedups()
     s = f"Benchmark of {self.ref} ({self.threads} thread(s)): fastest at batch 1: {best['batch_1']}"
     if best["batch_1"] in sp: s += f" ({sp[best['batch_1']]:.2f}x eager torch)"
     return s + f"; overall: {best['overall']}"
 
-@patch_to(BenchReport)
-def __repr__(self):
+# %% ../nbs/06_benchmark.ipynb #507ef8c5
+@patch
+def __repr__(self: BenchReport):
     return self._head() + "\n" + self.table.to_string(index=False, float_format="{:.4g}".format) + \
         "".join(f"\nskipped {b}: {why}" for b, why in self.skipped.items())
 
-@patch_to(BenchReport)
-def _repr_markdown_(self):
+# %% ../nbs/06_benchmark.ipynb #445a205e
+@patch
+def _repr_markdown_(self: BenchReport):
     return f"**{self._head()}**\n\n" + markdown_table(self.table) + "".join(f"\n\n*skipped {b}: {w}*" for b, w in self.skipped.items())
 
-@patch_to(BenchReport)
-def _repr_html_(self):
+# %% ../nbs/06_benchmark.ipynb #85abce4b
+@patch
+def _repr_html_(self: BenchReport):
     img = base64.b64encode(self.png()).decode()
     skipped = "".join(f"<p><i>skipped {b}: {w}</i></p>" for b, w in self.skipped.items())
     return (f"<p><b>{self._head()}</b></p>" + self.table.to_html(index=False, float_format="{:.4g}".format) + skipped
             + f'<img src="data:image/png;base64,{img}"/>')
 
-# %% ../nbs/06_benchmark.ipynb #10162550
-@patch_to(BenchReport)
-def summary(self) -> BenchInfo:
+# %% ../nbs/06_benchmark.ipynb #ec7b685a
+@patch
+def summary(self: BenchReport) -> BenchInfo:
     "The card's `bench` record; serve and predict read `best_backend` for `backend='auto'`."
     import onnxruntime, torch
     key = lambda d: {str(k): v for k, v in d.items()}
@@ -166,6 +189,16 @@ def summary(self) -> BenchInfo:
                      created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 # %% ../nbs/06_benchmark.ipynb #5486b1a3
+def _checked(backends, batch_sizes, threads: int, repeats: int) -> tuple[list, list]:
+    "Backends (once each, in order) and batch sizes (sorted), or an `AimassError` saying what is wrong."
+    backends, batch_sizes = list(dict.fromkeys(backends)), sorted({int(b) for b in batch_sizes})
+    for b in backends:
+        if b not in BACKENDS: raise AimassError(f"Unknown backend {b!r}: use {', '.join(BACKENDS)}.")
+    if not batch_sizes or batch_sizes[0] < 1: raise AimassError(f"batch_sizes must be positive integers, not {batch_sizes}.")
+    if threads < 1 or repeats < 1: raise AimassError(f"threads and repeats must be at least 1 (got {threads}, {repeats}).")
+    return backends, batch_sizes
+
+# %% ../nbs/06_benchmark.ipynb #41a92f69
 def _ensure_export(reg, ref, backends):
     "Export first when an ONNX backend needs a file the version's export lacks."
     exp = reg.get(ref).card.export
@@ -174,13 +207,32 @@ def _ensure_export(reg, ref, backends):
     if any(b.startswith("onnx") for b in backends) and (not files or need_int8):
         export(ref, opset=exp.opset if exp else None, quantize="int8" if "onnx-int8" in backends else None, registry=reg)
 
-# %% ../nbs/06_benchmark.ipynb #b85c78b2
-def _runnable(name, bs, dynamic) -> bool: return bs == 1 or dynamic or not name.startswith("onnx")
+# %% ../nbs/06_benchmark.ipynb #d6404182
+def _bench_inputs(lm) -> tuple:
+    "Held-out `(x, y)` in the form the export takes, and whether its batch size is dynamic."
+    exp = lm.card.export
+    inputs = exp.inputs if exp else input_spec(lm.preprocessor, lm.card)["inputs"]
+    x, y = heldout_inputs(lm.version, lm.preprocessor, inputs)
+    return x, y, exp is None or exp.input_shape[0] is None
 
+# %% ../nbs/06_benchmark.ipynb #1194ad2c
+def _eligible(backends: list, exp) -> list:
+    "The backends whose export passed its checks (`torch` and `torch-compile` always)."
+    checks = exp.checks if exp else {}
+    return [b for b in backends if {"onnx": checks.get("fp32-opt", checks.get("fp32")), "onnx-int8": checks.get("int8")}.get(b, True)]
+
+# %% ../nbs/06_benchmark.ipynb #5e950f3b
+def _runnable(name, bs, dynamic) -> bool:
+    "Whether backend `name` can run batches of `bs` rows (an ONNX export with a fixed batch size runs 1 only)."
+    return bs == 1 or dynamic or not name.startswith("onnx")
+
+# %% ../nbs/06_benchmark.ipynb #830212b2
 def _skip_reason(e: Exception) -> str:
+    "Why a backend was skipped, in one line."
     msg = str(e).strip().splitlines()
     return f"{type(e).__name__}: {msg[0][:300] if msg else ''}"
 
+# %% ../nbs/06_benchmark.ipynb #be71fd96
 def _prepare(name, lm, x, batch_sizes, warmup, threads, dynamic):
     "Build backend `name` and warm it up at every batch size: `(run function, seconds, RSS growth in MB)`."
     gc.collect()
@@ -203,7 +255,50 @@ def time_interleaved(fns: dict, x, repeats: int, rounds: int = 10, block_warmup:
         if on_round: on_round()
     return {n: np.concatenate(v)[:repeats] for n, v in out.items()}
 
+# %% ../nbs/06_benchmark.ipynb #70ec0df3
+def _build_backends(names, lm, x, batch_sizes, warmup, threads, dynamic, bar) -> tuple:
+    "Build and warm up each backend: `(run functions, setup seconds, RSS growth, skipped)`; one that fails to build is skipped."
+    fns, setup, mem, skipped = {}, {}, {}, {}
+    for name in names:
+        bar.set_postfix_str(f"building {name}")
+        try: fns[name], setup[name], mem[name] = _prepare(name, lm, x, batch_sizes, warmup, threads, dynamic)
+        except AimassError: raise
+        except Exception as e: skipped[name] = _skip_reason(e)  # e.g. torch.compile without a working C++ compiler
+        bar.update(1)
+    return fns, setup, mem, skipped
+
 # %% ../nbs/06_benchmark.ipynb #ae0f1637
+def _time_backends(fns: dict, x, batch_sizes, repeats, rounds, dynamic, mem: dict, skipped: dict, bar) -> list:
+    "Time the built backends at each batch size, interleaved: one row per backend and batch size (adds to `skipped`)."
+    rows = []
+    for bs in batch_sizes:
+        bar.set_postfix_str(f"batch {bs}")
+        run = {n: f for n, f in fns.items() if _runnable(n, bs, dynamic)}
+        for n in fns.keys() - run.keys():
+            skipped[f"{n} at batch {bs}"] = "the export has a fixed batch size of 1: export(ref, dynamic_batch=True) to run larger batches"
+        try: ms = time_interleaved(run, batch_of(x, bs), repeats, rounds, on_round=lambda: bar.update(1))
+        except Exception as e:
+            raise AimassError(f"A backend failed while being timed at batch {bs}: {_skip_reason(e)}") from e
+        rows += [{"backend": n, "batch_size": bs, **latency_row(ms[n], bs), "peak_mem_mb": mem[n]} for n in run]
+    return rows
+
+# %% ../nbs/06_benchmark.ipynb #d32fa387
+def _results_table(rows: list, metric: dict, backends: list) -> pd.DataFrame:
+    "The report's table: one row per backend (in the order asked) and batch size, with the backend's test metric."
+    for r in rows: r["metric"] = metric[r["backend"]]
+    cols = ["backend", "batch_size", "p50_ms", "p90_ms", "p99_ms", "throughput", "peak_mem_mb", "metric"]
+    table = pd.DataFrame(rows, columns=cols).sort_values(["backend", "batch_size"], key=lambda c: c.map(backends.index) if c.name == "backend" else c)
+    return table.reset_index(drop=True)
+
+# %% ../nbs/06_benchmark.ipynb #ae7f6a2f
+def _save(reg, rep: BenchReport):
+    "Store `results.json` and `latency.png` in the version's `bench/` folder, and the summary in its card."
+    summary = rep.summary()
+    results = {"ref": rep.ref, "rows": rep.table.to_dict("records"), **summary.to_dict()}
+    reg.put_files(rep.ref, "bench", {"results.json": json.dumps(results, indent=2).encode(), "latency.png": rep.png()},
+                  bench=summary)
+
+# %% ../nbs/06_benchmark.ipynb #178482b6
 def bench(ref: str,  # NAME, NAME:vN or NAME@ALIAS
           *,
           backends: tuple[str, ...] = BACKENDS,  # any of torch, onnx, onnx-int8, torch-compile
@@ -213,61 +308,30 @@ def bench(ref: str,  # NAME, NAME:vN or NAME@ALIAS
           repeats: int = 200,  # timed calls per backend and batch size
           rounds: int = 10,  # blocks the timed calls are interleaved in
           save: bool = True,  # store the results with the version (serve and predict then pick the fastest backend)
-          registry: Registry|None = None,  # default: the registry under $AIMASS_HOME
+          registry: Registry|None = None,  # the registry to use (default: the one under $AIMASS_HOME)
           ) -> BenchReport:
     """Measure latency (p50/p90/p99), throughput, memory and accuracy of a registered model on each backend and
     batch size, timing the backends interleaved so that they see the same machine; export first when ONNX is asked for."""
     import torch
     from tqdm.auto import tqdm
     from aimass.registry import Registry
-    backends, batch_sizes = list(dict.fromkeys(backends)), sorted({int(b) for b in batch_sizes})
-    for b in backends:
-        if b not in BACKENDS: raise AimassError(f"Unknown backend {b!r}: use {', '.join(BACKENDS)}.")
-    if not batch_sizes or batch_sizes[0] < 1: raise AimassError(f"batch_sizes must be positive integers, not {batch_sizes}.")
-    if threads < 1 or repeats < 1: raise AimassError(f"threads and repeats must be at least 1 (got {threads}, {repeats}).")
+    backends, batch_sizes = _checked(backends, batch_sizes, threads, repeats)
     reg = registry or Registry()
     ref = str(reg.resolve(ref))
     _ensure_export(reg, ref, backends)
     lm = reg.load(ref)
-    exp = lm.card.export
-    inputs = exp.inputs if exp else input_spec(lm.preprocessor, lm.card)["inputs"]
-    dynamic = exp is None or exp.input_shape[0] is None
-    x, y = heldout_inputs(lm.version, lm.preprocessor, inputs)
-    checks = exp.checks if exp else {}
-    eligible = [b for b in backends if {"onnx": checks.get("fp32-opt", checks.get("fp32")), "onnx-int8": checks.get("int8")}.get(b, True)]
-    fns, setup, mem, skipped, rows = {}, {}, {}, {}, []
+    x, y, dynamic = _bench_inputs(lm)
     rounds = max(1, min(rounds, repeats))
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         with tqdm(total=len(backends) + len(batch_sizes)*rounds, desc=f"bench {ref}", leave=False) as bar:
-            for name in backends:
-                bar.set_postfix_str(f"building {name}")
-                try: fns[name], setup[name], mem[name] = _prepare(name, lm, x, batch_sizes, warmup, threads, dynamic)
-                except AimassError: raise
-                except Exception as e: skipped[name] = _skip_reason(e)  # e.g. torch.compile without a working C++ compiler
-                bar.update(1)
-            for bs in batch_sizes:
-                bar.set_postfix_str(f"batch {bs}")
-                run = {n: f for n, f in fns.items() if _runnable(n, bs, dynamic)}
-                for n in fns.keys() - run.keys():
-                    skipped[f"{n} at batch {bs}"] = "the export has a fixed batch size of 1: export(ref, dynamic_batch=True) to run larger batches"
-                try: ms = time_interleaved(run, batch_of(x, bs), repeats, rounds, on_round=lambda: bar.update(1))
-                except Exception as e:
-                    raise AimassError(f"A backend failed while being timed at batch {bs}: {_skip_reason(e)}") from e
-                rows += [{"backend": n, "batch_size": bs, **latency_row(ms[n], bs), "peak_mem_mb": mem[n]} for n in run]
-            metric = {n: _metric(f, lm, x, y, max(batch_sizes) if _runnable(n, max(batch_sizes), dynamic) else 1) for n, f in fns.items()}
+            fns, setup, mem, skipped = _build_backends(backends, lm, x, batch_sizes, warmup, threads, dynamic, bar)
+            rows = _time_backends(fns, x, batch_sizes, repeats, rounds, dynamic, mem, skipped, bar)
+            big = max(batch_sizes)
+            metric = {n: _metric(f, lm, x, y, big if _runnable(n, big, dynamic) else 1) for n, f in fns.items()}
     finally: torch.set_num_threads(old_threads)
-    for r in rows: r["metric"] = metric[r["backend"]]
-    cols = ["backend", "batch_size", "p50_ms", "p90_ms", "p99_ms", "throughput", "peak_mem_mb", "metric"]
-    table = pd.DataFrame(rows, columns=cols).sort_values(["backend", "batch_size"], key=lambda c: c.map(backends.index) if c.name == "backend" else c)
-    rep = BenchReport(ref, table.reset_index(drop=True), threads, metric_key(lm.task), skipped, setup,
-                      [b for b in eligible if b in fns], lm.version.path/"bench")
+    rep = BenchReport(ref, _results_table(rows, metric, backends), threads, metric_key(lm.task), skipped, setup,
+                      [b for b in _eligible(backends, lm.card.export) if b in fns], lm.version.path/"bench")
     if save: _save(reg, rep)
     return rep
-
-def _save(reg, rep: BenchReport):
-    summary = rep.summary()
-    results = {"ref": rep.ref, "rows": rep.table.to_dict("records"), **summary.to_dict()}
-    reg.put_files(rep.ref, "bench", {"results.json": json.dumps(results, indent=2).encode(), "latency.png": rep.png()},
-                  bench=summary)

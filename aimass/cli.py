@@ -14,6 +14,7 @@ __all__ = ['main']
 
 # %% ../nbs/22_cli.ipynb #5cf32ffd
 def _print_result(result):
+    "Print what a verb returned, for a terminal."
     import pandas as pd
     if result is None: return
     if isinstance(result, pd.DataFrame):
@@ -23,6 +24,7 @@ def _print_result(result):
         print(result); print(result.metrics_table().to_string()); return
     print(result)
 
+# %% ../nbs/22_cli.ipynb #4bc5982b
 def main(argv=None) -> int:
     "Entry point of the `aimass` console script. Exit status: 0 done, 2 bad command, 1 failed."
     from aimass.commands import HelpRequested, run

@@ -7,11 +7,12 @@ Docs: https://aimass.github.io/aimass/commands.html.md"""
 # %% ../nbs/20_commands.ipynb #a6fab686
 from __future__ import annotations
 import argparse, ast, difflib, importlib.util, inspect, shlex
+from fastcore.basics import patch
 from .core import AimassError, param_docs
 
 # %% auto #0
-__all__ = ['VERBS', 'verb_function', 'verb_summary', 'Flag', 'add_flag', 'CommandError', 'HelpRequested', 'Parser', 'verb_flags',
-           'verb_parser', 'top_help', 'run']
+__all__ = ['VERBS', 'verb_function', 'Flag', 'CommandError', 'HelpRequested', 'verb_flags', 'declared_flags', 'verb_parser',
+           'run']
 
 # %% ../nbs/20_commands.ipynb #f8500123
 VERBS = {"train": "train", "export": "export", "bench": "bench", "predict": "predict", "serve": "serve",
@@ -24,18 +25,23 @@ def verb_function(verb: str):
     import aimass
     return getattr(aimass, VERBS[verb])
 
-def verb_summary(verb: str) -> str:
-    "The first line of the verb's docstring, read from its module's source (nothing is imported)."
+# %% ../nbs/20_commands.ipynb #3d3a4bf6
+def _verb_def(verb: str) -> ast.FunctionDef:
+    "The verb's function as its module's source declares it (nothing is imported)."
     import aimass
     name = VERBS[verb]
     spec = importlib.util.find_spec(f"aimass.{aimass._API[name]}")
     tree = ast.parse(open(spec.origin).read())
-    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
-    return (ast.get_docstring(node) or "").split("\n")[0].rstrip(".")
+    # the module's name is bound by its last plain `def`: a method added with `@patch` (`Registry.delete`) leaves it alone
+    return [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name
+            and not any(ast.unparse(d).startswith("patch") for d in n.decorator_list)][-1]
+
+# %% ../nbs/20_commands.ipynb #0b17d180
+def verb_summary(verb: str) -> str:
+    "The first line of the verb's docstring, read from its module's source (nothing is imported)."
+    return (ast.get_docstring(_verb_def(verb)) or "").split("\n")[0].rstrip(".")
 
 # %% ../nbs/20_commands.ipynb #5718ae2f
-_SCALARS = {"int": int, "float": float, "str": str, "Path": str, "None": None}
-
 def _split_union(annotation: str) -> list:
     "The parts of an annotation's top-level `|` union: `\"Literal['a', 'b'] | None\"` -> `[\"Literal['a', 'b']\", 'None']`."
     parts, depth, cur = [], 0, ""
@@ -45,6 +51,7 @@ def _split_union(annotation: str) -> list:
         else: cur += ch
     return [p for p in parts + [cur.strip()] if p and p != "inspect._empty"]
 
+# %% ../nbs/20_commands.ipynb #8e8349b9
 def _choices(part: str):
     "The values of a `Literal[...]` part, else None."
     if not part.startswith("Literal["): return None
@@ -52,9 +59,12 @@ def _choices(part: str):
     return list(v)
 
 # %% ../nbs/20_commands.ipynb #49106ae4
-_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
-_TEXT_LISTS = {"list[int]": int, "tuple[int, ...]": int, "list[str]": str, "tuple[str, ...]": str}
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")  # how a switch's value may be written
 
+# %% ../nbs/20_commands.ipynb #4d04cdba
+_TEXT_LISTS = {"list[int]": int, "tuple[int, ...]": int, "list[str]": str, "tuple[str, ...]": str}  # comma-separated values
+
+# %% ../nbs/20_commands.ipynb #c953e544
 class Flag:
     "One parameter of a verb as a command-line argument."
     def __init__(self, p: inspect.Parameter, doc: str = "", first: bool = False):
@@ -81,24 +91,30 @@ class Flag:
         "Takes only a Python object: in a notebook, a variable's name; not on a shell's command line."
         return bool(self.objects) and not (self.text or self.list_of or self.is_bool or self.scalars)
 
-    def convert(self, text: str):
-        "The value of this flag's text (notebook variables are looked up later, by `run`)."
-        if self.list_of and ("," in text or not (self.text or self.scalars)):
-            try: return [self.list_of(t.strip()) for t in text.split(",") if t.strip()]
-            except ValueError: raise argparse.ArgumentTypeError(f"expected comma-separated {self.list_of.__name__}s like 1,8,64, not {text!r}") from None
-        if self.is_bool and text.lower() in _TRUE + _FALSE: return text.lower() in _TRUE
-        for kind in self.scalars:
-            try: return int(text) if kind == "int" else float(text)
-            except ValueError: pass
-        if self.scalars and not (self.text or self.objects or self.list_of):
-            raise argparse.ArgumentTypeError(f"expected {' or '.join('a whole number' if k == 'int' else 'a number' for k in self.scalars)}, not {text!r}")
-        if self.list_of: return [self.list_of(text)] if self.list_of is str or text.lstrip("-").isdigit() else text
-        return text
-
     def __repr__(self): return f"Flag({self.name}, {'|'.join(self.parts)})"
+
+# %% ../nbs/20_commands.ipynb #e869ad88
+@patch
+def convert(self: Flag, text: str):
+    "The value of this flag's text (notebook variables are looked up later, by `run`)."
+    if self.list_of and ("," in text or not (self.text or self.scalars)):
+        try: return [self.list_of(t.strip()) for t in text.split(",") if t.strip()]
+        except ValueError: raise argparse.ArgumentTypeError(f"expected comma-separated {self.list_of.__name__}s like 1,8,64, not {text!r}") from None
+    if self.is_bool and text.lower() in _TRUE + _FALSE: return text.lower() in _TRUE
+    for kind in self.scalars:
+        try: return int(text) if kind == "int" else float(text)
+        except ValueError: pass
+    numbers = " or ".join("a whole number" if k == "int" else "a number" for k in self.scalars)
+    if self.scalars and self.choices and not (set(self.parts) & {"str", "Path"}) and text not in map(str, self.choices):
+        raise argparse.ArgumentTypeError(f"expected {numbers} or one of {', '.join(map(str, self.choices))}, not {text!r}")
+    if self.scalars and not (self.text or self.objects or self.list_of):
+        raise argparse.ArgumentTypeError(f"expected {numbers}, not {text!r}")
+    if self.list_of: return [self.list_of(text)] if self.list_of is str or text.lstrip("-").isdigit() else text
+    return text
 
 # %% ../nbs/20_commands.ipynb #7b79bf8d
 def _help(f: Flag, notebook: bool) -> str:
+    "The help line of `f`: its comment, whether it takes a notebook variable, and its default."
     doc = f.doc.replace("%", "%%")
     if f.objects and notebook: doc += (" " if doc else "") + ("(a notebook variable)" if f.python_only else "(or the name of a notebook variable)")
     if not f.required and f.default is not None and not (f.is_bool and isinstance(f.default, bool)):
@@ -106,6 +122,16 @@ def _help(f: Flag, notebook: bool) -> str:
         doc += f" (default: {shown})".replace("%", "%%")
     return doc.strip()
 
+# %% ../nbs/20_commands.ipynb #57c55f13
+def _key_value(text: str):
+    "`KEY=VALUE` as `(key, value)`, the value read as a Python literal where it is one."
+    if "=" not in text: raise argparse.ArgumentTypeError(f"expected KEY=VALUE, not {text!r}")
+    k, v = text.split("=", 1)
+    try: v = ast.literal_eval(v)
+    except (ValueError, SyntaxError): pass
+    return k.strip(), v
+
+# %% ../nbs/20_commands.ipynb #d66d84b3
 def add_flag(parser: argparse.ArgumentParser, f: Flag, notebook: bool = False):
     "Add parameter `f` to `parser`: positional, switch, choice, list, KEY=VALUE or value."
     opt, dash = f"--{f.name.replace('_', '-')}", argparse.SUPPRESS
@@ -120,28 +146,24 @@ def add_flag(parser: argparse.ArgumentParser, f: Flag, notebook: bool = False):
         return parser.add_argument(opt, action="store_true", **kw)
     if f.is_bool and f.default in (None, False) and f.text:  # --resume, or --resume RUN
         return parser.add_argument(opt, nargs="?", const=True, type=f.convert, metavar="VALUE", **kw)
-    metavar = ("{" + ",".join(map(str, f.choices)) + "}") if f.choices else ("VAR" if f.python_only else f.name.upper())
+    shown = [*map(str, f.choices or []), *(["N"] if f.choices and f.scalars else [])]  # int|Literal["auto"]: {auto,N}
+    metavar = ("{" + ",".join(shown) + "}") if f.choices else ("VAR" if f.python_only else f.name.upper())
     action = parser.add_argument(opt, metavar=metavar, type=f.convert, required=f.required, **kw)
-    if f.choices: action.choices = [c for c in f.choices] + ([True, False] if f.is_bool else [])
+    if f.choices and not f.scalars: action.choices = [c for c in f.choices] + ([True, False] if f.is_bool else [])
     if f.is_bool and f.default not in (None, False):  # `--no-progress` for `--progress false`
         parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_const", const=False, default=dash,
                             help=f"same as {opt} false")
     return action
 
-def _key_value(text: str):
-    if "=" not in text: raise argparse.ArgumentTypeError(f"expected KEY=VALUE, not {text!r}")
-    k, v = text.split("=", 1)
-    try: v = ast.literal_eval(v)
-    except (ValueError, SyntaxError): pass
-    return k.strip(), v
-
 # %% ../nbs/20_commands.ipynb #5cee848a
 class CommandError(AimassError): "A command line that does not parse."
 
+# %% ../nbs/20_commands.ipynb #3b479c40
 class HelpRequested(Exception):
     "Raised with the help text for `--help`: the front end prints it."
     def __init__(self, text): super().__init__(text); self.text = text
 
+# %% ../nbs/20_commands.ipynb #5792e17e
 class Parser(argparse.ArgumentParser):
     "An `ArgumentParser` that raises `CommandError` or `HelpRequested` instead of printing and exiting."
     def __init__(self, *args, **kwargs):
@@ -168,6 +190,10 @@ def verb_flags(fn, notebook: bool = False) -> list:
         flags.append(f)
     return flags
 
+# %% ../nbs/20_commands.ipynb #1a8f581f
+def _shown(v): return ",".join(map(str, v)) if isinstance(v, (tuple, list)) else v
+
+# %% ../nbs/20_commands.ipynb #4d40816e
 def _kwargs_flags(fn, taken: set) -> list:
     "Flags for the keyword parameters of `fn.__kwargs_from__()`'s functions; one flag per name, its help naming each function."
     by_name = {}
@@ -184,7 +210,16 @@ def _kwargs_flags(fn, taken: set) -> list:
         flags.append(f)
     return flags
 
-def _shown(v): return ",".join(map(str, v)) if isinstance(v, (tuple, list)) else v
+# %% ../nbs/20_commands.ipynb #8450daed
+def declared_flags(verb: str) -> list:
+    "The `Flag`s of the parameters `verb`'s function declares, read from its source (nothing is imported; defaults unknown)."
+    a, P = _verb_def(verb).args, inspect.Parameter
+    ann = lambda x: ast.unparse(x.annotation) if x.annotation else ""
+    pos = a.posonlyargs + a.args
+    n_required = len(pos) - len(a.defaults)
+    params = [P(x.arg, P.POSITIONAL_OR_KEYWORD, default=P.empty if i < n_required else None, annotation=ann(x)) for i, x in enumerate(pos)]
+    params += [P(x.arg, P.KEYWORD_ONLY, default=P.empty if d is None else None, annotation=ann(x)) for x, d in zip(a.kwonlyargs, a.kw_defaults)]
+    return [Flag(p, first=i == 0) for i, p in enumerate(params)]
 
 # %% ../nbs/20_commands.ipynb #0c079fae
 def verb_parser(verb: str, prog: str = "aimass", notebook: bool = False, flags: list|None = None) -> Parser:
@@ -206,6 +241,7 @@ def top_help(prog: str = "aimass") -> str:
     if prog.startswith("%"): lines.append("Add -o NAME to store the result in a notebook variable.")
     return "\n".join(lines)
 
+# %% ../nbs/20_commands.ipynb #586e42d3
 def _resolve(flags: dict, values: dict, namespace: dict|None) -> dict:
     "Values with notebook variables looked up (where a parameter takes Python objects) and KEY=VALUE pairs as dicts."
     out = {}

@@ -1,4 +1,4 @@
-"""Shared pieces every layer uses: errors, where aimass keeps its files, model refs, atomic writes.
+"""Shared pieces every layer uses: errors, where aimass keeps its files, model refs, atomic writes, parameter docs.
 
 Docs: https://aimass.github.io/aimass/core.html.md"""
 
@@ -6,13 +6,13 @@ Docs: https://aimass.github.io/aimass/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #ed6670e7
 from __future__ import annotations
-import os, re, json, tempfile, contextlib
+import ast, contextlib, dataclasses, inspect, io, json, os, re, tempfile, textwrap, tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['AimassError', 'aimass_home', 'Ref', 'parse_ref', 'check_name', 'atomic_write_bytes', 'atomic_write_json', 'pid_alive',
-           'patch_to', 'param_docs', 'with_options', 'split_options', 'in_notebook']
+           'param_docs', 'with_options', 'split_options', 'in_notebook']
 
 # %% ../nbs/00_core.ipynb #42aa9767
 class AimassError(ValueError):
@@ -27,8 +27,11 @@ def aimass_home() -> Path:
 
 # %% ../nbs/00_core.ipynb #ae367100
 _name_re = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"
+
+# %% ../nbs/00_core.ipynb #6a158579
 _ref_re = re.compile(rf"^(?P<name>{_name_re})(?::v?(?P<version>\d+)|@(?P<alias>{_name_re}))?$")
 
+# %% ../nbs/00_core.ipynb #62b40e96
 @dataclass(frozen=True)
 class Ref:
     "A parsed model reference: a name with at most one of a version or an alias."
@@ -39,6 +42,7 @@ class Ref:
         if self.version is not None: return f"{self.name}:v{self.version}"
         return f"{self.name}@{self.alias}" if self.alias else self.name
 
+# %% ../nbs/00_core.ipynb #a2239e46
 def parse_ref(ref: str|Ref) -> Ref:
     "Parse `name`, `name:v3` (or `name:3`) and `name@alias`."
     if isinstance(ref, Ref): return ref
@@ -48,6 +52,7 @@ def parse_ref(ref: str|Ref) -> Ref:
     v = m["version"]
     return Ref(m["name"], int(v) if v else None, m["alias"])
 
+# %% ../nbs/00_core.ipynb #62bf92f9
 def check_name(name: str, what="model name") -> str:
     "Check that `name` can be used as a model name or alias."
     if not isinstance(name, str) or not re.fullmatch(_name_re, name):
@@ -67,16 +72,19 @@ def atomic_write_bytes(path, data: bytes):
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
         raise
 
-def atomic_write_json(path, obj):
-    "Write `obj` as indented JSON to `path` atomically."
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
-
+# %% ../nbs/00_core.ipynb #d4b65fc2
 def _json_default(o):
+    "JSON for the values aimass's records hold that `json` does not know (numpy is imported only when needed)."
     import numpy as np
     if isinstance(o, np.generic): return o.item()
     if isinstance(o, np.ndarray): return o.tolist()
     if isinstance(o, Path): return str(o)
     raise TypeError(f"{type(o).__name__} is not JSON serializable")
+
+# %% ../nbs/00_core.ipynb #e129e8f4
+def atomic_write_json(path, obj):
+    "Write `obj` as indented JSON to `path` atomically."
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
 
 # %% ../nbs/00_core.ipynb #5332358d
 def pid_alive(pid: int) -> bool:
@@ -86,18 +94,7 @@ def pid_alive(pid: int) -> bool:
     except PermissionError: return True
     return True
 
-# %% ../nbs/00_core.ipynb #61a8a634
-def patch_to(cls, name: str|None = None):
-    "Decorator: set the decorated function as method `name` (default: its own name) of `cls`."
-    def deco(f):
-        f.__qualname__ = f"{cls.__name__}.{name or f.__name__}"
-        setattr(cls, name or f.__name__, f)
-        return f
-    return deco
-
 # %% ../nbs/00_core.ipynb #fa6438dc
-import ast, dataclasses, inspect, io, textwrap, tokenize
-
 def _comments(src: str) -> dict:
     "Line number -> text of the comment that ends that line."
     out = {}
@@ -107,6 +104,21 @@ def _comments(src: str) -> dict:
     except (tokenize.TokenError, IndentationError): pass
     return out
 
+# %% ../nbs/00_core.ipynb #f924a438
+def _param_spans(node) -> list:
+    "`(name, first line, last line)` of each parameter of function `node`, or each annotated field of class `node`, in line order."
+    if isinstance(node, ast.ClassDef):
+        return [(st.target.id, st.lineno, st.end_lineno) for st in node.body
+                if isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name)]
+    a = node.args
+    pos = a.posonlyargs + a.args
+    dflt = dict(zip([x.arg for x in pos[len(pos)-len(a.defaults):]], a.defaults))
+    dflt.update({x.arg: d for x, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None})
+    params = pos + ([a.vararg] if a.vararg else []) + a.kwonlyargs + ([a.kwarg] if a.kwarg else [])
+    # a parameter ends where its default ends: `x=(1,\n 2),  # doc` is documented on the default's last line
+    return sorted(((p.arg, p.lineno, (dflt.get(p.arg) or p).end_lineno) for p in params), key=lambda t: t[1])
+
+# %% ../nbs/00_core.ipynb #b4f8e3d0
 def _docs_at(spans: list, comments: dict, lines: list) -> dict:
     "`spans`: (name, first line, last line) in order; each name's comment on its last line, plus comment-only lines after it."
     docs = {}
@@ -119,26 +131,14 @@ def _docs_at(spans: list, comments: dict, lines: list) -> dict:
         if parts: docs[name] = " ".join(parts)
     return docs
 
+# %% ../nbs/00_core.ipynb #7e85c817
 def param_docs(obj) -> dict:
     """`{parameter: description}` for a function's parameters or a dataclass's fields, from the comment that ends
     each one's line. Options a function takes through `with_options` are described where they are declared."""
     try: src = textwrap.dedent(inspect.getsource(obj))
     except (OSError, TypeError): src = None
     docs = {}
-    if src:
-        lines, comments = src.splitlines(), _comments(src)
-        node = ast.parse(src).body[0]
-        if isinstance(node, ast.ClassDef):
-            spans = [(st.target.id, st.lineno, st.end_lineno) for st in node.body
-                     if isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name)]
-        else:
-            a = node.args
-            pos = a.posonlyargs + a.args
-            dflt = dict(zip([x.arg for x in pos[len(pos)-len(a.defaults):]], a.defaults))
-            dflt.update({x.arg: d for x, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None})
-            params = pos + ([a.vararg] if a.vararg else []) + a.kwonlyargs + ([a.kwarg] if a.kwarg else [])
-            spans = sorted(((p.arg, p.lineno, (dflt.get(p.arg) or p).end_lineno) for p in params), key=lambda t: t[1])
-        docs = _docs_at(spans, comments, lines)
+    if src: docs = _docs_at(_param_spans(ast.parse(src).body[0]), _comments(src), src.splitlines())
     opts = getattr(obj, "__options__", None)
     if opts: docs = {**param_docs(opts[0]), **docs}
     return docs
@@ -163,6 +163,7 @@ def with_options(options_cls, exclude=()):
         return f
     return deco
 
+# %% ../nbs/00_core.ipynb #0d989fb4
 def split_options(f, kwargs: dict) -> tuple[dict, dict]:
     "`(options for f's options class, the rest)`; an unknown keyword is an `AimassError` that lists the known ones."
     cls, names = f.__options__

@@ -11,27 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import pandas as pd
+from fastcore.basics import patch
 from .core import AimassError
 
 # %% auto #0
 __all__ = ['BUILTIN_DATASETS', 'Dataset', 'load_data', 'Splits', 'split', 'Preprocessor', 'score']
-
-# %% ../nbs/01_data.ipynb #628a6e67
-BUILTIN_DATASETS = {
-    "digits": "load_digits", "iris": "load_iris", "wine": "load_wine",
-    "breast_cancer": "load_breast_cancer", "diabetes": "load_diabetes",
-}
-
-def _builtin(name):
-    import sklearn.datasets as skd
-    b = getattr(skd, BUILTIN_DATASETS[name])()
-    if name == "digits":  # keep the images' shape: (N, 1, 8, 8), so the cnn template sees pixels
-        X = b.images.astype(np.float32)[:, None]
-        return Dataset(X, b.target.astype(np.int64), "classification", [str(c) for c in b.target_names], name=name, target="digit")
-    X = pd.DataFrame(b.data, columns=[str(c) for c in b.feature_names])
-    if name == "diabetes":
-        return Dataset(X, b.target.astype(np.float32), "regression", name=name, target="progression")
-    return Dataset(X, b.target.astype(np.int64), "classification", [str(c) for c in b.target_names], name=name, target="target")
 
 # %% ../nbs/01_data.ipynb #6015ba80
 @dataclass
@@ -59,28 +43,52 @@ class Dataset:
         X = self.X.iloc[idx].reset_index(drop=True) if self.tabular else self.X[idx]
         return Dataset(X, self.y[idx], self.task, self.classes, self.name, self.target)
 
-    def fingerprint(self) -> str:
-        "A short hash of the rows and targets, stored with a model to tell which data trained it."
-        h = hashlib.sha256()
-        if self.tabular: h.update(pd.util.hash_pandas_object(self.X, index=False).values.tobytes())
-        else: h.update(np.ascontiguousarray(self.X).tobytes())
-        h.update(np.ascontiguousarray(self.y).tobytes())
-        return h.hexdigest()[:16]
-
     def __repr__(self):
         shape = f"{self.X.shape[1]} columns" if self.tabular else f"inputs of shape {tuple(self.X.shape[1:])}"
         kind = f"{self.num_classes} classes" if self.task == "classification" else "regression"
         return f"Dataset({self.name!r}: {len(self)} rows, {shape}, {kind})"
 
 # %% ../nbs/01_data.ipynb #95840981
+@patch
+def fingerprint(self: Dataset) -> str:
+    "A short hash of the rows and targets, stored with a model to tell which data trained it."
+    h = hashlib.sha256()
+    if self.tabular: h.update(pd.util.hash_pandas_object(self.X, index=False).values.tobytes())
+    else: h.update(np.ascontiguousarray(self.X).tobytes())
+    h.update(np.ascontiguousarray(self.y).tobytes())
+    return h.hexdigest()[:16]
+
+# %% ../nbs/01_data.ipynb #628a6e67
+BUILTIN_DATASETS = {
+    "digits": "load_digits", "iris": "load_iris", "wine": "load_wine",
+    "breast_cancer": "load_breast_cancer", "diabetes": "load_diabetes",
+}
+
+# %% ../nbs/01_data.ipynb #c9981b13
+def _builtin(name):
+    "The built-in dataset `name`, loaded from scikit-learn."
+    import sklearn.datasets as skd
+    b = getattr(skd, BUILTIN_DATASETS[name])()
+    if name == "digits":  # keep the images' shape: (N, 1, 8, 8), so the cnn template sees pixels
+        X = b.images.astype(np.float32)[:, None]
+        return Dataset(X, b.target.astype(np.int64), "classification", [str(c) for c in b.target_names], name=name, target="digit")
+    X = pd.DataFrame(b.data, columns=[str(c) for c in b.feature_names])
+    if name == "diabetes":
+        return Dataset(X, b.target.astype(np.float32), "regression", name=name, target="progression")
+    return Dataset(X, b.target.astype(np.int64), "classification", [str(c) for c in b.target_names], name=name, target="target")
+
+# %% ../nbs/01_data.ipynb #3e7429e9
 def _infer_task(y: pd.Series) -> str:
+    "classification or regression, from what the target holds."
     if y.dtype == object or isinstance(y.dtype, pd.CategoricalDtype) or pd.api.types.is_bool_dtype(y) or pd.api.types.is_string_dtype(y):
         return "classification"
     vals = y.dropna().unique()
     integral = np.all(np.mod(vals.astype(float), 1) == 0)
     return "classification" if integral and len(vals) <= max(20, int(0.05*len(y))) and len(vals) < len(y) else "regression"
 
+# %% ../nbs/01_data.ipynb #10e76a5e
 def _encode_target(y: pd.Series, task: str, where: str):
+    "`(encoded targets, class names or None)`; an `AimassError` for missing values, or values that do not fit `task`."
     if y.isna().any():
         raise AimassError(f"The target {where} has {int(y.isna().sum())} missing values: drop those rows or fill them in first.")
     if task == "regression":
@@ -95,8 +103,9 @@ def _encode_target(y: pd.Series, task: str, where: str):
     if len(uniques) < 2: raise AimassError(f"The target {where} has a single class ({uniques[0]!r}): classification needs at least two.")
     return codes.astype(np.int64), [str(u) for u in uniques]
 
-# %% ../nbs/01_data.ipynb #4846468e
+# %% ../nbs/01_data.ipynb #09dce341
 def _read_table(path: Path) -> pd.DataFrame:
+    "The table in a .csv, .tsv or .parquet file, with an `AimassError` for a missing, empty or unknown file."
     if not path.exists(): raise AimassError(f"No file at {path}.")
     suffix = path.suffix.lower()
     try:
@@ -107,7 +116,9 @@ def _read_table(path: Path) -> pd.DataFrame:
     if len(df) == 0: raise AimassError(f"{path} has a header but no rows.")
     return df
 
+# %% ../nbs/01_data.ipynb #2ad250f3
 def _from_frame(df: pd.DataFrame, target, task, name) -> Dataset:
+    "A `Dataset` from a table: column `target` is what to predict, the others the inputs."
     if target is None:
         raise AimassError(f"Say which column to predict with target= (--target on the command line). Columns: {', '.join(map(str, df.columns))}.")
     if target not in df.columns:
@@ -118,12 +129,28 @@ def _from_frame(df: pd.DataFrame, target, task, name) -> Dataset:
     y, classes = _encode_target(df[target].reset_index(drop=True), task or _infer_task(df[target]), f"column {target!r}")
     return Dataset(X, y, task or ("classification" if classes is not None else "regression"), classes, name=name, target=str(target))
 
+# %% ../nbs/01_data.ipynb #9a188313
 def _to_numpy(a, what):
+    "`a` (an array, a tensor, a DataFrame or Series, a list) as a numpy array."
     if hasattr(a, "detach"): a = a.detach().cpu().numpy()  # a torch tensor, without importing torch here
     elif isinstance(a, (pd.DataFrame, pd.Series)): a = a.to_numpy()
     try: return np.asarray(a)
     except Exception as e: raise AimassError(f"Cannot turn {what} ({type(a).__name__}) into an array: {e}") from None
 
+# %% ../nbs/01_data.ipynb #b5b3a54e
+def _from_arrays(X, y, task) -> Dataset:
+    "A `Dataset` from an `(X, y)` pair."
+    X, y = _to_numpy(X, "X"), _to_numpy(y, "y")
+    if len(X) != len(y): raise AimassError(f"X has {len(X)} rows but y has {len(y)}: they must have the same length.")
+    if X.ndim == 1: X = X[:, None]
+    if not np.issubdtype(X.dtype, np.number): raise AimassError(f"X must be numeric, not {X.dtype}; use a DataFrame with target= for mixed columns.")
+    if y.ndim != 1: raise AimassError(f"y must be one value per row, not shape {y.shape}.")
+    yt, classes = _encode_target(pd.Series(y), task or _infer_task(pd.Series(y)), "y")
+    if X.ndim == 2: X = pd.DataFrame(X.astype(np.float64), columns=[f"x{i}" for i in range(X.shape[1])])
+    else: X = X.astype(np.float32)
+    return Dataset(X, yt, task or ("classification" if classes is not None else "regression"), classes, name="arrays")
+
+# %% ../nbs/01_data.ipynb #4fe4bc0e
 def load_data(data, target: str|None = None, task: str|None = None) -> Dataset:
     "Load `data`: a built-in dataset name, a CSV/Parquet path, a DataFrame, an `(X, y)` pair, or a `Dataset`."
     if isinstance(data, Dataset): return data
@@ -135,27 +162,20 @@ def load_data(data, target: str|None = None, task: str|None = None) -> Dataset:
         if task and task != ds.task: raise AimassError(f"{s!r} is a {ds.task} dataset; task={task!r} does not fit it.")
         return ds
     if isinstance(data, pd.DataFrame): return _from_frame(data, target, task, "the DataFrame")
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        X, y = _to_numpy(data[0], "X"), _to_numpy(data[1], "y")
-        if len(X) != len(y): raise AimassError(f"X has {len(X)} rows but y has {len(y)}: they must have the same length.")
-        if X.ndim == 1: X = X[:, None]
-        if not np.issubdtype(X.dtype, np.number): raise AimassError(f"X must be numeric, not {X.dtype}; use a DataFrame with target= for mixed columns.")
-        if y.ndim != 1: raise AimassError(f"y must be one value per row, not shape {y.shape}.")
-        yt, classes = _encode_target(pd.Series(y), task or _infer_task(pd.Series(y)), "y")
-        if X.ndim == 2: X = pd.DataFrame(X.astype(np.float64), columns=[f"x{i}" for i in range(X.shape[1])])
-        else: X = X.astype(np.float32)
-        return Dataset(X, yt, task or ("classification" if classes is not None else "regression"), classes, name="arrays")
+    if isinstance(data, (tuple, list)) and len(data) == 2: return _from_arrays(data[0], data[1], task)
     raise AimassError(f"Cannot use {type(data).__name__} as data: pass a dataset name ({', '.join(BUILTIN_DATASETS)}), "
                       "a .csv/.parquet path, a DataFrame with target=, or (X, y).")
 
 # %% ../nbs/01_data.ipynb #c485d02d
 @dataclass
 class Splits:
+    "The train, validation and test sets `split` makes."
     train: Dataset
     val: Dataset
     test: Dataset
     def __repr__(self): return f"Splits(train={len(self.train)}, val={len(self.val)}, test={len(self.test)})"
 
+# %% ../nbs/01_data.ipynb #26087489
 def split(ds: Dataset, val_size: float = 0.15, test_size: float = 0.15, seed: int = 0) -> Splits:
     "Split `ds` into train/val/test; classification splits keep class proportions."
     from sklearn.model_selection import train_test_split
@@ -171,27 +191,27 @@ def split(ds: Dataset, val_size: float = 0.15, test_size: float = 0.15, seed: in
     return Splits(ds.subset(np.sort(train)), ds.subset(np.sort(val)), ds.subset(np.sort(test)))
 
 # %% ../nbs/01_data.ipynb #5479e223
+def _fit_column(name: str, s: pd.Series) -> dict:
+    "How to encode one column, learned from its training values: a number's fill value and scale, or a category's values."
+    if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+        v = s.astype(float)
+        med = float(v.median()) if v.notna().any() else 0.0
+        filled = v.fillna(med)
+        return {"name": name, "kind": "number", "fill": med, "mean": float(filled.mean()), "std": float(filled.std(ddof=0) or 1.0)}
+    return {"name": name, "kind": "category", "categories": sorted({str(x) for x in s.dropna().unique()})}
+
+# %% ../nbs/01_data.ipynb #f2b04062
 class Preprocessor:
     "Raw inputs -> float32 model inputs; learned on training data, saved as plain JSON."
     def __init__(self, state: dict): self.state = state
 
     @classmethod
     def fit(cls, ds: Dataset) -> Preprocessor:
+        "Learn how to encode `ds`'s raw inputs (pass the training split only)."
         if not ds.tabular:
             X = ds.X.astype(np.float64)
             return cls({"kind": "tensor", "shape": list(ds.X.shape[1:]), "mean": float(X.mean()), "std": float(X.std() or 1.0)})
-        cols = []
-        for c in ds.X.columns:
-            s = ds.X[c]
-            if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
-                v = s.astype(float)
-                med = float(v.median()) if v.notna().any() else 0.0
-                filled = v.fillna(med)
-                cols.append({"name": c, "kind": "number", "fill": med, "mean": float(filled.mean()), "std": float(filled.std(ddof=0) or 1.0)})
-            else:
-                cats = sorted({str(x) for x in s.dropna().unique()})
-                cols.append({"name": c, "kind": "category", "categories": cats})
-        return cls({"kind": "tabular", "columns": cols})
+        return cls({"kind": "tabular", "columns": [_fit_column(c, ds.X[c]) for c in ds.X.columns]})
 
     @property
     def kind(self): return self.state["kind"]
@@ -209,17 +229,6 @@ class Preprocessor:
         "Number of raw values in one row."
         return int(np.prod(self.state["shape"])) if self.kind == "tensor" else len(self.state["columns"])
 
-    @property
-    def schema(self) -> dict:
-        "The raw input schema: what one row must look like."
-        if self.kind == "tensor":
-            return {"kind": "tensor", "shape": self.state["shape"], "dtype": "float32",
-                    "row": f"a list of {self.raw_width} numbers (or nested lists of shape {self.state['shape']})"}
-        cols = [{"name": c["name"], "type": c["kind"], **({"categories": c["categories"]} if c["kind"] == "category" else {})}
-                for c in self.state["columns"]]
-        return {"kind": "tabular", "columns": cols,
-                "row": "an object of named fields (missing or null values are imputed), or a list of values in column order"}
-
     def transform(self, X) -> np.ndarray:
         "Raw rows (DataFrame, list of dicts, list of lists, array) -> float32 array `(N, *input_shape)`."
         return _transform_tensor(self.state, X) if self.kind == "tensor" else _transform_tabular(self.state, X)
@@ -232,8 +241,21 @@ class Preprocessor:
         n = sum(c['kind'] == 'number' for c in self.state['columns'])
         return f"Preprocessor(tabular: {n} numeric, {len(self.state['columns'])-n} categorical columns -> {self.input_shape[0]} features)"
 
-# %% ../nbs/01_data.ipynb #29b51d91
+# %% ../nbs/01_data.ipynb #27ed9585
+@patch(as_prop=True)
+def schema(self: Preprocessor) -> dict:
+    "The raw input schema: what one row must look like."
+    if self.kind == "tensor":
+        return {"kind": "tensor", "shape": self.state["shape"], "dtype": "float32",
+                "row": f"a list of {self.raw_width} numbers (or nested lists of shape {self.state['shape']})"}
+    cols = [{"name": c["name"], "type": c["kind"], **({"categories": c["categories"]} if c["kind"] == "category" else {})}
+            for c in self.state["columns"]]
+    return {"kind": "tabular", "columns": cols,
+            "row": "an object of named fields (missing or null values are imputed), or a list of values in column order"}
+
+# %% ../nbs/01_data.ipynb #997f38b5
 def _transform_tensor(st, X) -> np.ndarray:
+    "Image-like rows (arrays or nested lists of numbers) -> scaled float32 array `(N, *shape)`."
     shape, width = tuple(st["shape"]), int(np.prod(st["shape"]))
     try: a = np.asarray(X.to_numpy() if isinstance(X, pd.DataFrame) else X, dtype=np.float32)
     except (ValueError, TypeError) as e:
@@ -244,7 +266,17 @@ def _transform_tensor(st, X) -> np.ndarray:
     if not np.isfinite(a).all(): raise AimassError("Inputs hold NaN or infinite values; image-like inputs cannot be imputed.")
     return ((a - st["mean"]) / st["std"]).astype(np.float32)
 
+# %% ../nbs/01_data.ipynb #e66b2936
+def _check_row_lengths(rows: list, names: list):
+    "An `AimassError` naming the first row that is not a list of one value per column."
+    for i, r in enumerate(rows):
+        if isinstance(r, dict) or not hasattr(r, "__len__") or isinstance(r, str) or len(r) != len(names):
+            got = len(r) if hasattr(r, "__len__") and not isinstance(r, (str, dict)) else type(r).__name__
+            raise AimassError(f"Row {i} has {got} values; each row needs {len(names)}, in this order: {', '.join(names)}.")
+
+# %% ../nbs/01_data.ipynb #5b873203
 def _rows_to_frame(st, X) -> pd.DataFrame:
+    "Tabular rows (a DataFrame, a dict, dicts, lists of values, an array) as a DataFrame with the model's columns."
     names, objects = [c["name"] for c in st["columns"]], False
     if isinstance(X, pd.DataFrame): df = X
     elif isinstance(X, dict): df, objects = pd.DataFrame([X]), True
@@ -252,10 +284,7 @@ def _rows_to_frame(st, X) -> pd.DataFrame:
         rows = list(X.tolist() if isinstance(X, np.ndarray) else X)
         if rows and all(isinstance(r, dict) for r in rows): df, objects = pd.DataFrame(rows), True
         else:
-            for i, r in enumerate(rows):
-                if isinstance(r, dict) or not hasattr(r, "__len__") or isinstance(r, str) or len(r) != len(names):
-                    got = len(r) if hasattr(r, "__len__") and not isinstance(r, (str, dict)) else type(r).__name__
-                    raise AimassError(f"Row {i} has {got} values; each row needs {len(names)}, in this order: {', '.join(names)}.")
+            _check_row_lengths(rows, names)
             df = pd.DataFrame(rows, columns=names)
     missing = [n for n in names if n not in df.columns]
     known = [n for n in names if n in df.columns]
@@ -264,23 +293,31 @@ def _rows_to_frame(st, X) -> pd.DataFrame:
     if missing: raise AimassError(f"Missing column(s) {', '.join(map(repr, missing))}; the model takes: {', '.join(names)}.")
     return df
 
+# %% ../nbs/01_data.ipynb #06699da3
+def _encode_number(s: pd.Series, c: dict) -> np.ndarray:
+    "Numeric column `s` with missing values filled and standardized, as an `(N, 1)` array; a non-number is an `AimassError`."
+    v = pd.to_numeric(s, errors="coerce")
+    bad = v.isna() & s.notna()
+    if bad.any(): raise AimassError(f"Column {c['name']!r} must be numeric; got {s[bad].iloc[0]!r}.")
+    return ((v.astype(float).fillna(c["fill"]).to_numpy() - c["mean"]) / c["std"])[:, None]
+
+# %% ../nbs/01_data.ipynb #a4082fc8
+def _one_hot(s: pd.Series, categories: list) -> np.ndarray:
+    "Column `s` one-hot encoded over `categories`, float32 `(N, len(categories))`; a missing or unseen value is all zeros."
+    text = s.astype("string")  # str() of each value, <NA> where missing; vectorised: batch scoring runs this on every row
+    codes = pd.Index(categories, dtype="string").get_indexer(text)
+    codes[text.isna().to_numpy()] = -1  # missing and unseen values: all zeros
+    oh = np.zeros((len(s), len(categories)), np.float32)
+    hit = codes >= 0
+    oh[np.flatnonzero(hit), codes[hit]] = 1
+    return oh
+
+# %% ../nbs/01_data.ipynb #609b94ac
 def _transform_tabular(st, X) -> np.ndarray:
-    df, parts = _rows_to_frame(st, X), []
-    for c in st["columns"]:
-        s = df[c["name"]]
-        if c["kind"] == "number":
-            v = pd.to_numeric(s, errors="coerce")
-            bad = v.isna() & s.notna()
-            if bad.any(): raise AimassError(f"Column {c['name']!r} must be numeric; got {s[bad].iloc[0]!r}.")
-            parts.append(((v.astype(float).fillna(c["fill"]).to_numpy() - c["mean"]) / c["std"])[:, None])
-        else:
-            text = s.astype("string")  # str() of each value, <NA> where missing; vectorised: batch scoring runs this on every row
-            codes = pd.Index(c["categories"], dtype="string").get_indexer(text)
-            codes[text.isna().to_numpy()] = -1  # missing and unseen values: all zeros
-            oh = np.zeros((len(df), len(c["categories"])), np.float32)
-            hit = codes >= 0
-            oh[np.flatnonzero(hit), codes[hit]] = 1
-            parts.append(oh)
+    "Tabular rows -> float32 array `(N, features)`: each column encoded as `fit` learned, side by side."
+    df = _rows_to_frame(st, X)
+    parts = [_encode_number(df[c["name"]], c) if c["kind"] == "number" else _one_hot(df[c["name"]], c["categories"])
+             for c in st["columns"]]
     return np.concatenate(parts, axis=1).astype(np.float32) if parts else np.zeros((len(df), 0), np.float32)
 
 # %% ../nbs/01_data.ipynb #09b9320d

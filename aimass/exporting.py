@@ -13,14 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from typing import Literal
+from fastcore.basics import patch
 from .core import AimassError
 from .data import Preprocessor, score
 from .registry import ExportInfo, ModelCard, Registry, TargetInfo
 
 # %% auto #0
-__all__ = ['FP32_MAX_ABS', 'INT8_MAX_DROP', 'input_spec', 'output_name', 'graph_module', 'heldout_inputs', 'trace_to_onnx',
-           'check_external_data', 'session_options', 'load_onnx', 'check_parity', 'metric_key', 'ExportReport',
-           'markdown_table', 'ort_optimize', 'quantize_int8', 'export', 'export_summary', 'onnx_path']
+__all__ = ['check_external_data', 'load_onnx', 'ExportReport', 'export', 'onnx_path']
 
 # %% ../nbs/05_exporting.ipynb #3377627d
 def input_spec(pre: Preprocessor, card: ModelCard) -> dict:
@@ -31,9 +30,22 @@ def input_spec(pre: Preprocessor, card: ModelCard) -> dict:
     return {"inputs": "preprocessed", "input_name": "input", "input_shape": [None, *card.input_shape], "dtype": "float32",
             "note": "preprocessed features: run the card's preprocessing first (ModelCard.preprocessing().transform(rows))"}
 
+# %% ../nbs/05_exporting.ipynb #cefc4ec8
 def output_name(task: str) -> str: return "probs" if task == "classification" else "value"
 
-# %% ../nbs/05_exporting.ipynb #1099a961
+# %% ../nbs/05_exporting.ipynb #08320afd
+def heldout_inputs(mv, pre: Preprocessor, inputs: str):
+    "Held-out `(x, y)` in the form the exported graph takes (`raw` rows or `preprocessed` features)."
+    f = mv.file("heldout.npz")
+    if not f.exists(): raise AimassError(f"{mv.ref} has no heldout.npz (held-out test rows); retrain it with aimass.train to export and check it.")
+    with np.load(f) as d: x, y = d["x"], d["y"]
+    if inputs == "preprocessed": return x.astype(np.float32), y
+    st = pre.state
+    if pre.kind == "tensor": raw = x.astype(np.float64) * st["std"] + st["mean"]
+    else: raw = x.astype(np.float64) * np.array([c["std"] for c in st["columns"]]) + np.array([c["mean"] for c in st["columns"]])
+    return raw.reshape(len(x), -1).astype(np.float32), y
+
+# %% ../nbs/05_exporting.ipynb #83936934
 def graph_module(predictor, pre: Preprocessor):
     "A torch module computing `predictor(preprocess(raw))` when the preprocessing is numeric, else `predictor` itself."
     import torch
@@ -58,21 +70,7 @@ def graph_module(predictor, pre: Preprocessor):
             return self.predictor(x)
     return WithPreprocessing().eval()
 
-# %% ../nbs/05_exporting.ipynb #08320afd
-def heldout_inputs(mv, pre: Preprocessor, inputs: str):
-    "Held-out `(x, y)` in the form the exported graph takes (`raw` rows or `preprocessed` features)."
-    f = mv.file("heldout.npz")
-    if not f.exists(): raise AimassError(f"{mv.ref} has no heldout.npz (held-out test rows); retrain it with aimass.train to export and check it.")
-    with np.load(f) as d: x, y = d["x"], d["y"]
-    if inputs == "preprocessed": return x.astype(np.float32), y
-    st = pre.state
-    if pre.kind == "tensor": raw = x.astype(np.float64) * st["std"] + st["mean"]
-    else: raw = x.astype(np.float64) * np.array([c["std"] for c in st["columns"]]) + np.array([c["mean"] for c in st["columns"]])
-    return raw.reshape(len(x), -1).astype(np.float32), y
-
 # %% ../nbs/05_exporting.ipynb #e1f073c1
-_OP_RE = re.compile(r"aten(?:::|\.)[A-Za-z_][A-Za-z0-9_]*")
-
 @contextlib.contextmanager
 def _native_output_silenced():
     "Point file descriptors 1 and 2 at /dev/null: the legacy exporter logs whole graphs from C++, past `sys.stdout`."
@@ -87,6 +85,7 @@ def _native_output_silenced():
     finally:
         for fd, s in zip((1, 2), saved): os.dup2(s, fd); os.close(s)
 
+# %% ../nbs/05_exporting.ipynb #16c003a3
 @contextlib.contextmanager
 def _quiet():
     "Silence the exporters' progress prints and warnings; keep what they said for error messages."
@@ -101,15 +100,21 @@ def _quiet():
     finally:
         for l, lv in zip(loggers, levels): l.setLevel(lv)
 
+# %% ../nbs/05_exporting.ipynb #ed5e688f
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 def _first_line(e: BaseException) -> str:
+    "The first line of an error and of its causes, without terminal colours: enough to say why, short enough to read."
     s = _ANSI.sub("", str(e)).strip().splitlines()
     line = f"{type(e).__name__}: {s[0][:300] if s else ''}"
     cause = e.__cause__ or e.__context__
     return line + (f" <- {_first_line(cause)}" if cause is not None and cause is not e and len(line) < 400 else "")
 
+# %% ../nbs/05_exporting.ipynb #58eb90d3
+_OP_RE = re.compile(r"aten(?:::|\.)[A-Za-z_][A-Za-z0-9_]*")
+
 def _failing_ops(*errors) -> list:
+    "The `aten` operators the errors name, in order, once each."
     ops = []
     for e in errors:
         for op in _OP_RE.findall(str(e)):
@@ -117,37 +122,52 @@ def _failing_ops(*errors) -> list:
             if op not in ops: ops.append(op)
     return ops
 
-# %% ../nbs/05_exporting.ipynb #e0e1600f
-def trace_to_onnx(module, example, path, opset=None, dynamic_batch=True, input_name="input", output_name="output") -> dict:
-    "Export `module` called on `example` to `path`; returns `{exporter, notes}`. Raises `AimassError` naming the failing op."
+# %% ../nbs/05_exporting.ipynb #873cd718
+def _dynamo_export(module, example, path, dynamic_batch: bool, **names):
+    "The `torch.export`-based exporter, quietly."
     import torch
-    notes, path = [], Path(path)
-    kw = dict(input_names=[input_name], output_names=[output_name])
-    if opset is not None: kw["opset_version"] = int(opset)
-    try:
-        with _quiet():
-            ds = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
-            torch.onnx.export(module, (example,), str(path), dynamo=True, external_data=False, dynamic_shapes=ds, **kw)
-        return {"exporter": "dynamo", "notes": notes}
-    except Exception as e: dynamo_err = e
-    note = (f"torch.export-based exporter failed ({_first_line(dynamo_err)[:600]}); used the legacy TorchScript exporter, "
-            "which records one path through any Python control flow (the parity check shows whether that matters).")
-    print(f"aimass: {note}")
-    notes.append(note)
-    try:
-        with _quiet():
-            axes = {input_name: {0: "batch"}, output_name: {0: "batch"}} if dynamic_batch else None
-            torch.onnx.export(module, (example,), str(path), dynamo=False, dynamic_axes=axes, **kw)
-        return {"exporter": "legacy", "notes": notes}
-    except Exception as e: legacy_err = e
+    with _quiet():
+        ds = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
+        torch.onnx.export(module, (example,), str(path), dynamo=True, external_data=False, dynamic_shapes=ds, **names)
+
+# %% ../nbs/05_exporting.ipynb #4ee7a3e1
+def _legacy_export(module, example, path, dynamic_batch: bool, **names):
+    "The legacy TorchScript exporter, quietly."
+    import torch
+    with _quiet():
+        io_names = names["input_names"] + names["output_names"]
+        axes = {n: {0: "batch"} for n in io_names} if dynamic_batch else None
+        torch.onnx.export(module, (example,), str(path), dynamo=False, dynamic_axes=axes, **names)
+
+# %% ../nbs/05_exporting.ipynb #7516577d
+def _unexportable(dynamo_err: Exception, legacy_err: Exception) -> AimassError:
+    "The error for a model neither exporter converts: the operator, both exporters' reasons, what to try."
     ops = _failing_ops(dynamo_err, legacy_err)
     what = f"operator {', '.join(ops[:3])}" if ops else "the model"
-    raise AimassError(
+    return AimassError(
         f"Cannot export to ONNX: both exporters failed on {what}.\n"
         f"  torch.export-based: {_first_line(dynamo_err)}\n  legacy TorchScript: {_first_line(legacy_err)}\n"
         "Try: replace that operation with ONNX-supported ops (or compute it outside the model), avoid Python control flow "
         "that depends on tensor values (use torch.where), pick another opset=..., or benchmark and serve the model "
-        "with the torch backend instead.") from None
+        "with the torch backend instead.")
+
+# %% ../nbs/05_exporting.ipynb #23421b00
+def trace_to_onnx(module, example, path, opset=None, dynamic_batch=True, input_name="input", output_name="output") -> dict:
+    "Export `module` called on `example` to `path`; returns `{exporter, notes}`. Raises `AimassError` naming the failing op."
+    names = dict(input_names=[input_name], output_names=[output_name])
+    if opset is not None: names["opset_version"] = int(opset)
+    try:
+        _dynamo_export(module, example, path, dynamic_batch, **names)
+        return {"exporter": "dynamo", "notes": []}
+    except Exception as e: dynamo_err = e
+    note = (f"torch.export-based exporter failed ({_first_line(dynamo_err)[:600]}); used the legacy TorchScript exporter, "
+            "which records one path through any Python control flow (the parity check shows whether that matters).")
+    print(f"aimass: {note}")
+    try:
+        _legacy_export(module, example, path, dynamic_batch, **names)
+        return {"exporter": "legacy", "notes": [note]}
+    except Exception as e: legacy_err = e
+    raise _unexportable(dynamo_err, legacy_err) from None
 
 # %% ../nbs/05_exporting.ipynb #cb0a5116
 def _all_tensors(graph):
@@ -161,6 +181,7 @@ def _all_tensors(graph):
             if a.HasField("g"): yield from _all_tensors(a.g)
             for g in a.graphs: yield from _all_tensors(g)
 
+# %% ../nbs/05_exporting.ipynb #7a3c3959
 def check_external_data(path, model_dir=None):
     "Raise `AimassError` unless the model file and all its external-data locations lie inside `model_dir`."
     import onnx
@@ -179,7 +200,7 @@ def check_external_data(path, model_dir=None):
                               f"outside the model folder {root}. Re-export the model.")
     return model
 
-# %% ../nbs/05_exporting.ipynb #b72ebc03
+# %% ../nbs/05_exporting.ipynb #7577cac5
 def session_options(threads: int = 1):
     "ONNX Runtime options with deliberate threading: `threads` intra-op, 1 inter-op, no spinning."
     import onnxruntime as ort
@@ -191,6 +212,7 @@ def session_options(threads: int = 1):
     so.log_severity_level = 3
     return so
 
+# %% ../nbs/05_exporting.ipynb #39d8f887
 def load_onnx(path, model_dir=None, threads: int = 1, options=None):
     "An ONNX Runtime CPU session for `path`, after checking its external data stays inside `model_dir`."
     import onnxruntime as ort
@@ -203,26 +225,28 @@ def load_onnx(path, model_dir=None, threads: int = 1, options=None):
                                 "Re-export it with this environment, or upgrade onnxruntime.") from None
         raise AimassError(f"ONNX Runtime cannot load {Path(path).name}: {_first_line(e)}") from None
 
-# %% ../nbs/05_exporting.ipynb #b1095dfc
-FP32_MAX_ABS = 1e-4   # fp32 graph vs eager: max abs error on any output (regression: in units of the target's std)
-INT8_MAX_DROP = 0.01  # int8: accuracy (classification) or r2 (regression) may drop at most 1 point
-
+# %% ../nbs/05_exporting.ipynb #c0365ecf
 def _errors(got, ref) -> dict:
+    "Largest absolute and relative difference between two outputs."
     got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
     d = np.abs(got - ref)
     return {"max_abs": float(d.max()) if d.size else 0.0, "max_rel": float((d / np.maximum(np.abs(ref), 1e-6)).max()) if d.size else 0.0}
 
+# %% ../nbs/05_exporting.ipynb #de527833
 def _run_rows(sess, x, batch: int|None = None):
+    "Outputs of an ONNX session for rows `x`: in one call, or `batch` rows per call."
     name = sess.get_inputs()[0].name
     if batch is None: return sess.run(None, {name: x})[0]
     return np.concatenate([sess.run(None, {name: x[i:i+batch]})[0] for i in range(0, len(x), batch)])
 
+# %% ../nbs/05_exporting.ipynb #6dbeba3e
 def _eager(lm, x, inputs):
+    "The production path's outputs: numpy preprocessing (for raw inputs), then the eager `Predictor`."
     import torch
     xp = lm.preprocessor.transform(x) if inputs == "raw" else x
     with torch.inference_mode(): return lm.predictor(torch.from_numpy(xp)).numpy()
 
-# %% ../nbs/05_exporting.ipynb #c0365ecf
+# %% ../nbs/05_exporting.ipynb #d6bdce8d
 def check_parity(sessions: dict, lm, x, y, inputs: str, out_name: str, dynamic_batch=True, n_single=8) -> tuple:
     "Parity table (variant, output, batch_size, rows, max_abs, max_rel) and test metrics per variant (plus eager `torch`)."
     rows_1 = x[:n_single].copy()
@@ -239,9 +263,29 @@ def check_parity(sessions: dict, lm, x, y, inputs: str, out_name: str, dynamic_b
         metrics[variant] = score(lm.task, out_all, y)
     return pd.DataFrame(recs), metrics
 
+# %% ../nbs/05_exporting.ipynb #65d75fab
 def metric_key(task) -> str:
     "The headline test metric: accuracy for classification, r2 for regression."
     return "accuracy" if task == "classification" else "r2"
+
+# %% ../nbs/05_exporting.ipynb #2676b59a
+FP32_MAX_ABS = 1e-4   # fp32 graph vs eager: max abs error on any output (regression: in units of the target's std)
+INT8_MAX_DROP = 0.01  # int8: accuracy (classification) or r2 (regression) may drop at most 1 point
+
+def _judge(parity: pd.DataFrame, metrics: dict, task: str, target_std: float = 1.0) -> dict:
+    "Pass/fail per variant: fp32 variants on max abs error, int8 on the drop of its test metric."
+    checks, key = {}, metric_key(task)
+    tol = FP32_MAX_ABS * (max(1.0, abs(target_std)) if task == "regression" else 1.0)
+    for v in metrics:
+        if v == "torch": continue
+        if v == "int8":
+            drop = metrics["fp32"][key] - metrics[v][key]
+            checks[v] = {"passed": bool(drop <= INT8_MAX_DROP + 1e-12),
+                         "why": f"int8 {key} {metrics[v][key]:.4f} vs fp32 {metrics['fp32'][key]:.4f} (drop {drop:+.4f}, limit {INT8_MAX_DROP})"}
+        else:
+            err = float(parity[parity.variant == v].max_abs.max())
+            checks[v] = {"passed": bool(err <= tol), "why": f"{v} max abs error {err:.3g} (limit {tol:.3g})"}
+    return checks
 
 # %% ../nbs/05_exporting.ipynb #930ca10d
 @dataclass
@@ -264,55 +308,54 @@ class ExportReport:
     @property
     def model_path(self) -> Path: return self.path.parent/self.files["fp32"]
 
-    def table(self) -> pd.DataFrame:
-        "One row per variant: worst errors, its test metric and whether it passed."
-        key = metric_key("classification" if "accuracy" in self.metrics.get("torch", {}) else "regression")
-        rows = []
-        for v, c in self.checks.items():
-            p = self.parity[self.parity.variant == v]
-            rows.append({"variant": v, "file": self.files.get(v, ""), "max_abs": p.max_abs.max(), "max_rel": p.max_rel.max(),
-                         key: self.metrics.get(v, {}).get(key), "passed": c["passed"]})
-        return pd.DataFrame(rows)
-
-    def _head(self):
-        status = "passed" if self.passed else "FAILED"
-        return (f"ONNX export of {self.ref}: {status} ({self.exporter} exporter, opset {self.opset}, IR {self.ir_version}; "
-                f"input {self.io['input_name']!r} {self.io['input_shape']} {self.io['inputs']})")
-
-    def __repr__(self): return self._head() + "\n" + self.table().to_string(index=False) + "".join(f"\nnote: {n}" for n in self.notes)
-    def _repr_markdown_(self):
-        notes = "".join(f"\n\n*{n}*" for n in self.notes + [c["why"] for c in self.checks.values() if not c["passed"]])
-        return f"**{self._head()}**\n\n" + markdown_table(self.table()) + notes
-    def _repr_html_(self):
-        notes = "".join(f"<p><i>{n}</i></p>" for n in self.notes + [c["why"] for c in self.checks.values() if not c["passed"]])
-        return f"<p><b>{self._head()}</b></p>" + self.table().to_html(index=False, float_format="{:.3g}".format) + notes
-
     def to_dict(self) -> dict:
         return {"ref": self.ref, "files": self.files, "exporter": self.exporter, "opset": self.opset, "ir_version": self.ir_version,
                 **self.io, "parity": self.parity.to_dict("records"), "metrics": self.metrics, "checks": self.checks,
                 "passed": self.passed, "notes": self.notes}
 
-# %% ../nbs/05_exporting.ipynb #9e74d154
+# %% ../nbs/05_exporting.ipynb #8bd852cc
+@patch
+def table(self: ExportReport) -> pd.DataFrame:
+    "One row per variant: worst errors, its test metric and whether it passed."
+    key = metric_key("classification" if "accuracy" in self.metrics.get("torch", {}) else "regression")
+    rows = []
+    for v, c in self.checks.items():
+        p = self.parity[self.parity.variant == v]
+        rows.append({"variant": v, "file": self.files.get(v, ""), "max_abs": p.max_abs.max(), "max_rel": p.max_rel.max(),
+                     key: self.metrics.get(v, {}).get(key), "passed": c["passed"]})
+    return pd.DataFrame(rows)
+
+# %% ../nbs/05_exporting.ipynb #7c80ffb9
+@patch
+def _head(self: ExportReport) -> str:
+    "The verdict line the reprs start with."
+    status = "passed" if self.passed else "FAILED"
+    return (f"ONNX export of {self.ref}: {status} ({self.exporter} exporter, opset {self.opset}, IR {self.ir_version}; "
+            f"input {self.io['input_name']!r} {self.io['input_shape']} {self.io['inputs']})")
+
+# %% ../nbs/05_exporting.ipynb #95b665f0
 def markdown_table(df: pd.DataFrame) -> str:
     "A GitHub-style markdown table (no tabulate dependency); floats to 4 significant digits."
     fmt = lambda v: f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)
     lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|"*len(df.columns)]
     return "\n".join(lines + ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)])
 
-def _judge(parity: pd.DataFrame, metrics: dict, task: str, target_std: float = 1.0) -> dict:
-    "Pass/fail per variant: fp32 variants on max abs error, int8 on the drop of its test metric."
-    checks, key = {}, metric_key(task)
-    tol = FP32_MAX_ABS * (max(1.0, abs(target_std)) if task == "regression" else 1.0)
-    for v in metrics:
-        if v == "torch": continue
-        if v == "int8":
-            drop = metrics["fp32"][key] - metrics[v][key]
-            checks[v] = {"passed": bool(drop <= INT8_MAX_DROP + 1e-12),
-                         "why": f"int8 {key} {metrics[v][key]:.4f} vs fp32 {metrics['fp32'][key]:.4f} (drop {drop:+.4f}, limit {INT8_MAX_DROP})"}
-        else:
-            err = float(parity[parity.variant == v].max_abs.max())
-            checks[v] = {"passed": bool(err <= tol), "why": f"{v} max abs error {err:.3g} (limit {tol:.3g})"}
-    return checks
+# %% ../nbs/05_exporting.ipynb #9563b486
+@patch
+def __repr__(self: ExportReport):
+    return self._head() + "\n" + self.table().to_string(index=False) + "".join(f"\nnote: {n}" for n in self.notes)
+
+# %% ../nbs/05_exporting.ipynb #a1cc5578
+@patch
+def _repr_markdown_(self: ExportReport):
+    notes = "".join(f"\n\n*{n}*" for n in self.notes + [c["why"] for c in self.checks.values() if not c["passed"]])
+    return f"**{self._head()}**\n\n" + markdown_table(self.table()) + notes
+
+# %% ../nbs/05_exporting.ipynb #18e5dfdd
+@patch
+def _repr_html_(self: ExportReport):
+    notes = "".join(f"<p><i>{n}</i></p>" for n in self.notes + [c["why"] for c in self.checks.values() if not c["passed"]])
+    return f"<p><b>{self._head()}</b></p>" + self.table().to_html(index=False, float_format="{:.3g}".format) + notes
 
 # %% ../nbs/05_exporting.ipynb #d3272e64
 def ort_optimize(src, dst, level="extended"):
@@ -324,6 +367,7 @@ def ort_optimize(src, dst, level="extended"):
     so.optimized_model_filepath = str(dst)
     ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
 
+# %% ../nbs/05_exporting.ipynb #494a46cc
 def quantize_int8(src, dst):
     "Dynamic int8 quantization of the weights (activations quantized on the fly)."
     from onnxruntime.quantization import quantize_dynamic, QuantType
@@ -346,6 +390,16 @@ def _build(lm, work: Path, opset, dynamic_batch, quantize, optimize) -> tuple:
     if quantize: quantize_int8(work/"model.onnx", work/"model.int8.onnx"); files["int8"] = "model.int8.onnx"
     return files, io_, info
 
+# %% ../nbs/05_exporting.ipynb #10e64b14
+def export_summary(rep: ExportReport) -> ExportInfo:
+    "The card's `export` record: enough for bench and serve to pick and feed a file."
+    import onnxruntime, torch
+    return ExportInfo(files=rep.files, exporter=rep.exporter, opset=rep.opset, ir_version=rep.ir_version, **rep.io,
+                      passed=rep.passed, checks={v: c["passed"] for v, c in rep.checks.items()},
+                      max_abs_err={v: float(rep.parity[rep.parity.variant == v].max_abs.max()) for v in rep.checks},
+                      metrics=rep.metrics, report="onnx/report.json", torch=torch.__version__,
+                      onnxruntime=onnxruntime.__version__, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
 # %% ../nbs/05_exporting.ipynb #1891cdee
 def export(ref: str,  # NAME, NAME:vN or NAME@ALIAS
            *,
@@ -353,8 +407,8 @@ def export(ref: str,  # NAME, NAME:vN or NAME@ALIAS
            opset: int|None = None,  # ONNX opset (default: the exporter's)
            dynamic_batch: bool = True,  # any batch size; False fixes it at 1
            optimize: bool = True,  # also save ONNX Runtime's graph-optimized copy (portable optimizations only)
-           format: Literal["onnx"] = "onnx",
-           registry: Registry|None = None,  # default: the registry under $AIMASS_HOME
+           format: Literal["onnx"] = "onnx",  # the file format (ONNX, for now)
+           registry: Registry|None = None,  # the registry to use (default: the one under $AIMASS_HOME)
            ) -> ExportReport:
     """Export a registered model to ONNX, check every output against PyTorch on its held-out rows, and store the
     files and the result of the checks with the version. A graph that fails its checks is kept, marked failing, and
@@ -381,16 +435,6 @@ def export(ref: str,  # NAME, NAME:vN or NAME@ALIAS
         warnings.warn(f"aimass: the ONNX export of {rep.ref} failed its checks (saved anyway, marked failing): "
                       + "; ".join(c["why"] for c in rep.checks.values() if not c["passed"]), stacklevel=2)
     return rep
-
-# %% ../nbs/05_exporting.ipynb #6a398c6e
-def export_summary(rep: ExportReport) -> ExportInfo:
-    "The card's `export` record: enough for bench and serve to pick and feed a file."
-    import onnxruntime, torch
-    return ExportInfo(files=rep.files, exporter=rep.exporter, opset=rep.opset, ir_version=rep.ir_version, **rep.io,
-                      passed=rep.passed, checks={v: c["passed"] for v, c in rep.checks.items()},
-                      max_abs_err={v: float(rep.parity[rep.parity.variant == v].max_abs.max()) for v in rep.checks},
-                      metrics=rep.metrics, report="onnx/report.json", torch=torch.__version__,
-                      onnxruntime=onnxruntime.__version__, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 # %% ../nbs/05_exporting.ipynb #798c9f43
 def onnx_path(mv, variant: str = "fp32") -> Path:

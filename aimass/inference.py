@@ -6,16 +6,17 @@ Docs: https://aimass.github.io/aimass/inference.html.md"""
 
 # %% ../nbs/07_inference.ipynb #3a7bb8f6
 from __future__ import annotations
-import json
+import hashlib, json, os, shutil, time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator, Literal
 import numpy as np
-from .core import AimassError
-from typing import Literal
+from fastcore.basics import patch
+from .core import AimassError, atomic_write_json
 from .registry import ModelCard
 
 # %% auto #0
-__all__ = ['onnx_export', 'pick_backend', 'OnnxBackend', 'TorchBackend', 'raw_array', 'encode_predictions', 'Runner',
-           'example_rows', 'Predictions', 'predict']
+__all__ = ['Runner', 'Predictions', 'predict']
 
 # %% ../nbs/07_inference.ipynb #10ebd826
 def onnx_export(model_dir, card: ModelCard) -> tuple[Path, bool]|None:
@@ -27,6 +28,7 @@ def onnx_export(model_dir, card: ModelCard) -> tuple[Path, bool]|None:
     if root not in path.parents or not path.exists(): return None  # never follow a card outside its folder
     return path, card.export.inputs == "raw"
 
+# %% ../nbs/07_inference.ipynb #88775c7a
 def pick_backend(model_dir, card: ModelCard, backend: str = "auto") -> str:
     "`onnx` or `torch`: `auto` takes the benchmark's best backend when there is an ONNX export, else ONNX when exported, else torch."
     if backend not in ("auto", "onnx", "torch"): raise AimassError(f"backend must be 'auto', 'onnx' or 'torch', not {backend!r}.")
@@ -47,6 +49,7 @@ class OnnxBackend:
         self.input_name = self.session.get_inputs()[0].name
     def __call__(self, x: np.ndarray) -> np.ndarray: return self.session.run(None, {self.input_name: x})[0]
 
+# %% ../nbs/07_inference.ipynb #1edafca4
 class TorchBackend:
     "Runs the registered weights with eager PyTorch."
     name = "torch"
@@ -84,6 +87,7 @@ def raw_array(pre, rows) -> np.ndarray:
         cols.append(v.to_numpy(np.float32))
     return np.stack(cols, 1)
 
+# %% ../nbs/07_inference.ipynb #0552b263
 def encode_predictions(outputs: np.ndarray, task: str, classes) -> list:
     "JSON-ready predictions for a batch of outputs."
     if task != "classification": return np.asarray(outputs, np.float64).reshape(len(outputs)).tolist()
@@ -122,17 +126,13 @@ class Runner:
 
     def __repr__(self): return f"Runner({self.ref}, {self.backend}{', raw inputs' if self.takes_raw else ''})"
 
+# %% ../nbs/07_inference.ipynb #a19e63b6
 def example_rows(pre) -> list:
     "One valid raw row for a preprocessor: zeros for tensors, the mean or first category per column for tables."
     if pre.kind == "tensor": return [[0.0] * pre.raw_width]
     return [{c["name"]: (c["categories"][0] if c["kind"] == "category" else c["mean"]) for c in pre.state["columns"]}]
 
 # %% ../nbs/07_inference.ipynb #90bf8390
-import hashlib, os, shutil, time
-from dataclasses import dataclass
-from typing import Callable, Iterator
-from .core import atomic_write_json, patch_to
-
 _TEXT_SEPARATORS = {".csv": ",", ".txt": ",", ".tsv": "\t"}
 _PARQUET = (".parquet", ".pq")
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip")
@@ -143,6 +143,7 @@ def _file_suffix(path: Path) -> str:
     if len(sfx) > 1 and sfx[-1] in _COMPRESSED: return sfx[-2]
     return sfx[-1] if sfx else ""
 
+# %% ../nbs/07_inference.ipynb #fd692e89
 @dataclass
 class _Source:
     "Rows to predict: a name for messages, column names (None for unnamed rows), the row count when known, chunks."
@@ -154,18 +155,22 @@ class _Source:
     estimate: int|None = None                     # CSV: rows counted from newlines, for the progress bar
     index: object = None                          # a DataFrame's index, given back with the result
 
-# %% ../nbs/07_inference.ipynb #4b85a393
+# %% ../nbs/07_inference.ipynb #03a4c0bd
 def _listing(names, limit: int = 12) -> str:
     "Column names for a message, cut short when there are many."
     names = [str(n) for n in names]
     return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
+# %% ../nbs/07_inference.ipynb #5a7284ec
 def _digest(*parts) -> str:
+    "SHA-256 of bytes, arrays and the repr of anything else."
     h = hashlib.sha256()
     for p in parts: h.update(p if isinstance(p, (bytes, np.ndarray)) else repr(p).encode())
     return h.hexdigest()
 
+# %% ../nbs/07_inference.ipynb #03c3c59d
 def _frame_source(df, name: str = "the DataFrame") -> _Source:
+    "Rows of a DataFrame, identified by a hash of the columns the job reads."
     import pandas as pd
     def chunks(start, size, cols):
         for i in range(start, len(df), size): yield df.iloc[i:i+size]
@@ -176,6 +181,7 @@ def _frame_source(df, name: str = "the DataFrame") -> _Source:
         return {"kind": name, "rows": len(df), "sha256": _digest(list(cols), rows.to_numpy())}
     return _Source(name, list(df.columns), len(df), chunks, fingerprint, index=df.index)
 
+# %% ../nbs/07_inference.ipynb #67980ba8
 def _array_source(a: np.ndarray) -> _Source:
     "Unnamed rows for an image/tensor model: each row is checked and reshaped by the runner."
     def chunks(start, size, cols):
@@ -185,6 +191,7 @@ def _array_source(a: np.ndarray) -> _Source:
         return {"kind": "the array", "rows": len(a), "sha256": _digest(a.shape, a.dtype.str, body)}
     return _Source("the array", None, len(a), chunks, fingerprint)
 
+# %% ../nbs/07_inference.ipynb #21595332
 def _memory_source(data, pre) -> _Source:
     "A source for a DataFrame, a numpy array or torch tensor, or a list of rows (dicts, or lists in column order)."
     import pandas as pd
@@ -208,11 +215,13 @@ def _memory_source(data, pre) -> _Source:
     except ValueError as e:
         raise AimassError(f"The rows do not make one array ({e}): each row must hold {pre.raw_width} numbers.") from None
 
-# %% ../nbs/07_inference.ipynb #a3b02c75
+# %% ../nbs/07_inference.ipynb #d8bbda14
 def _file_fingerprint(path: Path) -> dict:
+    "What identifies a file's rows: its resolved path, size and modification time."
     st = path.stat()
     return {"kind": "file", "path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
+# %% ../nbs/07_inference.ipynb #c3c2a91e
 def _count_lines(path: Path, limit: int = 1 << 30) -> int|None:
     "Newlines in an uncompressed file of at most `limit` bytes (a quick row estimate for the progress bar), else None."
     if path.suffix.lower() in _COMPRESSED or path.stat().st_size > limit: return None
@@ -221,7 +230,9 @@ def _count_lines(path: Path, limit: int = 1 << 30) -> int|None:
         while block := f.read(1 << 24): n, last = n + block.count(b"\n"), block[-1:]
     return n + (last != b"\n")
 
+# %% ../nbs/07_inference.ipynb #502ad657
 def _csv_source(path: Path, text_columns: list) -> _Source:
+    "Rows of a .csv/.tsv file (compressed or not), read a chunk at a time; `text_columns` stay text."
     import pandas as pd
     sep = _TEXT_SEPARATORS[_file_suffix(path)]
     try: head = pd.read_csv(path, sep=sep, nrows=1)
@@ -243,6 +254,7 @@ def _csv_source(path: Path, text_columns: list) -> _Source:
     return _Source(path.name, list(head.columns), None, chunks, lambda cols: _file_fingerprint(path),
                    estimate=lines - 1 if lines else None)
 
+# %% ../nbs/07_inference.ipynb #437572ed
 def _rechunk(frames, size: int, skip: int = 0):
     "DataFrames of exactly `size` rows (the last may be shorter) from DataFrames of any size, dropping the first `skip` rows."
     import pandas as pd
@@ -257,7 +269,9 @@ def _rechunk(frames, size: int, skip: int = 0):
             buf, n = [whole.iloc[size:]], n - size
     if n: yield pd.concat(buf, ignore_index=True)
 
+# %% ../nbs/07_inference.ipynb #0eced6f4
 def _parquet_source(path: Path) -> _Source:
+    "Rows of a Parquet file, read a row group at a time from the one holding the first row wanted."
     import pyarrow.parquet as pq
     try: meta, schema = pq.read_metadata(path), pq.read_schema(path)
     except Exception as e: raise AimassError(f"Cannot read {path} as Parquet: {e}") from None
@@ -271,6 +285,7 @@ def _parquet_source(path: Path) -> _Source:
             yield from _rechunk((b.to_pandas() for b in batches), size, start - first)
     return _Source(path.name, list(schema.names), meta.num_rows, chunks, lambda cols: _file_fingerprint(path))
 
+# %% ../nbs/07_inference.ipynb #52f76b2a
 def _open_source(data, pre) -> _Source:
     "Where `data`'s rows come from: a .csv/.tsv/.parquet path, or rows in memory."
     if not isinstance(data, (str, Path)): return _memory_source(data, pre)
@@ -288,6 +303,7 @@ def _result_columns(task: str, classes) -> list:
     "The columns `predict` writes: `prediction`, then `prob_<class>` per class for classification."
     return ["prediction"] + ([f"prob_{c}" for c in classes] if task == "classification" else [])
 
+# %% ../nbs/07_inference.ipynb #7110c330
 def _job_columns(src: _Source, pre, keep: list, ref: str, results: tuple = ()) -> tuple[list|None, list|None]:
     "`(columns the model reads, columns to read)` for a source, or `(None, None)` for unnamed rows."
     if clash := [c for c in keep if c in results]:
@@ -310,6 +326,7 @@ def _job_columns(src: _Source, pre, keep: list, ref: str, results: tuple = ()) -
                               f"The model reads: {_listing(cols)}; {src.name} has: {_listing(src.columns)}.")
     return cols, list(dict.fromkeys([*keep, *cols]))
 
+# %% ../nbs/07_inference.ipynb #5ee957cb
 def _result_frame(outputs: np.ndarray, task: str, classes, kept=None):
     "The result rows for one chunk: kept input columns first, then `prediction` (and `prob_<class>`)."
     import pandas as pd
@@ -322,20 +339,23 @@ def _result_frame(outputs: np.ndarray, task: str, classes, kept=None):
     return res if kept is None else pd.concat([kept.reset_index(drop=True), res], axis=1)
 
 # %% ../nbs/07_inference.ipynb #0740a23d
-_MANIFEST_KEYS = {"ref": "model version", "backend": "backend", "input": "input data", "batch_size": "batch_size", "keep": "keep"}
-
 def _describe(key: str, value) -> str:
+    "A manifest entry in words: a file by path, size and time; rows in memory by count and hash."
     if key != "input" or not isinstance(value, dict): return repr(value)
     if value.get("kind") == "file":
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value["mtime_ns"] / 1e9))
         return f"{value['path']} ({value['size']:,} bytes, modified {when})"
     return f"{value.get('kind')} of {value.get('rows', 0):,} rows with hash {str(value.get('sha256'))[:12]}"
 
+# %% ../nbs/07_inference.ipynb #63cf5119
+_MANIFEST_KEYS = {"ref": "model version", "backend": "backend", "input": "input data", "batch_size": "batch_size", "keep": "keep"}
+
 def _manifest_diffs(old: dict, new: dict) -> list:
     "What makes saved parts belong to another job, in words."
     return [f"{what}: saved {_describe(k, old.get(k))}, now {_describe(k, new[k])}"
             for k, what in _MANIFEST_KEYS.items() if old.get(k) != new[k]]
 
+# %% ../nbs/07_inference.ipynb #f7199ec5
 class _Parts:
     "Finished chunks of one `predict(..., output=...)` job, kept next to the output until it is complete."
     def __init__(self, output: Path):
@@ -358,56 +378,63 @@ class _Parts:
     def release(self):
         if self._lock: self._lock.close(); self._lock = None
 
-    def start(self, manifest: dict, overwrite: bool = False) -> tuple[int, int]:
-        "`(chunks, rows)` already saved for this job: `(0, 0)` for a new one. Another job's parts are an error, or dropped with `overwrite`."
-        self._hold()
-        try: old = json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else None
-        except ValueError: old = {}
-        if old is None: diffs = ["no manifest"] if any(self.dir.glob("part-*")) else []
-        else: diffs = _manifest_diffs(old, manifest)
-        if diffs and not overwrite:
-            self.release()
-            raise AimassError(f"{self.dir} holds saved chunks of another job ({'; '.join(diffs)}). "
-                              "Delete that folder, or pass overwrite=True to discard it and start over.")
-        if diffs: print(f"Discarding the saved chunks in {self.dir}: they belong to another job ({'; '.join(diffs)}).")
-        if old is None or diffs:
-            for p in self.dir.iterdir():
-                if p.name != ".lock": p.unlink()
-            atomic_write_json(self.manifest_path, manifest)
-            return 0, 0
-        return self._saved(manifest["batch_size"])
+# %% ../nbs/07_inference.ipynb #4a7be7c1
+@patch
+def write(self: _Parts, i: int, frame):
+    "Save chunk `i` atomically."
+    path = self.part(i)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
 
-    def _saved(self, batch_size: int) -> tuple[int, int]:
-        "Chunks saved whole, counted from the first; what follows a gap or a torn file is dropped, with temp files."
-        import pyarrow.parquet as pq
-        done = rows = 0
-        while self.part(done).exists():
-            try: n = pq.read_metadata(self.part(done)).num_rows
-            except Exception: break  # torn by a crash of the machine: compute it again
-            if not 0 < n <= batch_size: break
-            done, rows = done + 1, rows + n
-            if n < batch_size: break  # only the last chunk is short
-        for p in self.dir.iterdir():
-            stale = p.name.startswith("part-") and p.stem[5:].isdigit() and int(p.stem[5:]) >= done
-            if stale or p.name.endswith(".tmp"): p.unlink()
-        return done, rows
+# %% ../nbs/07_inference.ipynb #998a4b94
+@patch
+def _saved(self: _Parts, batch_size: int) -> tuple[int, int]:
+    "Chunks saved whole, counted from the first; what follows a gap or a torn file is dropped, with temp files."
+    import pyarrow.parquet as pq
+    done = rows = 0
+    while self.part(done).exists():
+        try: n = pq.read_metadata(self.part(done)).num_rows
+        except Exception: break  # torn by a crash of the machine: compute it again
+        if not 0 < n <= batch_size: break
+        done, rows = done + 1, rows + n
+        if n < batch_size: break  # only the last chunk is short
+    for p in self.dir.iterdir():
+        stale = p.name.startswith("part-") and p.stem[5:].isdigit() and int(p.stem[5:]) >= done
+        if stale or p.name.endswith(".tmp"): p.unlink()
+    return done, rows
 
-    def write(self, i: int, frame):
-        "Save chunk `i` atomically."
-        path = self.part(i)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            frame.to_parquet(tmp, index=False)
-            os.replace(tmp, path)
-        finally: tmp.unlink(missing_ok=True)
-
-    def remove(self):
+# %% ../nbs/07_inference.ipynb #b322fd45
+@patch
+def start(self: _Parts, manifest: dict, overwrite: bool = False) -> tuple[int, int]:
+    "`(chunks, rows)` already saved for this job: `(0, 0)` for a new one. Another job's parts are an error, or dropped with `overwrite`."
+    self._hold()
+    try: old = json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else None
+    except ValueError: old = {}
+    if old is None: diffs = ["no manifest"] if any(self.dir.glob("part-*")) else []
+    else: diffs = _manifest_diffs(old, manifest)
+    if diffs and not overwrite:
         self.release()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        raise AimassError(f"{self.dir} holds saved chunks of another job ({'; '.join(diffs)}). "
+                          "Delete that folder, or pass overwrite=True to discard it and start over.")
+    if diffs: print(f"Discarding the saved chunks in {self.dir}: they belong to another job ({'; '.join(diffs)}).")
+    if old is None or diffs:
+        for p in self.dir.iterdir():
+            if p.name != ".lock": p.unlink()
+        atomic_write_json(self.manifest_path, manifest)
+        return 0, 0
+    return self._saved(manifest["batch_size"])
+
+# %% ../nbs/07_inference.ipynb #642a6cd1
+@patch
+def remove(self: _Parts):
+    "Drop the parts folder: the job is done, or its parts cannot be used."
+    self.release()
+    shutil.rmtree(self.dir, ignore_errors=True)
 
 # %% ../nbs/07_inference.ipynb #d5b40c47
-_KEEP_IN_MEMORY = 1_000_000  # rows: a result this small stays in memory after it is written
-
 def _common_schema(schemas: list):
     "One Arrow schema for all chunks."
     import pyarrow as pa
@@ -417,6 +444,7 @@ def _common_schema(schemas: list):
         same = lambda f: all(s.field(f.name).type == f.type for s in schemas)
         return pa.schema([f if same(f) else pa.field(f.name, pa.large_string()) for f in schemas[0]])
 
+# %% ../nbs/07_inference.ipynb #0ec85a10
 def _write_output(parts: list, output: Path, collect: bool):
     "Join saved chunks into `output` (.parquet/.pq, .csv/.txt or .tsv) atomically; the result as a DataFrame when `collect`."
     import pandas as pd, pyarrow as pa, pyarrow.parquet as pq
@@ -441,6 +469,7 @@ def _write_output(parts: list, output: Path, collect: bool):
     finally: tmp.unlink(missing_ok=True)
     return pd.concat(frames, ignore_index=True) if collect else None
 
+# %% ../nbs/07_inference.ipynb #89c6d797
 def _read_output(path: Path, nrows: int|None = None, columns: list|None = None, text: tuple = ("prediction",)):
     "Predictions back from an output file: all of it, its first `nrows` rows, or some `columns`."
     import pandas as pd, pyarrow.parquet as pq
@@ -476,28 +505,38 @@ class Predictions:
         "Rows this call predicted (not those it found saved), per second."
         return (self.rows - self.resumed_from) / max(self.seconds, 1e-9)
 
-    def head(self, n: int = 5):
-        if self._frame is not None or self.path is None: return self.frame.head(n)
-        first = _read_output(self.path, nrows=n)  # not the whole file, for a look
-        if self._index is not None: first.index = self._index[:len(first)]
-        return first
-
     def __len__(self): return self.rows
 
-    def summary(self) -> str:
-        s = f"{self.ref} ({self.backend}): {self.rows:,} rows in {self.seconds:.2f} s ({self.rows_per_second:,.0f} rows/s)"
-        if self.resumed_from: s += f", resumed at row {self.resumed_from:,}"
-        return s + (f" -> {self.path}" if self.path else "")
+# %% ../nbs/07_inference.ipynb #30c56048
+@patch
+def head(self: Predictions, n: int = 5):
+    "The first `n` predictions (from the file, without reading all of it, when the frame is not in memory)."
+    if self._frame is not None or self.path is None: return self.frame.head(n)
+    first = _read_output(self.path, nrows=n)  # not the whole file, for a look
+    if self._index is not None: first.index = self._index[:len(first)]
+    return first
 
-    def __repr__(self): return f"Predictions({self.summary()})\n{self.head().to_string()}"
+# %% ../nbs/07_inference.ipynb #272f06e1
+@patch
+def summary(self: Predictions) -> str:
+    "How the job went, in one line."
+    s = f"{self.ref} ({self.backend}): {self.rows:,} rows in {self.seconds:.2f} s ({self.rows_per_second:,.0f} rows/s)"
+    if self.resumed_from: s += f", resumed at row {self.resumed_from:,}"
+    return s + (f" -> {self.path}" if self.path else "")
 
-    def _repr_html_(self):
-        import html
-        return f"<p><b>Predictions</b> {html.escape(self.summary())}</p>" + self.head().to_html()
+# %% ../nbs/07_inference.ipynb #839939e3
+@patch
+def __repr__(self: Predictions): return f"Predictions({self.summary()})\n{self.head().to_string()}"
 
-# %% ../nbs/07_inference.ipynb #09410f8f
-@patch_to(Predictions)
-def plot(self, ax=None, top: int = 30):
+# %% ../nbs/07_inference.ipynb #eb7f99f6
+@patch
+def _repr_html_(self: Predictions):
+    import html
+    return f"<p><b>Predictions</b> {html.escape(self.summary())}</p>" + self.head().to_html()
+
+# %% ../nbs/07_inference.ipynb #32fe8638
+@patch
+def plot(self: Predictions, ax=None, top: int = 30):
     "Classification: rows per predicted label (the `top` most frequent); regression: a histogram of the predicted values."
     import pandas as pd
     from matplotlib.figure import Figure
@@ -539,6 +578,7 @@ class _Progress:
         if finished: self.bar.total = self.bar.n  # a CSV's row count was an estimate
         self.bar.close(); self.bar = None
 
+# %% ../nbs/07_inference.ipynb #4b124de3
 def _batch_runner(mv, backend: str, threads: int|None) -> Runner:
     "A `Runner` for a batch job: `threads=None` gives ONNX Runtime every core this process may use (torch keeps its default)."
     chosen = pick_backend(mv.path, mv.card, backend)
@@ -546,6 +586,7 @@ def _batch_runner(mv, backend: str, threads: int|None) -> Runner:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return Runner(mv.path, chosen, threads)
 
+# %% ../nbs/07_inference.ipynb #2c8bf045
 def _chunk_results(runner: Runner, src: _Source, cols, read, keep: list, batch_size: int, start: int):
     "`(rows done, result frame)` chunk after chunk from row `start`; a bad value is reported with its rows."
     done = start
@@ -557,7 +598,7 @@ def _chunk_results(runner: Runner, src: _Source, cols, read, keep: list, batch_s
         done += len(chunk)
         yield done, _result_frame(outputs, runner.task, runner.classes, chunk[keep] if keep else None)
 
-# %% ../nbs/07_inference.ipynb #37cf80f2
+# %% ../nbs/07_inference.ipynb #7ed9280a
 def _output_path(output, overwrite: bool) -> Path|None:
     if output is None: return None
     path = Path(output).expanduser().absolute()
@@ -569,10 +610,50 @@ def _output_path(output, overwrite: bool) -> Path|None:
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
+# %% ../nbs/07_inference.ipynb #f11f0460
 def _rows_of(done: int, src: _Source) -> str:
     total = src.total if src.total is not None else src.estimate
     return f"row {done:,}" + ("" if total is None else f" of {'' if src.total is not None else 'about '}{total:,}")
 
+# %% ../nbs/07_inference.ipynb #3e681a0e
+def _manifest(mv, runner: Runner, src: _Source, read, batch_size: int, keep: list, out: Path) -> dict:
+    "What identifies a job's saved chunks: the resolved version, backend, input, chunk size and kept columns."
+    return {"job": "aimass.predict", "ref": mv.ref, "backend": runner.backend, "input": src.fingerprint(read),
+            "batch_size": batch_size, "keep": keep, "columns": keep + _result_columns(runner.task, runner.classes),
+            "rows": src.total, "output": str(out), "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+# %% ../nbs/07_inference.ipynb #25c5ed3c
+def _concat(frames: list):
+    import pandas as pd
+    return pd.concat(frames, ignore_index=True) if len(frames) != 1 else frames[0]
+
+# %% ../nbs/07_inference.ipynb #a7ffed27
+_KEEP_IN_MEMORY = 1_000_000  # rows: a result this small stays in memory after it is written
+
+def _run_chunks(runner: Runner, src: _Source, cols, read, keep: list, batch_size: int, chunk: int, start: int,
+                parts: _Parts|None, bar: _Progress):
+    "Predict from row `start` (chunk number `chunk`) to the end, saving each chunk to `parts` when given: `(rows, frame)`."
+    frames, done = [], start
+    bar.begin(start)
+    try:
+        for done, frame in _chunk_results(runner, src, cols, read, keep, batch_size, start):
+            if parts: parts.write(chunk, frame)
+            else: frames.append(frame)
+            chunk += 1
+            bar(done)
+        bar.close(finished=True)
+        if not parts: return done, _concat(frames)
+        return done, _write_output([parts.part(i) for i in range(chunk)], parts.output, collect=done <= _KEEP_IN_MEMORY)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"Interrupted at {_rows_of(done, src)}: " + (f"the rows before it are saved in {parts.dir}; run the same call again to continue."
+              if parts else "nothing was saved (with output=, running the same call again continues where it stopped)."))
+        raise
+    except AimassError:
+        if parts: parts.remove()  # bad data: fixing it changes the input, so the saved chunks could not be used
+        raise
+
+# %% ../nbs/07_inference.ipynb #5fb2c8a4
 def predict(ref: str,  # NAME, NAME:vN or NAME@ALIAS (resolved once: a moving alias cannot mix versions in one job)
             data: str|Path|pd.DataFrame|np.ndarray|list,  # a .csv/.tsv(.gz)/.parquet file, a DataFrame, an array or tensor, or a list of rows
             *,
@@ -607,36 +688,3 @@ def predict(ref: str,  # NAME, NAME:vN or NAME@ALIAS (resolved once: a moving al
         if parts: parts.release()  # explicitly: a notebook's last traceback would keep the lock alive
     if parts: parts.remove()
     return Predictions(mv.ref, runner.backend, runner.task, runner.classes, rows, time.perf_counter() - t0, start, out, frame, src.index)
-
-def _run_chunks(runner: Runner, src: _Source, cols, read, keep: list, batch_size: int, chunk: int, start: int,
-                parts: _Parts|None, bar: _Progress):
-    "Predict from row `start` (chunk number `chunk`) to the end, saving each chunk to `parts` when given: `(rows, frame)`."
-    frames, done = [], start
-    bar.begin(start)
-    try:
-        for done, frame in _chunk_results(runner, src, cols, read, keep, batch_size, start):
-            if parts: parts.write(chunk, frame)
-            else: frames.append(frame)
-            chunk += 1
-            bar(done)
-        bar.close(finished=True)
-        if not parts: return done, _concat(frames)
-        return done, _write_output([parts.part(i) for i in range(chunk)], parts.output, collect=done <= _KEEP_IN_MEMORY)
-    except KeyboardInterrupt:
-        bar.close()
-        print(f"Interrupted at {_rows_of(done, src)}: " + (f"the rows before it are saved in {parts.dir}; run the same call again to continue."
-              if parts else "nothing was saved (with output=, running the same call again continues where it stopped)."))
-        raise
-    except AimassError:
-        if parts: parts.remove()  # bad data: fixing it changes the input, so the saved chunks could not be used
-        raise
-
-def _manifest(mv, runner: Runner, src: _Source, read, batch_size: int, keep: list, out: Path) -> dict:
-    "What identifies a job's saved chunks: the resolved version, backend, input, chunk size and kept columns."
-    return {"job": "aimass.predict", "ref": mv.ref, "backend": runner.backend, "input": src.fingerprint(read),
-            "batch_size": batch_size, "keep": keep, "columns": keep + _result_columns(runner.task, runner.classes),
-            "rows": src.total, "output": str(out), "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-def _concat(frames: list):
-    import pandas as pd
-    return pd.concat(frames, ignore_index=True) if len(frames) != 1 else frames[0]

@@ -6,28 +6,96 @@ Docs: https://aimass.github.io/aimass/launcher.html.md"""
 
 # %% ../nbs/08_launcher.ipynb #81d279f1
 from __future__ import annotations
-import atexit, html, json, os, signal, socket, subprocess, sys, tempfile, threading, time, uuid
+import atexit, html, json, os, signal, socket, subprocess, sys, tempfile, threading, time
 from datetime import datetime, timezone
 from pathlib import Path
 from collections import Counter
 import numpy as np
 from dataclasses import dataclass, field
 from typing import Literal
-from .core import AimassError, Ref, aimass_home, atomic_write_json, in_notebook, patch_to, pid_alive, split_options, with_options
+from fastcore.basics import patch
+from .core import AimassError, Ref, aimass_home, atomic_write_json, in_notebook, pid_alive, split_options, with_options
 from .inference import pick_backend
 from .registry import ModelCard, Record
 
 # %% auto #0
-__all__ = ['SERVERS', 'free_port', 'port_in_use', 'predict_path', 'summarize_stats', 'read_stats', 'live_states', 'ServedModel',
-           'ServerConfig', 'Server', 'server_info', 'serve', 'servers', 'stop']
+__all__ = ['ServedModel', 'ServerConfig', 'Server', 'serve', 'servers', 'stop']
 
-# %% ../nbs/08_launcher.ipynb #3f72dff4
+# %% ../nbs/08_launcher.ipynb #d1282df0
+@dataclass
+class ServedModel(Record):
+    "One model a server serves: where its version folder is, what runs it, where it answers."
+    name: str  # its name in paths: /v1/models/NAME:predict when a server serves several
+    model_dir: str  # the version folder it starts from
+    backend: str = "onnx"  # what runs it: onnx or torch
+    path: str = "/predict"  # where it answers
+    ref: str|None = None  # as asked for: NAME, NAME:vN or NAME@ALIAS
+    version_ref: str|None = None  # the version it starts with
+    backend_request: str = "auto"  # as asked for: a followed alias's next version picks its backend the same way
+    follow: str|None = None  # the NAME@ALIAS (or NAME) this model follows
+    info: dict|None = None  # GET /info for the version it starts with (the launcher has pandas loaded: the server starts sooner)
+
+# %% ../nbs/08_launcher.ipynb #ce8f152f
+@dataclass
+class ServerConfig(Record):
+    "How a model server runs: one set of defaults for `serve`, the server process and deployment bundles."
+    host: str = "127.0.0.1"  # 127.0.0.1: this machine only; 0.0.0.0 or :: for every interface
+    port: int|None = None  # the port to listen on (None: a free one)
+    max_batch_size: int = 8  # requests run together as one batch
+    batch_timeout: float = 0.001  # seconds to wait for a batch to fill
+    workers: int = 1  # inference processes per model
+    threads: int = 1  # compute threads per inference process
+    api_servers: int = 1  # HTTP processes
+    timeout: float = 30.0  # seconds a request may take, queueing included, before it gets 504
+    max_queue: int = 256  # requests in flight before new ones get 503
+    max_payload: int = 10_000_000  # largest request body in bytes; larger ones get 413
+    fast_ipc: bool = True  # pipes between processes instead of LitServe's manager queues (see 09_litserve_compat)
+    follow_interval: float = 0.5  # seconds between looks at a followed alias
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "warning"  # the HTTP server's log level (info logs every request)
+    models: list[ServedModel] = field(default_factory=list)  # what it serves
+    run_dir: str|None = None  # its scratch folder: config, log, counters, workers' state
+    registry_root: str|None = None  # where followed aliases are looked up
+    owner_pid: int|None = None  # the process whose death stops the server
+    parent_death_signal: bool = True  # also ask Linux to signal the server when its parent dies
+
+    internal = ("models", "run_dir", "registry_root", "owner_pid", "parent_death_signal")  # set by whoever starts it
+    limit_names = ("timeout", "max_queue", "max_payload", "max_batch_size", "batch_timeout", "workers")
+
+    def __post_init__(self):
+        self.models = [ServedModel.from_dict(m) if isinstance(m, dict) else m for m in self.models]
+
+    @property
+    def limits(self) -> dict: return {k: getattr(self, k) for k in self.limit_names}
+
+    def write(self, path): atomic_write_json(path, self.to_dict())
+    @classmethod
+    def read(cls, path) -> ServerConfig: return cls.from_dict(json.loads(Path(path).read_text()))
+
+# %% ../nbs/08_launcher.ipynb #0e2bea7a
+@patch
+def validate(self: ServerConfig) -> ServerConfig:
+    "Check every setting; an `AimassError` that names the first one that is wrong."
+    if self.host not in ("127.0.0.1", "0.0.0.0", "::"):
+        raise AimassError(f"host must be '127.0.0.1' (this machine only), '0.0.0.0' or '::', not {self.host!r}.")
+    if self.port is not None and not (isinstance(self.port, int) and 0 < self.port < 65536):
+        raise AimassError(f"port must be a whole number from 1 to 65535 (or None for a free one), not {self.port!r}.")
+    counts = dict(max_batch_size=self.max_batch_size, workers=self.workers, threads=self.threads, api_servers=self.api_servers,
+                  max_queue=self.max_queue, max_payload=self.max_payload)
+    low = [k for k, v in counts.items() if not isinstance(v, int) or v < 1]
+    if low: raise AimassError(f"{', '.join(low)} must be at least 1 (got {', '.join(repr(counts[k]) for k in low)}).")
+    if not (self.timeout > 0 and 0 <= self.batch_timeout < self.timeout):
+        raise AimassError(f"Need timeout > 0 and 0 <= batch_timeout < timeout (got {self.timeout}, {self.batch_timeout}).")
+    if self.follow_interval <= 0: raise AimassError("follow_interval must be more than 0 seconds.")
+    return self
+
+# %% ../nbs/08_launcher.ipynb #3982d304
 def free_port(host: str = "127.0.0.1") -> int:
     "A port nothing listens on now."
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 
+# %% ../nbs/08_launcher.ipynb #ba92a59d
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     "True when binding `host:port` (IPv4 or IPv6) fails (someone listens there), the way uvicorn binds (SO_REUSEADDR)."
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
@@ -36,6 +104,7 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         except OSError: return True
     return False
 
+# %% ../nbs/08_launcher.ipynb #77dc1bb0
 def predict_path(name: str|None = None) -> str:
     "Where a model answers: `/predict` when it is its server's only one, `/v1/models/NAME:predict` among several."
     return "/predict" if name is None else f"/v1/models/{name}:predict"
@@ -55,6 +124,7 @@ def summarize_stats(snapshots: list, window: float = 10.0) -> dict:
             "errors": sum(v for k, v in by_status.items() if k >= 400), "errors_by_status": {k: v for k, v in sorted(by_status.items()) if k >= 400},
             "by_status": dict(sorted(by_status.items())), "by_path": dict(sorted(by_path.items()))}
 
+# %% ../nbs/08_launcher.ipynb #740deffd
 def read_stats(folder) -> dict:
     "Stats of a server from the files its HTTP processes write."
     snaps = []
@@ -63,6 +133,7 @@ def read_stats(folder) -> dict:
         except (OSError, ValueError): pass
     return summarize_stats(snaps)
 
+# %% ../nbs/08_launcher.ipynb #edc0b394
 def live_states(folder) -> list:
     "What the live workers of one served model report: `{pid, ref, model_dir, backend, since, follow, follow_error}` each."
     states = []
@@ -73,86 +144,47 @@ def live_states(folder) -> list:
         states.append(st)
     return states
 
-# %% ../nbs/08_launcher.ipynb #d1282df0
-@dataclass
-class ServedModel(Record):
-    "One model a server serves: where its version folder is, what runs it, where it answers."
-    name: str  # its name in paths: /v1/models/NAME:predict when a server serves several
-    model_dir: str  # the version folder it starts from
-    backend: str = "onnx"  # what runs it: onnx or torch
-    path: str = "/predict"  # where it answers
-    ref: str|None = None  # as asked for: NAME, NAME:vN or NAME@ALIAS
-    version_ref: str|None = None  # the version it starts with
-    backend_request: str = "auto"  # as asked for: a followed alias's next version picks its backend the same way
-    follow: str|None = None  # the NAME@ALIAS (or NAME) this model follows
-    info: dict|None = None  # GET /info for the version it starts with (the launcher has pandas loaded: the server starts sooner)
+# %% ../nbs/08_launcher.ipynb #8e0a5217
+def _group_alive(pgid: int) -> bool:
+    try: os.killpg(pgid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
 
-# %% ../nbs/08_launcher.ipynb #b7a719dd
-@dataclass
-class ServerConfig(Record):
-    "How a model server runs: one set of defaults for `serve`, the server process and deployment bundles."
-    host: str = "127.0.0.1"  # 127.0.0.1: this machine only; 0.0.0.0 or :: for every interface
-    port: int|None = None  # None: a free port
-    max_batch_size: int = 8  # requests run together as one batch
-    batch_timeout: float = 0.001  # seconds to wait for a batch to fill
-    workers: int = 1  # inference processes per model
-    threads: int = 1  # compute threads per inference process
-    api_servers: int = 1  # HTTP processes
-    timeout: float = 30.0  # seconds a request may take, queueing included, before it gets 504
-    max_queue: int = 256  # requests in flight before new ones get 503
-    max_payload: int = 10_000_000  # largest request body in bytes; larger ones get 413
-    fast_ipc: bool = True  # pipes between processes instead of LitServe's manager queues (see 09_litserve_compat)
-    follow_interval: float = 0.5  # seconds between looks at a followed alias
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "warning"  # uvicorn's; info logs every request
-    models: list[ServedModel] = field(default_factory=list)  # what it serves
-    run_dir: str|None = None  # its scratch folder: config, log, counters, workers' state
-    registry_root: str|None = None  # where followed aliases are looked up
-    owner_pid: int|None = None  # the process whose death stops the server
-    parent_death_signal: bool = True  # also ask Linux to signal the server when its parent dies
+# %% ../nbs/08_launcher.ipynb #02c8b9fc
+def _kill_process_group(proc, grace: float = 2.0, wait: float = 10.0):
+    """SIGTERM the server's leader, which lets requests in flight finish and then ends its group; SIGKILL the whole
+    group after `grace` s; reap `proc`; wait until no member is left."""
+    pgid = proc.pid  # start_new_session=True: the server leads its own group
+    for sig, limit in ((signal.SIGTERM, grace), (signal.SIGKILL, wait)):
+        try:
+            if sig == signal.SIGTERM: os.kill(pgid, sig)
+            else: os.killpg(pgid, sig)
+        except ProcessLookupError: pass
+        end = time.monotonic() + limit
+        while time.monotonic() < end:
+            if proc.poll() is not None and not _group_alive(pgid): return
+            time.sleep(0.02)
+    proc.poll()
 
-    internal = ("models", "run_dir", "registry_root", "owner_pid", "parent_death_signal")  # set by whoever starts it
-    limit_names = ("timeout", "max_queue", "max_payload", "max_batch_size", "batch_timeout", "workers")
+# %% ../nbs/08_launcher.ipynb #81c407b4
+SERVERS: dict = {}  # name -> Server, for the servers this process started
 
-    def __post_init__(self):
-        self.models = [ServedModel.from_dict(m) if isinstance(m, dict) else m for m in self.models]
-
-    def validate(self) -> ServerConfig:
-        "Check every setting; an `AimassError` that names the first one that is wrong."
-        if self.host not in ("127.0.0.1", "0.0.0.0", "::"):
-            raise AimassError(f"host must be '127.0.0.1' (this machine only), '0.0.0.0' or '::', not {self.host!r}.")
-        if self.port is not None and not (isinstance(self.port, int) and 0 < self.port < 65536):
-            raise AimassError(f"port must be a whole number from 1 to 65535 (or None for a free one), not {self.port!r}.")
-        counts = dict(max_batch_size=self.max_batch_size, workers=self.workers, threads=self.threads, api_servers=self.api_servers,
-                      max_queue=self.max_queue, max_payload=self.max_payload)
-        low = [k for k, v in counts.items() if not isinstance(v, int) or v < 1]
-        if low: raise AimassError(f"{', '.join(low)} must be at least 1 (got {', '.join(repr(counts[k]) for k in low)}).")
-        if not (self.timeout > 0 and 0 <= self.batch_timeout < self.timeout):
-            raise AimassError(f"Need timeout > 0 and 0 <= batch_timeout < timeout (got {self.timeout}, {self.batch_timeout}).")
-        if self.follow_interval <= 0: raise AimassError("follow_interval must be more than 0 seconds.")
-        return self
-
-    @property
-    def limits(self) -> dict: return {k: getattr(self, k) for k in self.limit_names}
-
-    def write(self, path): atomic_write_json(path, self.to_dict())
-    @classmethod
-    def read(cls, path) -> ServerConfig: return cls.from_dict(json.loads(Path(path).read_text()))
-
-# %% ../nbs/08_launcher.ipynb #3982d304
-SERVERS: dict = {}  # name -> Server, for servers this process started
-
+# %% ../nbs/08_launcher.ipynb #c9c988f6
 def _servers_dir() -> Path:
     d = aimass_home()/"servers"
     d.mkdir(parents=True, exist_ok=True)
     return d
 
+# %% ../nbs/08_launcher.ipynb #c7f94a12
 class Server:
     "A model server started by `serve`: its URL, process group, logs and counters."
-    def __init__(self, name: str, ref: str, url: str, backend: str, config: ServerConfig, api_key, proc):
+    def __init__(self, name: str, ref: str, url: str, backend: str, config: ServerConfig, api_key: str|None = None, proc=None):
         self.name, self.ref, self.url, self.backend, self.config, self.api_key, self.proc = name, ref, url, backend, config, api_key, proc
         self.host, self.port, self.run_dir = config.host, config.port, Path(config.run_dir)
-        self.started_at, self._client, self._widget = time.time(), None, None
+        self.started_at, self._client = time.time(), None
         self.models = {m.name: m for m in config.models}  # name -> ServedModel
+        self._stopped = threading.Event()  # set by stop(): the widget's refresh thread ends at once
 
     @property
     def pid(self) -> int: return self.proc.pid
@@ -168,11 +200,14 @@ class Server:
         if self._client is None: self._client = httpx.Client(base_url=self.url, headers=self.headers, timeout=self.config.timeout + 5)
         return self._client
 
-    def logs(self, n: int = 40) -> str:
-        "The last `n` lines of the server's log."
-        try: lines = self.log_path.read_text(errors="replace").splitlines()
-        except FileNotFoundError: return ""
-        return "\n".join(lines[-n:])
+    def stop(self, grace: float|None = None):
+        """Stop the server and free its port. Requests in flight finish first (for at most `grace` s, by default the
+        server's request timeout); new connections are refused meanwhile."""
+        if self._client is not None: self._client.close(); self._client = None
+        _kill_process_group(self.proc, self.config.timeout + 2 if grace is None else grace)
+        SERVERS.pop(self.name, None)
+        (_servers_dir()/f"{self.name}.json").unlink(missing_ok=True)
+        self._stopped.set()
 
     def __repr__(self):
         state = "running" if self.alive else "stopped"
@@ -182,27 +217,32 @@ class Server:
 
 # %% ../nbs/08_launcher.ipynb #644719b2
 def _instances(rows) -> list:
-    import numpy as np
+    "The request's `instances`: one JSON value per row."
     if hasattr(rows, "to_dict") and hasattr(rows, "columns"):  # a DataFrame: one object per row, NaN as null
         return [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in rows.to_dict("records")]
     if isinstance(rows, np.ndarray): return rows.tolist()
     if isinstance(rows, dict): return [rows]
     return [r.tolist() if isinstance(r, np.ndarray) else r for r in rows]
 
+# %% ../nbs/08_launcher.ipynb #27a3ee6c
 def _detail(resp) -> str:
+    "Why the server refused a request: its JSON `detail`, else the start of its body."
     try: return str(resp.json().get("detail"))
     except ValueError: return resp.text[:500]
 
-@patch_to(Server, "_model")
-def _server_model(self, model: str|None) -> dict:
+# %% ../nbs/08_launcher.ipynb #c22648d6
+@patch
+def _model(self: Server, model: str|None) -> ServedModel:
+    "The served model `model` names; with none, the server's only one."
     if model is None:
         if len(self.models) > 1: raise AimassError(f"This server serves {len(self.models)} models: pass model= one of {', '.join(self.models)}.")
         return next(iter(self.models.values()))
     if model not in self.models: raise AimassError(f"This server serves no model {model!r}; it serves {', '.join(self.models)}.")
     return self.models[model]
 
-@patch_to(Server, "predict")
-def _server_predict(self, rows, model: str|None = None) -> list:
+# %% ../nbs/08_launcher.ipynb #d0e5ff7c
+@patch
+def predict(self: Server, rows, model: str|None = None) -> list:
     "Predictions for `rows` from the server (classification: dicts with `label` and `probabilities`); `model` names one of several."
     path = self._model(model).path
     r = self._http().post(path, json={"instances": _instances(rows)})
@@ -210,21 +250,24 @@ def _server_predict(self, rows, model: str|None = None) -> list:
         raise AimassError(f"{self.url}{path} answered {r.status_code}: {_detail(r)}")
     return r.json()["predictions"]
 
-@patch_to(Server, "health")
-def _server_health(self) -> bool:
+# %% ../nbs/08_launcher.ipynb #055cc82f
+@patch
+def health(self: Server) -> bool:
     "True when GET /health answers 200."
     import httpx
     try: return self._http().get("/health", timeout=2).status_code == 200
     except httpx.HTTPError: return False
 
-@patch_to(Server, "info")
-def _server_info(self, model: str|None = None) -> dict:
+# %% ../nbs/08_launcher.ipynb #72d913e4
+@patch
+def info(self: Server, model: str|None = None) -> dict:
     "What the server serves: GET /info (with several models, `model` picks one: GET /v1/models/NAME)."
     if model is None and len(self.models) > 1: return self._http().get("/info").json()
     return self._http().get("/info" if len(self.models) == 1 else f"/v1/models/{self._model(model).name}").json()
 
-@patch_to(Server, "serving")
-def _server_serving(self) -> dict:
+# %% ../nbs/08_launcher.ipynb #bbe0c314
+@patch
+def serving(self: Server) -> dict:
     "Which version each model is served from now, as its workers report it: `{name: 'ref:vN'}` (a list while switching)."
     out = {}
     for i, (name, m) in enumerate(self.models.items()):
@@ -232,13 +275,36 @@ def _server_serving(self) -> dict:
         out[name] = refs[0] if len(refs) == 1 else (refs or None)
     return out
 
-@patch_to(Server, "stats")
-def _server_stats(self) -> dict:
+# %% ../nbs/08_launcher.ipynb #4e6d00ba
+@patch
+def stats(self: Server) -> dict:
     "Request count, rate (req/s over the last 10 s), p50/p99 latency (ms), errors by status, from the server's counters."
     return read_stats(self.run_dir/"stats")
 
+# %% ../nbs/08_launcher.ipynb #dd18157a
+@patch
+def logs(self: Server, n: int = 40) -> str:
+    "The last `n` lines of the server's log."
+    try: lines = self.log_path.read_text(errors="replace").splitlines()
+    except FileNotFoundError: return ""
+    return "\n".join(lines[-n:])
+
 # %% ../nbs/08_launcher.ipynb #02576431
+def _spawn(cfg: ServerConfig, api_key):
+    "Start `python -m aimass.server_process` in a new session (its own process group), logging to the run folder."
+    run_dir = Path(cfg.run_dir)
+    env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads), "PYTHONUNBUFFERED": "1"}
+    env.pop("AIMASS_SERVER_API_KEY", None)
+    if api_key: env["AIMASS_SERVER_API_KEY"] = api_key  # not on the command line, where `ps` shows it
+    cfg_path = run_dir/"config.json"
+    cfg.write(cfg_path)
+    with open(run_dir/"server.log", "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "aimass.server_process", str(cfg_path)], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, env=env, cwd=run_dir)
+
+# %% ../nbs/08_launcher.ipynb #f7d2dbe1
 def _wait_healthy(proc, url, log_path, deadline, headers) -> None:
+    "Return once GET /health answers 200; an `AimassError` with the log's end when the server exits first or `deadline` passes."
     import httpx
     with httpx.Client(timeout=1, headers=headers) as c:
         while True:
@@ -254,25 +320,14 @@ def _wait_healthy(proc, url, log_path, deadline, headers) -> None:
                 raise AimassError(f"The server did not answer /health in time. Its log ends:\n{Path(log_path).read_text(errors='replace')[-3000:]}")
             time.sleep(0.05)
 
-def _spawn(cfg: ServerConfig, api_key):
-    "Start `python -m aimass.server_process` in a new session (its own process group), logging to the run folder."
-    run_dir = Path(cfg.run_dir)
-    env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads), "PYTHONUNBUFFERED": "1"}
-    env.pop("AIMASS_SERVER_API_KEY", None)
-    if api_key: env["AIMASS_SERVER_API_KEY"] = api_key  # not on the command line, where `ps` shows it
-    cfg_path = run_dir/"config.json"
-    cfg.write(cfg_path)
-    with open(run_dir/"server.log", "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "aimass.server_process", str(cfg_path)], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, env=env, cwd=run_dir)
-
-# %% ../nbs/08_launcher.ipynb #6699aff8
+# %% ../nbs/08_launcher.ipynb #35776ff1
 def server_info(card: ModelCard, cfg: ServerConfig, backend: str) -> dict:
     "What GET /info answers: the model, its input schema, the backend and the limits."
     return {"name": card.name, "version": card.version, "ref": card.ref, "task": card.task, "classes": card.classes,
             "backend": backend, "model": card.model, "schema": card.preprocessing().schema, "input_shape": card.input_shape,
             "target": card.target.name, "limits": cfg.limits}
 
+# %% ../nbs/08_launcher.ipynb #499a286c
 def _named_refs(refs) -> list:
     "`[(path name or None, ref)]` from one ref, a list of refs (`NAME=REF` strings name them) or a `{name: ref}` dict."
     if isinstance(refs, (str, Ref)): refs = [refs]
@@ -282,6 +337,7 @@ def _named_refs(refs) -> list:
         raise AimassError("Name all served models (NAME=REF ...) or none.")
     return named
 
+# %% ../nbs/08_launcher.ipynb #21e65b25
 def _model_entries(refs, backend: str, follow) -> list[tuple[ServedModel, ModelCard]]:
     "One entry per model to serve (its path name, resolved version, backend and the alias it follows), with its card."
     from aimass.core import parse_ref, check_name
@@ -299,6 +355,40 @@ def _model_entries(refs, backend: str, follow) -> list[tuple[ServedModel, ModelC
     if dup: raise AimassError(f"Two models would be served at /v1/models/{dup}: name them, e.g. serve({{'{dup}': ..., '{dup}-canary': ...}}).")
     return entries
 
+# %% ../nbs/08_launcher.ipynb #d12021fe
+def _server_name(models: list[ServedModel], port: int) -> tuple[str, str]:
+    "`(name, label)`: the label says what a server serves (its ref, or its models' names), the name adds the port."
+    first = models[0]
+    label = (first.ref if first.follow else first.version_ref) if len(models) == 1 else "+".join(m.name for m in models)
+    return f"{label.replace(':', '-').replace('@', '-')}-{port}", label
+
+# %% ../nbs/08_launcher.ipynb #6f44fca3
+def _served_models(entries: list[tuple[ServedModel, ModelCard]], cfg: ServerConfig) -> list[ServedModel]:
+    "The entries' models with where each answers (`/predict` when alone) and the `/info` it answers."
+    single = len(entries) == 1
+    for m, card in entries:
+        m.path = predict_path(None if single else m.name)
+        m.info = server_info(card, cfg, m.backend)
+    return [m for m, _ in entries]
+
+# %% ../nbs/08_launcher.ipynb #fbcf3597
+def _start(srv: Server, start_timeout: float = 60.0) -> Server:
+    "Start `srv`'s process group from its config; return `srv` once GET /health answers 200, recorded as running."
+    cfg = srv.config
+    cfg.owner_pid = os.getpid()
+    cfg.parent_death_signal = threading.current_thread() is threading.main_thread()  # Linux signals a child when the *thread* that started it ends
+    srv.proc = _spawn(cfg, srv.api_key)
+    try: _wait_healthy(srv.proc, srv.url, srv.log_path, time.monotonic() + start_timeout, srv.headers)
+    except BaseException:  # an interrupt too: nothing is left running
+        _kill_process_group(srv.proc)
+        raise
+    srv.started_at = time.time()
+    srv._stopped.clear()
+    SERVERS[srv.name] = srv
+    _record(srv)
+    return srv
+
+# %% ../nbs/08_launcher.ipynb #39cb2603
 @with_options(ServerConfig, exclude=ServerConfig.internal)
 def serve(ref: str|list|dict,  # NAME, NAME:vN or NAME@ALIAS; several as a list (NAME=REF names them) or a {name: ref} dict
           *,
@@ -313,92 +403,41 @@ def serve(ref: str|list|dict,  # NAME, NAME:vN or NAME@ALIAS; several as a list 
     every `follow_interval` s: when it moves (promote, rollback) the server switches versions without dropping a request.
     The server stops with this process, or with `Server.stop()`, `stop(...)` or `%aimass stop`."""
     from aimass.registry import Registry
-    opts, _ = split_options(serve, options)
-    cfg = ServerConfig(**opts)
+    cfg = ServerConfig(**split_options(serve, options)[0])
     cfg.host = "127.0.0.1" if cfg.host == "localhost" else cfg.host
     cfg.validate()
     entries = _model_entries(ref, backend, follow)
     if cfg.port is None: cfg.port = free_port()
     elif port_in_use(cfg.port, cfg.host):
         raise AimassError(f"Port {cfg.port} is already in use: pick another port, or port=None for a free one.")
-    single = len(entries) == 1
-    first = entries[0][0]
-    label = (first.ref if first.follow else first.version_ref) if single else "+".join(m.name for m, _ in entries)
-    url, name = f"http://{'[::1]' if cfg.host == '::' else '127.0.0.1'}:{cfg.port}", f"{label.replace(':', '-').replace('@', '-')}-{cfg.port}"
+    name, label = _server_name([m for m, _ in entries], cfg.port)
     cfg.run_dir = tempfile.mkdtemp(prefix=f"aimass-server-{name}-")
-    cfg.registry_root, cfg.owner_pid = str(Registry().root), os.getpid()
-    cfg.parent_death_signal = threading.current_thread() is threading.main_thread()
-    for m, card in entries:
-        m.path = predict_path(None if single else m.name)
-        m.info = server_info(card, cfg, m.backend)
-    cfg.models = [m for m, _ in entries]
-    proc = _spawn(cfg, api_key)
-    srv = Server(name, label, url, "+".join(sorted({m.backend for m in cfg.models})), cfg, api_key, proc)
-    try: _wait_healthy(proc, url, srv.log_path, time.monotonic() + start_timeout, srv.headers)
-    except BaseException:
-        _kill_process_group(proc)
-        raise
-    SERVERS[name] = srv
-    _record(srv)
-    return srv
+    cfg.registry_root = str(Registry().root)
+    cfg.models = _served_models(entries, cfg)
+    url = f"http://{'[::1]' if cfg.host == '::' else '127.0.0.1'}:{cfg.port}"
+    srv = Server(name, label, url, "+".join(sorted({m.backend for m in cfg.models})), cfg, api_key)
+    return _start(srv, start_timeout)
 
-# %% ../nbs/08_launcher.ipynb #dcef90bb
-def _group_alive(pgid: int) -> bool:
-    try: os.killpg(pgid, 0)
-    except ProcessLookupError: return False
-    except PermissionError: return True
-    return True
-
-def _kill_process_group(proc, grace: float = 2.0, wait: float = 10.0):
-    """SIGTERM the server's leader, which lets requests in flight finish and then ends its group; SIGKILL the whole
-    group after `grace` s; reap `proc`; wait until no member is left."""
-    pgid = proc.pid  # start_new_session=True: the server leads its own group
-    for sig, limit in ((signal.SIGTERM, grace), (signal.SIGKILL, wait)):
-        try:
-            if sig == signal.SIGTERM: os.kill(pgid, sig)
-            else: os.killpg(pgid, sig)
-        except ProcessLookupError: pass
-        end = time.monotonic() + limit
-        while time.monotonic() < end:
-            if proc.poll() is not None and not _group_alive(pgid): return
-            time.sleep(0.02)
-    proc.poll()
-
-@patch_to(Server, "stop")
-def _server_stop(self, grace: float|None = None):
-    """Stop the server and free its port. Requests in flight finish first (for at most `grace` s, by default the
-    server's request timeout); new connections are refused meanwhile."""
-    if self._client is not None: self._client.close(); self._client = None
-    _kill_process_group(self.proc, self.config.timeout + 2 if grace is None else grace)
-    SERVERS.pop(self.name, None)
-    (_servers_dir()/f"{self.name}.json").unlink(missing_ok=True)
-
-@patch_to(Server, "restart")
-def _server_restart(self) -> Server:
+# %% ../nbs/08_launcher.ipynb #a44ab01a
+@patch
+def restart(self: Server) -> Server:
     "Stop the server and start it again on the same port with the same settings."
     self.stop()
-    self.config.owner_pid = os.getpid()
-    self.config.parent_death_signal = threading.current_thread() is threading.main_thread()
-    self.proc = _spawn(self.config, self.api_key)
-    try: _wait_healthy(self.proc, self.url, self.log_path, time.monotonic() + 60, self.headers)
-    except BaseException:
-        _kill_process_group(self.proc)
-        raise
-    self.started_at = time.time()
-    SERVERS[self.name] = self
-    _record(self)
-    return self
+    return _start(self)
 
 # %% ../nbs/08_launcher.ipynb #ef02f109
 def _record(srv: Server):
+    "Record `srv` in `$AIMASS_HOME/servers/` for `servers()` in any process."
     atomic_write_json(_servers_dir()/f"{srv.name}.json", {"name": srv.name, "ref": srv.ref, "url": srv.url, "pid": srv.pid,
         "owner_pid": os.getpid(), "backend": srv.backend, "run_dir": str(srv.run_dir), "log": str(srv.log_path),
         "started_at": datetime.fromtimestamp(srv.started_at, timezone.utc).isoformat(timespec="seconds")})
 
+# %% ../nbs/08_launcher.ipynb #f188dc5d
 def _is_aimass_server(pid: int) -> bool:
     try: return b"aimass.server_process" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError: return False
 
+# %% ../nbs/08_launcher.ipynb #9df8cd0e
 def _reap_stale(rec: dict):
     "Kill a dead owner's server group (only when its leader is still an aimass server) and drop the record."
     pid = rec.get("pid")
@@ -409,6 +448,7 @@ def _reap_stale(rec: dict):
             time.sleep(0.2)
     (_servers_dir()/f"{rec['name']}.json").unlink(missing_ok=True)
 
+# %% ../nbs/08_launcher.ipynb #9a0cc27e
 def servers() -> pd.DataFrame:
     "The model servers running on this machine: this process's and other live processes' (servers of dead owners are stopped)."
     import pandas as pd
@@ -425,7 +465,7 @@ def servers() -> pd.DataFrame:
                      "pid": rec["pid"], "started_at": rec["started_at"]})
     return pd.DataFrame(rows, columns=["name", "ref", "url", "backend", "status", "owner", "pid", "started_at"])
 
-# %% ../nbs/08_launcher.ipynb #53261946
+# %% ../nbs/08_launcher.ipynb #d7700294
 def stop(name_or_url: str|None = None,  # a server's name, URL, port or model; none: the only one running
          *,
          all: bool = False,  # every server this process started
@@ -444,6 +484,7 @@ def stop(name_or_url: str|None = None,  # a server's name, URL, port or model; n
     for s in doomed: s.stop()
     return [s.name for s in doomed]
 
+# %% ../nbs/08_launcher.ipynb #e37810c1
 @atexit.register
 def _stop_all_at_exit():
     for s in list(SERVERS.values()):
@@ -452,6 +493,7 @@ def _stop_all_at_exit():
 
 # %% ../nbs/08_launcher.ipynb #41945b3d
 def _status_html(srv: Server, stats: dict|None = None, log_lines: int = 0) -> str:
+    "The panel as an HTML table: models, URL, status, counters and the log's last `log_lines` lines."
     alive = srv.alive
     st = stats if stats is not None else (srv.stats() if alive else None)
     color = "#2e7d32" if alive else "#9e9e9e"
@@ -471,31 +513,44 @@ def _status_html(srv: Server, stats: dict|None = None, log_lines: int = 0) -> st
     logs = f"<pre style='font-size:11px;max-height:12em;overflow:auto'>{html.escape(srv.logs(log_lines))}</pre>" if log_lines else ""
     return f"<table>{body}</table>{logs}"
 
-@patch_to(Server, "_repr_html_")
-def _server_repr_html(self): return _status_html(self)
+# %% ../nbs/08_launcher.ipynb #4358615f
+@patch
+def _repr_html_(self: Server): return _status_html(self)
 
-@patch_to(Server, "widget")
-def _server_widget(self, interval: float = 1.0):
+# %% ../nbs/08_launcher.ipynb #d506279b
+def _refresh(srv: Server, out, stop_button, interval: float):
+    "Redraw the panel every `interval` s while `srv` runs; once it stops, show it stopped and disable Stop."
+    while srv.alive and not srv._stopped.wait(interval):
+        try: out.value = _status_html(srv, log_lines=8)
+        except Exception: pass  # a failed redraw (a log being replaced) waits for the next
+    stop_button.disabled = True
+    out.value = _status_html(srv, log_lines=8)
+
+# %% ../nbs/08_launcher.ipynb #7e834bcc
+@patch
+def widget(self: Server, interval: float = 1.0):
     "A live ipywidgets panel with a Stop button, refreshed every `interval` s while the server runs."
     import ipywidgets as W
     out, button = W.HTML(_status_html(self, log_lines=8)), W.Button(description="Stop", button_style="danger", icon="stop")
     def on_stop(_):
         button.disabled = True; self.stop(); out.value = _status_html(self, log_lines=8)
     button.on_click(on_stop)
-    def refresh():
-        while self.alive:
-            time.sleep(interval)
-            try: out.value = _status_html(self, log_lines=8)
-            except Exception: pass
-        button.disabled = True
-        out.value = _status_html(self, log_lines=8)
-    threading.Thread(target=refresh, daemon=True, name=f"aimass-widget-{self.name}").start()
+    threading.Thread(target=_refresh, args=(self, out, button, interval), daemon=True, name=f"aimass-widget-{self.name}").start()
     return W.VBox([out, button])
 
-@patch_to(Server, "_ipython_display_")
-def _server_ipython_display(self):
-    from IPython.display import display
-    if in_notebook():
-        try: return display(self.widget())
+# %% ../nbs/08_launcher.ipynb #15a31bd3
+def _display_data(srv: Server, live: bool) -> dict:
+    """What a server displays: its HTML table, and with `live` the widget too. Front ends that run widgets show the
+    widget; a page rendered without a kernel (nbconvert, Quarto, GitHub) has no widget state and shows the table."""
+    data = {"text/plain": repr(srv), "text/html": srv._repr_html_()}
+    if live:
+        try: data = {**srv.widget()._repr_mimebundle_(), **data}
         except ImportError: pass
-    display({"text/plain": repr(self), "text/html": self._repr_html_()}, raw=True)
+    return data
+
+# %% ../nbs/08_launcher.ipynb #292abf38
+@patch
+def _ipython_display_(self: Server):
+    "In a notebook, the live widget (with the table for pages rendered without a kernel); elsewhere the table."
+    from IPython.display import display
+    display(_display_data(self, live=in_notebook()), raw=True)

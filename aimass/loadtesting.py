@@ -11,14 +11,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 import numpy as np
+from fastcore.basics import patch
 from .core import AimassError
 
 # %% auto #0
-__all__ = ['LOCAL_HOSTS', 'local_url', 'default_rows', 'LoadTestReport', 'loadtest']
+__all__ = ['LoadTestReport', 'loadtest']
 
 # %% ../nbs/11_loadtesting.ipynb #312da101
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
+# %% ../nbs/11_loadtesting.ipynb #dd2db70c
 def local_url(url: str) -> str:
     "`url` without a trailing slash, if it is an http URL on this machine; else an AimassError."
     u = urlparse(str(url))
@@ -26,7 +28,7 @@ def local_url(url: str) -> str:
         raise AimassError(f"loadtest only loads servers on this machine (http://127.0.0.1:PORT or localhost), not {url!r}.")
     return str(url).rstrip("/")
 
-# %% ../nbs/11_loadtesting.ipynb #5d83b469
+# %% ../nbs/11_loadtesting.ipynb #7a52857c
 def _rows_from_heldout(preprocessor: dict, path, n: int) -> list|None:
     "Raw rows rebuilt from a version's held-out (preprocessed) inputs: undo scaling, pick the one-hot category."
     f = path/"heldout.npz"
@@ -45,10 +47,13 @@ def _rows_from_heldout(preprocessor: dict, path, n: int) -> list|None:
             j += k
     return rows
 
+# %% ../nbs/11_loadtesting.ipynb #7a17dc5e
 def _rows_from_schema(schema: dict) -> list:
+    "One row of zeros (and each category's first value) in the model's input schema."
     if schema["kind"] == "tensor": return [[0.0] * int(np.prod(schema["shape"]))]
     return [{c["name"]: (c["categories"][0] if c["type"] == "category" else 0.0) for c in schema["columns"]}]
 
+# %% ../nbs/11_loadtesting.ipynb #3ca1e856
 def default_rows(info: dict, n: int = 256) -> list:
     "Rows to send to a server: from the served version's held-out set when it is in the local registry, else from its schema."
     try:
@@ -60,6 +65,11 @@ def default_rows(info: dict, n: int = 256) -> list:
     return _rows_from_schema(info["schema"])
 
 # %% ../nbs/11_loadtesting.ipynb #44fcbd89
+def _errors_text(errors: dict) -> str:
+    "Errors by status, in words: `0` is a request that got no answer."
+    return ", ".join(f"{k or 'no answer'}: {v}" for k, v in errors.items()) or "none"
+
+# %% ../nbs/11_loadtesting.ipynb #0da8ec59
 @dataclass
 class LoadTestReport:
     "What a load test measured. `latencies` in seconds, `started` offsets from the start, `statuses` per request (0: no answer)."
@@ -93,49 +103,55 @@ class LoadTestReport:
     @property
     def p99(self) -> float: return self.percentile(99)
 
-    @property
-    def served_by(self) -> dict:
-        "How many answers each model version gave (from the X-Model-Version header): shows a switch under load."
-        if self.versions is None: return {}
-        return dict(sorted(Counter(v for v in self.versions[self.statuses == 200].tolist() if v).items()))
-
-    def summary(self) -> dict:
-        return {"url": self.url, "requests": self.requests, "ok": self.ok, "errors": self.errors, "concurrency": self.concurrency,
-                "duration_s": round(self.duration, 3), "rps": round(self.rps, 1), "p50_ms": round(self.p50, 2),
-                "p90_ms": round(self.p90, 2), "p99_ms": round(self.p99, 2), "served_by": self.served_by}
-
     def __repr__(self):
-        err = ", ".join(f"{k or 'no answer'}: {v}" for k, v in self.errors.items()) or "none"
         return (f"LoadTestReport({self.url}: {self.requests:,} requests in {self.duration:.2f} s at concurrency {self.concurrency}: "
-                f"{self.rps:,.1f} req/s, p50 {self.p50:.2f} ms, p90 {self.p90:.2f} ms, p99 {self.p99:.2f} ms, errors {err}"
+                f"{self.rps:,.1f} req/s, p50 {self.p50:.2f} ms, p90 {self.p90:.2f} ms, p99 {self.p99:.2f} ms, errors {_errors_text(self.errors)}"
                 + (f", served by {self.served_by}" if len(self.served_by) > 1 else "") + ")")
 
-    def _repr_html_(self):
-        s = self.summary()
-        err = ", ".join(f"{k or 'no answer'}: {v}" for k, v in self.errors.items()) or "none"
-        rows = [("url", s["url"]), ("requests", f"{s['requests']:,} in {s['duration_s']} s (concurrency {s['concurrency']})"),
-                ("throughput", f"<b>{s['rps']:,.1f} req/s</b>"), ("latency", f"p50 {s['p50_ms']} ms, p90 {s['p90_ms']} ms, p99 {s['p99_ms']} ms"),
-                ("errors", err)] + ([("served by", ", ".join(f"{k}: {v:,}" for k, v in s["served_by"].items()))] if len(s["served_by"]) > 1 else [])
-        return "<table>" + "".join(f"<tr><td style='text-align:left'><b>{k}</b></td><td style='text-align:left'>{v}</td></tr>" for k, v in rows) + "</table>"
+# %% ../nbs/11_loadtesting.ipynb #4dc3f976
+@patch(as_prop=True)
+def served_by(self: LoadTestReport) -> dict:
+    "How many answers each model version gave (from the X-Model-Version header): shows a switch under load."
+    if self.versions is None: return {}
+    return dict(sorted(Counter(v for v in self.versions[self.statuses == 200].tolist() if v).items()))
 
-    def plot(self, ax=None):
-        "Latency of each request over the test (left) and its histogram (right)."
-        import matplotlib.pyplot as plt
-        if ax is None: fig, ax = plt.subplots(1, 2, figsize=(10, 3.2))
-        else: fig = ax[0].figure
-        ok = self.statuses == 200
-        # one colour per model version when the server switched during the test
-        groups = [(v, ok & (self.versions == v)) for v in self.served_by] if len(self.served_by) > 1 else [("200", ok)]
-        for label, m in groups: ax[0].plot(self.started[m], self.latencies[m] * 1000, ".", ms=2, label=label)
-        if (~ok).any(): ax[0].plot(self.started[~ok], self.latencies[~ok] * 1000, "x", ms=4, color="C3", label="errors")
-        ax[0].set(xlabel="time since start (s)", ylabel="latency (ms)", title=f"{self.rps:,.0f} req/s at concurrency {self.concurrency}")
-        ax[0].legend(loc="upper right")
-        lat = self.latencies[ok] * 1000
-        if len(lat): ax[1].hist(lat, bins=50)
-        for q, ls_ in ((50, "-"), (99, "--")): ax[1].axvline(self.percentile(q), color="k", ls=ls_, label=f"p{q} {self.percentile(q):.1f} ms")
-        ax[1].set(xlabel="latency (ms)", ylabel="requests"); ax[1].legend()
-        fig.tight_layout()
-        return fig
+# %% ../nbs/11_loadtesting.ipynb #86277da6
+@patch
+def summary(self: LoadTestReport) -> dict:
+    "The report's numbers as a dict (latencies in ms)."
+    return {"url": self.url, "requests": self.requests, "ok": self.ok, "errors": self.errors, "concurrency": self.concurrency,
+            "duration_s": round(self.duration, 3), "rps": round(self.rps, 1), "p50_ms": round(self.p50, 2),
+            "p90_ms": round(self.p90, 2), "p99_ms": round(self.p99, 2), "served_by": self.served_by}
+
+# %% ../nbs/11_loadtesting.ipynb #22736082
+@patch
+def _repr_html_(self: LoadTestReport):
+    s = self.summary()
+    rows = [("url", s["url"]), ("requests", f"{s['requests']:,} in {s['duration_s']} s (concurrency {s['concurrency']})"),
+            ("throughput", f"<b>{s['rps']:,.1f} req/s</b>"), ("latency", f"p50 {s['p50_ms']} ms, p90 {s['p90_ms']} ms, p99 {s['p99_ms']} ms"),
+            ("errors", _errors_text(self.errors))] + ([("served by", ", ".join(f"{k}: {v:,}" for k, v in s["served_by"].items()))] if len(s["served_by"]) > 1 else [])
+    return "<table>" + "".join(f"<tr><td style='text-align:left'><b>{k}</b></td><td style='text-align:left'>{v}</td></tr>" for k, v in rows) + "</table>"
+
+# %% ../nbs/11_loadtesting.ipynb #30cfc20f
+@patch
+def plot(self: LoadTestReport, ax=None):
+    "Latency of each request over the test (left) and its histogram (right)."
+    import matplotlib.pyplot as plt
+    if ax is None: fig, ax = plt.subplots(1, 2, figsize=(10, 3.2))
+    else: fig = ax[0].figure
+    ok = self.statuses == 200
+    # one colour per model version when the server switched during the test
+    groups = [(v, ok & (self.versions == v)) for v in self.served_by] if len(self.served_by) > 1 else [("200", ok)]
+    for label, m in groups: ax[0].plot(self.started[m], self.latencies[m] * 1000, ".", ms=2, label=label)
+    if (~ok).any(): ax[0].plot(self.started[~ok], self.latencies[~ok] * 1000, "x", ms=4, color="C3", label="errors")
+    ax[0].set(xlabel="time since start (s)", ylabel="latency (ms)", title=f"{self.rps:,.0f} req/s at concurrency {self.concurrency}")
+    ax[0].legend(loc="upper right")
+    lat = self.latencies[ok] * 1000
+    if len(lat): ax[1].hist(lat, bins=50)
+    for q, ls_ in ((50, "-"), (99, "--")): ax[1].axvline(self.percentile(q), color="k", ls=ls_, label=f"p{q} {self.percentile(q):.1f} ms")
+    ax[1].set(xlabel="latency (ms)", ylabel="requests"); ax[1].legend()
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/11_loadtesting.ipynb #c479742e
 # httpx's async client measured here topped out near 270 req/s against a trivial FastAPI app: a load generator must
@@ -174,7 +190,22 @@ class _Connection:
         if self.writer is not None: self.writer.close()
         self.reader = self.writer = None
 
+# %% ../nbs/11_loadtesting.ipynb #e66d4cca
+def _run_async(coro):
+    "Run `coro` to completion, in a thread of its own when this thread already runs an event loop (a notebook)."
+    try: asyncio.get_running_loop()
+    except RuntimeError: return asyncio.run(coro)
+    out = {}
+    def target():
+        try: out["value"] = asyncio.run(coro)
+        except BaseException as e: out["error"] = e
+    t = threading.Thread(target=target); t.start(); t.join()
+    if "error" in out: raise out["error"]
+    return out["value"]
+
+# %% ../nbs/11_loadtesting.ipynb #8aed38be
 async def _load(url, bodies, concurrency, n, duration, headers, timeout, progress):
+    "Keep `concurrency` POSTs of `bodies` (cycled) in flight until `n` are sent or `duration` s pass; what each took and got."
     u = urlparse(url)
     lat, start, status, versions, failures = [], [], [], [], Counter()
     sent, t0 = 0, time.perf_counter()
@@ -196,24 +227,33 @@ async def _load(url, bodies, concurrency, n, duration, headers, timeout, progres
     await asyncio.gather(*[worker() for _ in range(concurrency)])
     return time.perf_counter() - t0, np.array(lat), np.array(start), np.array(status, dtype=int), dict(failures), np.array(versions, dtype=str)
 
-def _run_async(coro):
-    "Run `coro` to completion, in a thread of its own when this thread already runs an event loop (a notebook)."
-    try: asyncio.get_running_loop()
-    except RuntimeError: return asyncio.run(coro)
-    out = {}
-    def target():
-        try: out["value"] = asyncio.run(coro)
-        except BaseException as e: out["error"] = e
-    t = threading.Thread(target=target); t.start(); t.join()
-    if "error" in out: raise out["error"]
-    return out["value"]
+# %% ../nbs/11_loadtesting.ipynb #ae3d5180
+def _model_paths(server_or_url, model: str|None) -> tuple[str, str]:
+    "`(predict path, info path)` of the model to load: a `Server` knows where its models answer."
+    from aimass.launcher import predict_path
+    path = server_or_url._model(model).path if hasattr(server_or_url, "_model") else predict_path(model)
+    return path, "/info" if path == "/predict" else path.rsplit(":", 1)[0]
 
-# %% ../nbs/11_loadtesting.ipynb #e66d4cca
+# %% ../nbs/11_loadtesting.ipynb #fd280c16
+def _request_bodies(info_url: str, headers: dict, payload, rows_per_request: int) -> list[bytes]:
+    "The JSON bodies to send: `payload` as one whole body, or its rows (default: from GET `info_url`) `rows_per_request` at a time."
+    import httpx
+    if isinstance(payload, dict): return [json.dumps(payload).encode()]
+    if payload is None:
+        try: info = httpx.get(info_url, headers=headers, timeout=10).raise_for_status().json()
+        except (httpx.HTTPError, ValueError) as e: raise AimassError(f"Cannot read {info_url} to build requests ({e}); pass payload=rows.") from None
+        payload = default_rows(info)
+    rows = payload.tolist() if isinstance(payload, np.ndarray) else list(payload)
+    if not rows: raise AimassError("payload has no rows.")
+    k = max(1, rows_per_request)
+    return [json.dumps({"instances": [rows[(i + j) % len(rows)] for j in range(k)]}).encode() for i in range(0, len(rows), k)]
+
+# %% ../nbs/11_loadtesting.ipynb #fc547fd5
 def loadtest(server_or_url: str|Server,  # a Server from serve(), or a URL on this machine (http://127.0.0.1:PORT)
              *,
              concurrency: int = 16,  # requests in flight at once
              requests: int|None = 1000,  # how many to send
-             duration: float|None = None,  # or for how many seconds (whichever ends first)
+             duration: float|None = None,  # seconds to run for (with requests: whichever ends first)
              rows_per_request: int = 1,  # rows in each request's instances
              model: str|None = None,  # on a server of several models, which one (/v1/models/MODEL:predict)
              payload: list|dict|None = None,  # rows to send (cycled), or one whole request body; default: the model's held-out rows
@@ -222,26 +262,14 @@ def loadtest(server_or_url: str|Server,  # a Server from serve(), or a URL on th
              progress: bool = True,  # a progress bar
              ) -> LoadTestReport:
     "Load a local model server with concurrent POST requests; report throughput, latency percentiles and errors."
-    from tqdm.auto import tqdm
-    import httpx
     url = local_url(getattr(server_or_url, "url", server_or_url))
     api_key = api_key or getattr(server_or_url, "api_key", None)
     headers = {"X-API-Key": api_key} if api_key else {}
     if concurrency < 1: raise AimassError("concurrency must be at least 1.")
     if requests is None and duration is None: raise AimassError("Give requests=N, duration=SECONDS, or both.")
-    from aimass.launcher import predict_path
-    path = server_or_url._model(model).path if hasattr(server_or_url, "_model") else predict_path(model)
-    info_path = "/info" if path == "/predict" else path.rsplit(":", 1)[0]
-    if isinstance(payload, dict): bodies = [json.dumps(payload).encode()]
-    else:
-        if payload is None:
-            try: info = httpx.get(url + info_path, headers=headers, timeout=10).raise_for_status().json()
-            except (httpx.HTTPError, ValueError) as e: raise AimassError(f"Cannot read {url}{info_path} to build requests ({e}); pass payload=rows.") from None
-            payload = default_rows(info)
-        rows = payload.tolist() if isinstance(payload, np.ndarray) else list(payload)
-        if not rows: raise AimassError("payload has no rows.")
-        k = max(1, rows_per_request)
-        bodies = [json.dumps({"instances": [rows[(i + j) % len(rows)] for j in range(k)]}).encode() for i in range(0, len(rows), k)]
+    path, info_path = _model_paths(server_or_url, model)
+    bodies = _request_bodies(url + info_path, headers, payload, rows_per_request)
+    from tqdm.auto import tqdm
     bar = tqdm(total=requests, desc=f"loadtest {url}", unit="req", leave=False) if progress else None
     try: dur, lat, start, status, failures, versions = _run_async(_load(url + path, bodies, concurrency, requests, duration, headers, timeout, bar))
     finally:

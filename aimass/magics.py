@@ -6,6 +6,7 @@ Docs: https://aimass.github.io/aimass/magics.html.md"""
 
 # %% ../nbs/21_magics.ipynb #4122c74c
 from __future__ import annotations
+import functools
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from .core import AimassError
@@ -30,5 +31,71 @@ class AimassMagics(Magics):
         if out: self.shell.user_ns[out] = result
         return result
 
+# %% ../nbs/21_magics.ipynb #bfe28e8a
+@functools.lru_cache(maxsize=None)
+def _declared(verb: str) -> dict:
+    "`{name: Flag}` of the parameters `verb`'s signature declares, read from its source once."
+    from aimass.commands import declared_flags
+    return {f.name: f for f in declared_flags(verb)}
+
+# %% ../nbs/21_magics.ipynb #272f99a2
+def _takes_value(verb: str, option: str) -> bool:
+    "Whether `option` on a `verb` line is followed by its value (`--epochs 3`) rather than standing alone (`--no-progress`)."
+    if option in ("-o", "--out"): return True
+    if option in ("-h", "--help") or option.startswith("--no-") or "=" in option: return False
+    f = _declared(verb).get(option.lstrip("-").replace("-", "_"))
+    return f is None or not (f.is_bool and set(f.parts) <= {"bool", "None"})
+
+# %% ../nbs/21_magics.ipynb #bc1a86ad
+def _positional_at(verb: str, args: list) -> tuple:
+    "`(Flag, values of the positionals before it)` for the last of `args` (the words after the verb), or `(None, [])` when it is an option's value."
+    pos = [f for f in _declared(verb).values() if f.positional]
+    given, expect_value = [], False
+    for w in args[:-1]:
+        if expect_value: expect_value = False
+        elif w.startswith("-"): expect_value = _takes_value(verb, w)
+        else: given.append(w)
+    if expect_value or not pos: return None, []
+    if len(given) < len(pos): return pos[len(given)], given
+    return (pos[-1], given) if pos[-1].many else (None, [])
+
+# %% ../nbs/21_magics.ipynb #d2ac74cb
+def _refs_for(flag, given: list) -> list:
+    "The registered refs that can fill positional `flag` (`ref`, `name` or `version`), after the positionals `given`."
+    if flag.name not in ("ref", "name", "version"): return []  # a template, a server, a folder: no registry lookup
+    from aimass.registry import model_refs
+    refs = model_refs()
+    if flag.name == "ref": return refs
+    if flag.name == "name": return [r for r in refs if ":" not in r and "@" not in r]
+    if flag.name == "version" and given: return [r.split(":", 1)[1] for r in refs if r.startswith(f"{given[-1]}:v")]
+    return []
+
+# %% ../nbs/21_magics.ipynb #7c36f36d
+@functools.lru_cache(maxsize=None)
+def _options(verb: str) -> list:
+    "Every option of `%aimass verb` (this imports the verb's layer, once)."
+    from aimass.commands import verb_parser
+    return [o for a in verb_parser(verb, "%aimass", notebook=True)._actions for o in a.option_strings]
+
+# %% ../nbs/21_magics.ipynb #45714bd2
+def complete_aimass(shell, event) -> list:
+    "IPython `complete_command` hook for `%aimass`: verbs, then the verb's flags, and registered refs where one goes."
+    from aimass.commands import VERBS
+    words = event.text_until_cursor.split()
+    if event.text_until_cursor[-1:].isspace(): words.append("")
+    if len(words) < 2: return []
+    if len(words) == 2: return [*VERBS, "--help", "--version"]
+    verb, word = words[1], words[-1]
+    if verb not in VERBS: return []
+    if word.startswith("-"): return _options(verb)
+    flag, given = _positional_at(verb, words[2:])
+    if flag is None: return []
+    typed = word.split("=", 1)[-1] if flag.many else word  # serve NAME=REF
+    cut = len(typed) - len(event.symbol) if typed.endswith(event.symbol) else 0
+    return [r[cut:] for r in _refs_for(flag, given) if r.startswith(typed)]
+
+# %% ../nbs/21_magics.ipynb #799d6246
 def load_ipython_extension(ipython):
+    "`%load_ext aimass`: the `%aimass` and `%%aimass` magics, with Tab completion."
     ipython.register_magics(AimassMagics)
+    for key in ("%aimass", "%%aimass"): ipython.set_hook("complete_command", complete_aimass, str_key=key)

@@ -11,20 +11,24 @@ import numpy as np
 import torch
 from torch import nn
 import lightning as L
+from fastcore.basics import patch
 from .core import AimassError
 
 # %% auto #0
-__all__ = ['TEMPLATES', 'mlp', 'cnn', 'linear', 'class_spec', 'model_from_spec', 'resolve_model', 'TaskModule',
-           'plain_lightning_step', 'Predictor', 'batched_outputs', 'read_state_dict', 'load_weights']
+__all__ = ['TEMPLATES', 'mlp', 'cnn', 'linear', 'model_from_spec', 'resolve_model', 'TaskModule', 'Predictor', 'read_state_dict',
+           'load_weights']
 
 # %% ../nbs/02_models.ipynb #c5b4feed
-TEMPLATES = {}
+TEMPLATES = {}  # name -> builder(input_shape, num_outputs, **knobs)
+
 def _template(f):
     TEMPLATES[f.__name__] = f
     return f
 
+# %% ../nbs/02_models.ipynb #8d3e2e91
 def _flat(shape): return int(np.prod(shape))
 
+# %% ../nbs/02_models.ipynb #b81fe477
 @_template
 def mlp(input_shape, num_outputs,
         hidden: int|list[int] = (256, 128),  # sizes of the hidden layers
@@ -35,6 +39,7 @@ def mlp(input_shape, num_outputs,
     for h in hidden: layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]; width = h
     return nn.Sequential(*layers, nn.Linear(width, num_outputs))
 
+# %% ../nbs/02_models.ipynb #f93f4c68
 @_template
 def cnn(input_shape, num_outputs,
         channels: int|list[int] = (32, 64),  # channels of each convolution block
@@ -53,6 +58,7 @@ def cnn(input_shape, num_outputs,
         c = ch
     return nn.Sequential(nn.Flatten(), *layers, nn.Flatten(), nn.Linear(c*h*w, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_outputs))
 
+# %% ../nbs/02_models.ipynb #b652af8e
 @_template
 def linear(input_shape, num_outputs):
     "A linear model on flattened inputs (logistic or linear regression)."
@@ -75,6 +81,7 @@ def _cell_source(cls) -> str:
         raise AimassError(f"Cannot find class {cls.__name__} in {code.co_filename}.")
     return "\n\n".join(ast.get_source_segment("".join(lines), n) for n in keep) + "\n"
 
+# %% ../nbs/02_models.ipynb #c1a46570
 def _init_kwargs(model: nn.Module) -> dict:
     "Constructor arguments of `model`, recovered from same-named attributes (the usual `self.hidden = hidden`)."
     kw = {}
@@ -87,13 +94,7 @@ def _init_kwargs(model: nn.Module) -> dict:
                               f"in __init__, or pass the class and model_kwargs={{'{p.name}': ...}} instead of an instance.")
     return kw
 
-def class_spec(cls, kwargs: dict) -> dict:
-    "The spec of a user class: import path, and source when it lives in `__main__` (a notebook)."
-    spec = {"class": f"{cls.__module__}:{cls.__qualname__}", "kwargs": kwargs,
-            "lightning": issubclass(cls, L.LightningModule)}
-    if not _importable(cls): spec["source"] = _cell_source(cls)  # defined in a notebook cell or `__main__`
-    return spec
-
+# %% ../nbs/02_models.ipynb #6ad55447
 def _importable(cls) -> bool:
     "True when `module:qualname` finds this very class again in a fresh process."
     import sys
@@ -102,6 +103,15 @@ def _importable(cls) -> bool:
     for part in cls.__qualname__.split("."): obj = getattr(obj, part, None)
     return obj is cls
 
+# %% ../nbs/02_models.ipynb #ebd0bb84
+def class_spec(cls, kwargs: dict) -> dict:
+    "The spec of a user class: import path, and source when it lives in `__main__` (a notebook)."
+    spec = {"class": f"{cls.__module__}:{cls.__qualname__}", "kwargs": kwargs,
+            "lightning": issubclass(cls, L.LightningModule)}
+    if not _importable(cls): spec["source"] = _cell_source(cls)  # defined in a notebook cell or `__main__`
+    return spec
+
+# %% ../nbs/02_models.ipynb #88448e37
 def model_from_spec(spec: dict, input_shape=None, num_outputs=None) -> nn.Module:
     "Rebuild an (untrained) model from its spec."
     if "template" in spec:
@@ -175,115 +185,146 @@ class TaskModule(L.LightningModule):
         if name == "_current_fx_name": object.__setattr__(self, name, value)
         else: super().__setattr__(name, value)
 
-    def _loss(self, out, y):
-        if self.hparams.task == "classification": return nn.functional.cross_entropy(out, y)
-        return nn.functional.mse_loss(out.reshape(-1), y)
-
-    # Lightning's loop costs about 1.5 ms a batch in hooks and closures, as much as a small model's whole step. On
-    # one device aimass.train hands each training_step a chunk of several batches (`chunked`, `step_size` rows per
-    # step) and steps the optimizer once per batch here: the same updates, in the same order, with the loop's cost
-    # paid once a chunk. `after_step(loss, rows)` runs after every optimizer step (progress, Stop).
-    chunked, step_size, after_step = False, None, None
+    chunked, step_size, after_step = False, None, None  # training in chunks of batches: see above
+    _direct_steps = False  # set at the start of a chunked fit: see `plain_lightning_step`
 
     @property
-    def automatic_optimization(self) -> bool: return not self.chunked
+    def automatic_optimization(self) -> bool: return not self.chunked  # in chunks, the module steps the optimizer itself
     @automatic_optimization.setter
     def automatic_optimization(self, value: bool): self.chunked = not value
 
-    # When Lightning's optimizer wrapper would only dispatch empty hooks around `loss.backward()` and
-    # `optimizer.step()` (`plain_lightning_step`), a chunk calls those two itself and counts each step in
-    # Lightning's own progress, which `global_step`, checkpoints and resume read: about 0.25 ms a step saved.
-    _direct_steps = False
-    def on_train_start(self): self._direct_steps = self.chunked and plain_lightning_step(self.trainer, self)
+# %% ../nbs/02_models.ipynb #e18b8764
+@patch
+def _loss(self: TaskModule, out, y):
+    "Cross-entropy for classification, mean squared error (of standardized targets) for regression."
+    if self.hparams.task == "classification": return nn.functional.cross_entropy(out, y)
+    return nn.functional.mse_loss(out.reshape(-1), y)
 
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        if not self.chunked: return self._loss(self(x), y)  # no per-step self.log: it costs more than the step on small models; aimass's callback averages the loss
-        opt, total = self.optimizers(), 0.0
-        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress if self._direct_steps else None
-        for xb, yb in zip(x.split(self.step_size), y.split(self.step_size)):
-            opt.zero_grad()
-            loss = self._loss(self(xb), yb)
-            if progress is not None:
-                loss.backward()
-                progress.increment_ready(); opt.optimizer.step(); progress.increment_completed()
-            else:
-                self.manual_backward(loss)
-                opt.step()
-            total = total + loss.detach().float()*len(yb)  # in float32 even when the step runs in half precision
-            if self.after_step is not None: self.after_step(loss, len(yb))
-        return total / len(y)
-
-    def on_train_epoch_start(self):
-        # With manual optimization the epoch's schedule step is ours; catching up to the current epoch (rather than
-        # stepping at epoch end) keeps a run resumed from an end-of-epoch checkpoint exact.
-        sch = self.lr_schedulers() if self.chunked else None
-        if sch is not None:
-            while sch.last_epoch < self.current_epoch: sch.step()
-
-    def _val_batch(self, x, y):
-        "The batch's loss; updates the validation metrics (in the target's own units for regression)."
-        out = self(x)
-        loss = self._loss(out, y)
-        if self.hparams.task == "regression":
-            s, m = self.hparams.target_std, self.hparams.target_mean
-            out, y = out.reshape(-1)*s + m, y*s + m
-        self.val_metrics.update(out, y)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        self.log("val_loss", self._val_batch(*batch), on_epoch=True, prog_bar=True, batch_size=len(batch[1]))
-
-    def on_validation_epoch_end(self):
-        self.log_dict(self.val_metrics.compute(), prog_bar=True)
-        self.val_metrics.reset()
-
-    def validate_tensors(self, x, y, batch_size: int = 4096) -> dict:
-        """Validation loss and metrics over tensors `x`, `y`, as `validation_step` and `on_validation_epoch_end`
-        compute them, without Lightning's evaluation loop. aimass.train's single-device path validates this
-        way: the loop's hooks, fetchers and per-metric logging cost several times a small model's forward pass."""
-        import contextlib
-        trainer, training, total = self._trainer, self.training, 0.0
-        self.eval()
-        try:
-            with torch.inference_mode():
-                for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
-                    if trainer is None: batch, ctx = (xb.to(self.device), yb.to(self.device)), contextlib.nullcontext()
-                    else:  # as Lightning's loop does: the device, the precision's input dtype and its autocast
-                        batch = trainer.precision_plugin.convert_input(trainer.strategy.batch_to_device((xb, yb)))
-                        ctx = trainer.precision_plugin.val_step_context()
-                    with ctx: total += float(self._val_batch(*batch)) * len(yb)
-                metrics = {"val_loss": total / len(y), **{k: float(v) for k, v in self.val_metrics.compute().items()}}
-        finally:
-            self.val_metrics.reset()
-            self.train(training)
-        return metrics
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        if hp.optimizer == "adamw": opt = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        elif hp.optimizer == "sgd": opt = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
-        else: raise AimassError(f"Unknown optimizer {hp.optimizer!r}: use 'adamw' or 'sgd'.")
-        if hp.scheduler in (None, "none", "constant"): return opt
-        if hp.scheduler != "cosine": raise AimassError(f"Unknown scheduler {hp.scheduler!r}: use 'cosine' or 'constant'.")
-        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, hp.max_epochs))}
+# %% ../nbs/02_models.ipynb #7e34b2bb
+@patch
+def configure_optimizers(self: TaskModule):
+    "AdamW (or SGD with momentum 0.9), and a cosine learning rate over `max_epochs` unless `scheduler='constant'`."
+    hp = self.hparams
+    if hp.optimizer == "adamw": opt = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+    elif hp.optimizer == "sgd": opt = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
+    else: raise AimassError(f"Unknown optimizer {hp.optimizer!r}: use 'adamw' or 'sgd'.")
+    if hp.scheduler in (None, "none", "constant"): return opt
+    if hp.scheduler != "cosine": raise AimassError(f"Unknown scheduler {hp.scheduler!r}: use 'cosine' or 'constant'.")
+    return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, hp.max_epochs))}
 
 # %% ../nbs/02_models.ipynb #9e690332
-_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+@patch
+def training_step(self: TaskModule, batch, batch_idx):
+    "The batch's loss; in chunks, the chunk's mean loss after one optimizer step per batch."
+    x, y = batch
+    if not self.chunked: return self._loss(self(x), y)  # no per-step self.log: it costs more than the step on small models; aimass's callback averages the loss
+    opt, total = self.optimizers(), 0.0
+    progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress if self._direct_steps else None
+    for xb, yb in zip(x.split(self.step_size), y.split(self.step_size)):
+        opt.zero_grad()
+        loss = self._loss(self(xb), yb)
+        if progress is not None:
+            loss.backward()
+            progress.increment_ready(); opt.optimizer.step(); progress.increment_completed()
+        else:
+            self.manual_backward(loss)
+            opt.step()
+        total = total + loss.detach().float()*len(yb)  # in float32 even when the step runs in half precision
+        if self.after_step is not None: self.after_step(loss, len(yb))
+    return total / len(y)
 
-def plain_lightning_step(trainer, module) -> bool:
-    """True when Lightning's manual optimizer step would add nothing to `loss.backward()` and `optimizer.step()`:
-    one device, full precision (no gradient scaler), no profiler, and no callback or module hook around the step."""
+# %% ../nbs/02_models.ipynb #038e034e
+@patch
+def on_train_epoch_start(self: TaskModule):
+    "In chunks: step the learning-rate schedule up to the current epoch."
+    sch = self.lr_schedulers() if self.chunked else None
+    if sch is not None:
+        while sch.last_epoch < self.current_epoch: sch.step()
+
+# %% ../nbs/02_models.ipynb #37aebecf
+@patch
+def _val_batch(self: TaskModule, x, y):
+    "The batch's loss; updates the validation metrics (in the target's own units for regression)."
+    out = self(x)
+    loss = self._loss(out, y)
+    if self.hparams.task == "regression":
+        s, m = self.hparams.target_std, self.hparams.target_mean
+        out, y = out.reshape(-1)*s + m, y*s + m
+    self.val_metrics.update(out, y)
+    return loss
+
+# %% ../nbs/02_models.ipynb #95d79e4b
+@patch
+def validation_step(self: TaskModule, batch, batch_idx):
+    "Log the batch's validation loss (averaged over the epoch by Lightning)."
+    self.log("val_loss", self._val_batch(*batch), on_epoch=True, prog_bar=True, batch_size=len(batch[1]))
+
+# %% ../nbs/02_models.ipynb #432fb1e7
+@patch
+def on_validation_epoch_end(self: TaskModule):
+    "Log the epoch's validation metrics."
+    self.log_dict(self.val_metrics.compute(), prog_bar=True)
+    self.val_metrics.reset()
+
+# %% ../nbs/02_models.ipynb #bb9ccf5f
+@patch
+def validate_tensors(self: TaskModule, x, y, batch_size: int = 4096) -> dict:
+    """Validation loss and metrics over tensors `x`, `y`, as `validation_step` and `on_validation_epoch_end`
+    compute them, without Lightning's evaluation loop. aimass.train's single-device path validates this
+    way: the loop's hooks, fetchers and per-metric logging cost several times a small model's forward pass."""
+    import contextlib
+    trainer, training, total = self._trainer, self.training, 0.0
+    self.eval()
+    try:
+        with torch.inference_mode():
+            for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+                if trainer is None: batch, ctx = (xb.to(self.device), yb.to(self.device)), contextlib.nullcontext()
+                else:  # as Lightning's loop does: the device, the precision's input dtype and its autocast
+                    batch = trainer.precision_plugin.convert_input(trainer.strategy.batch_to_device((xb, yb)))
+                    ctx = trainer.precision_plugin.val_step_context()
+                with ctx: total += float(self._val_batch(*batch)) * len(yb)
+            metrics = {"val_loss": total / len(y), **{k: float(v) for k, v in self.val_metrics.compute().items()}}
+    finally:
+        self.val_metrics.reset()
+        self.train(training)
+    return metrics
+
+# %% ../nbs/02_models.ipynb #628fdf43
+def overridden_hooks(obj, hooks, parent=None) -> list:
+    "The names in `hooks` that `obj`, a Lightning callback or module, overrides (of `parent`'s: default Callback's or LightningModule's)."
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+    return [h for h in hooks if is_overridden(h, obj, parent)]
+
+# %% ../nbs/02_models.ipynb #ac76beef
+_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")  # hooks around each optimizer step
+
+def lightning_step_needs(trainer, module, callbacks=None) -> list:
+    """Why an optimizer step needs Lightning's wrapper around `loss.backward()` and `optimizer.step()`: empty when
+    it would add nothing. `callbacks`: those to look at (default: the trainer's)."""
     from lightning.pytorch.plugins.precision import Precision
     from lightning.pytorch.profilers import PassThroughProfiler
     from lightning.pytorch.strategies import SingleDeviceStrategy
-    from lightning.pytorch.utilities.model_helpers import is_overridden
-    return (type(trainer.precision_plugin) is Precision and type(trainer.strategy) is SingleDeviceStrategy
-            and isinstance(trainer.profiler, PassThroughProfiler)
-            and not any(is_overridden(h, module, L.LightningModule) for h in (*_STEP_HOOKS, "backward"))
-            and not any(is_overridden(h, cb, L.Callback) for cb in trainer.callbacks for h in _STEP_HOOKS))
+    needs = []
+    if type(trainer.precision_plugin) is not Precision: needs.append(f"{type(trainer.precision_plugin).__name__} wraps each step")
+    if type(trainer.strategy) is not SingleDeviceStrategy: needs.append(f"{type(trainer.strategy).__name__} wraps each step")
+    if not isinstance(trainer.profiler, PassThroughProfiler): needs.append("the profiler times each step")
+    if hooks := overridden_hooks(module, (*_STEP_HOOKS, "backward")): needs.append(f"{type(module).__name__} overrides {', '.join(hooks)}")
+    for cb in trainer.callbacks if callbacks is None else callbacks:
+        if hooks := overridden_hooks(cb, _STEP_HOOKS): needs.append(f"{type(cb).__name__} overrides {', '.join(hooks)}")
+    return needs
 
-# %% ../nbs/02_models.ipynb #37aebecf
+# %% ../nbs/02_models.ipynb #a6df7c5b
+def plain_lightning_step(trainer, module) -> bool:
+    "True when Lightning's optimizer wrapper would add nothing to `loss.backward()` and `optimizer.step()`."
+    return not lightning_step_needs(trainer, module)
+
+# %% ../nbs/02_models.ipynb #1307ed0f
+@patch
+def on_train_start(self: TaskModule):
+    "In chunks: step directly where Lightning's wrapper would add nothing."
+    self._direct_steps = self.chunked and plain_lightning_step(self.trainer, self)
+
+# %% ../nbs/02_models.ipynb #800ab2de
 class Predictor(nn.Module):
     "Network + output head: probabilities for classification, values in the target's units for regression."
     def __init__(self, net: nn.Module, task: str, target_mean=0.0, target_std=1.0):
@@ -294,13 +335,13 @@ class Predictor(nn.Module):
         if self.task == "classification": return torch.softmax(out, dim=-1)
         return out.reshape(-1) * self.target_std + self.target_mean
 
-# %% ../nbs/02_models.ipynb #41f52f64
+# %% ../nbs/02_models.ipynb #d7b144d6
 def batched_outputs(predictor: nn.Module, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
     "Outputs of `predictor` for float32 inputs `x`, computed `batch_size` rows at a time."
     with torch.inference_mode():
         return np.concatenate([predictor(torch.from_numpy(x[i:i+batch_size])).float().numpy() for i in range(0, len(x), batch_size)])
 
-# %% ../nbs/02_models.ipynb #f3a5ff1b
+# %% ../nbs/02_models.ipynb #29a30246
 def read_state_dict(path) -> dict:
     "A state dict from `.safetensors` or a `weights_only` PyTorch file (a Lightning checkpoint's `state_dict` too)."
     from pathlib import Path
@@ -318,6 +359,7 @@ def read_state_dict(path) -> dict:
     if not isinstance(sd, dict): raise AimassError(f"{path} holds a {type(sd).__name__}, not a state dict.")
     return sd
 
+# %% ../nbs/02_models.ipynb #2bbbc18c
 def load_weights(net: nn.Module, state_dict: dict):
     "Load `state_dict` into `net`, naming missing or mismatched keys when they do not fit."
     own = net.state_dict()

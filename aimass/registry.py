@@ -6,17 +6,18 @@ Docs: https://aimass.github.io/aimass/registry.html.md"""
 
 # %% ../nbs/03_registry.ipynb #dfece661
 from __future__ import annotations
-import json, os, shutil, sqlite3, time, uuid, contextlib
+import contextlib, dataclasses, json, os, shutil, sqlite3, uuid
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from .core import AimassError, Ref, aimass_home, atomic_write_json, check_name, parse_ref, patch_to, pid_alive
+from fastcore.basics import patch
+from .core import AimassError, Ref, aimass_home, atomic_write_json, check_name, parse_ref, pid_alive
 
 # %% auto #0
-__all__ = ['Record', 'TargetInfo', 'ExportInfo', 'BenchInfo', 'ModelCard', 'ModelVersion', 'Registry', 'LoadedModel',
-           'list_models', 'show', 'load', 'delete', 'set_alias', 'promote', 'rollback']
+__all__ = ['Record', 'TargetInfo', 'ExportInfo', 'BenchInfo', 'ModelCard', 'ModelVersion', 'Registry', 'model_refs',
+           'LoadedModel', 'list_models', 'show', 'load', 'delete', 'set_alias', 'promote', 'rollback']
 
 # %% ../nbs/03_registry.ipynb #d1b252dc
 _SCHEMA = """
@@ -30,6 +31,7 @@ CREATE TABLE IF NOT EXISTS alias_history (
     version INTEGER, previous INTEGER, action TEXT NOT NULL, at TEXT NOT NULL);
 """
 
+# %% ../nbs/03_registry.ipynb #07ffe519
 def _now(): return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 # %% ../nbs/03_registry.ipynb #878ee481
@@ -41,12 +43,14 @@ def _from_dict(cls, d: dict):
     if "extra" in names: kw["extra"] = {**d.get("extra", {}), **rest}
     return cls(**kw)
 
-def _to_dict(obj) -> dict:
-    "The dataclass as plain JSON data: `None` sub-records dropped, `extra` keys put back at the top."
-    d = {f.name: getattr(obj, f.name) for f in fields(obj)}
-    extra = d.pop("extra", {})
-    return {**{k: _plain(v) for k, v in d.items() if v is not None}, **extra}
+# %% ../nbs/03_registry.ipynb #9edfa9da
+def _json_fields(obj) -> list:
+    "The fields of dataclass `obj` in the order its JSON lists them: its own, then those it inherits."
+    inherited = {f.name for base in type(obj).__mro__[1:] if dataclasses.is_dataclass(base) for f in fields(base)}
+    fs = fields(obj)
+    return [f for f in fs if f.name not in inherited] + [f for f in fs if f.name in inherited]
 
+# %% ../nbs/03_registry.ipynb #b77ca547
 def _plain(v):
     "Dataclasses (in lists and dicts too) as dicts."
     if hasattr(v, "__dataclass_fields__"): return _to_dict(v)
@@ -54,6 +58,14 @@ def _plain(v):
     if isinstance(v, dict): return {k: _plain(x) for k, x in v.items()}
     return v
 
+# %% ../nbs/03_registry.ipynb #7db04b5c
+def _to_dict(obj) -> dict:
+    "The dataclass as plain JSON data: `None` sub-records dropped, `extra` keys put back at the top."
+    d = {f.name: getattr(obj, f.name) for f in _json_fields(obj)}
+    extra = d.pop("extra", {})
+    return {**{k: _plain(v) for k, v in d.items() if v is not None}, **extra}
+
+# %% ../nbs/03_registry.ipynb #739bf9b7
 class Record:
     "A card or a part of one: `from_dict` (unknown keys kept in `extra` where there is one) and `to_dict`, as JSON data."
     @classmethod
@@ -68,9 +80,18 @@ class TargetInfo(Record):
     mean: float = 0.0  # regression: the network predicts (y - mean) / std of the training split
     std: float = 1.0
 
-# %% ../nbs/03_registry.ipynb #56608355
+# %% ../nbs/03_registry.ipynb #baa29af8
 @dataclass
-class ExportInfo(Record):
+class ResultRecord(Record):
+    "A record of what export or bench found: its fields, then when and with which torch and ONNX Runtime."
+    torch: str|None = None  # torch's version
+    onnxruntime: str|None = None  # ONNX Runtime's version
+    created_at: str|None = None
+    extra: dict = field(default_factory=dict)  # keys this version of aimass does not know, kept as they are
+
+# %% ../nbs/03_registry.ipynb #ca75017e
+@dataclass
+class ExportInfo(ResultRecord):
     "The card's record of an ONNX export: which files there are, what they take, and whether they passed their checks."
     files: dict = field(default_factory=dict)  # variant (fp32, fp32-opt, int8) -> file, relative to the version folder
     inputs: str = "raw"  # raw: rows go in as they are; preprocessed: run the stored preprocessing first
@@ -88,19 +109,15 @@ class ExportInfo(Record):
     report: str|None = None  # the full report, relative to the version folder
     dtype: str = "float32"
     note: str = ""
-    torch: str|None = None
-    onnxruntime: str|None = None
-    created_at: str|None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def usable(self) -> list:
         "Variants whose checks passed."
         return [v for v in self.files if self.checks.get(v, True)]
 
-# %% ../nbs/03_registry.ipynb #baa29af8
+# %% ../nbs/03_registry.ipynb #e8a651e4
 @dataclass
-class BenchInfo(Record):
+class BenchInfo(ResultRecord):
     "The card's record of a benchmark: the fastest backend and the latencies behind that choice."
     best_backend: str|None = None  # fastest at batch size 1 among the eligible backends: serve and predict use it
     best_backend_overall: str|None = None  # fastest over all batch sizes (geometric mean of p50)
@@ -116,17 +133,13 @@ class BenchInfo(Record):
     eligible: list = field(default_factory=list)  # backends whose export checks passed
     files: dict = field(default_factory=dict)
     machine: dict = field(default_factory=dict)
-    torch: str|None = None
-    onnxruntime: str|None = None
-    created_at: str|None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def prefers_torch(self) -> bool:
         "The benchmark found eager or compiled PyTorch fastest for single rows."
         return str(self.best_backend or "").lower().startswith(("torch", "eager", "pytorch"))
 
-# %% ../nbs/03_registry.ipynb #ca75017e
+# %% ../nbs/03_registry.ipynb #b66868c5
 @dataclass
 class ModelCard(Record):
     "Everything needed to use a registered version again: its `model.json`."
@@ -166,35 +179,51 @@ class ModelCard(Record):
             d["data"] = {"name": d.pop("data_name"), **(d.get("data") or {})}
         return _from_dict(cls, d)
 
-    @classmethod
-    def read(cls, folder) -> ModelCard:
-        "The card of the version in `folder`; an `AimassError` naming the file when it cannot be read."
-        path = Path(folder)/"model.json"
-        try: return cls.from_dict(json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError) as e:
-            raise AimassError(f"Cannot read the model card {path}: {e}") from None
+# %% ../nbs/03_registry.ipynb #dc7b75cc
+@patch(cls_method=True)
+def read(cls: ModelCard, folder) -> ModelCard:
+    "The card of the version in `folder`; an `AimassError` naming the file when it cannot be read."
+    path = Path(folder)/"model.json"
+    try: return cls.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as e:
+        raise AimassError(f"Cannot read the model card {path}: {e}") from None
 
-    @property
-    def ref(self) -> str: return f"{self.name}:v{self.version}"
-    @property
-    def data_name(self) -> str|None: return self.data.get("name")
-    @property
-    def test_metrics(self) -> dict: return self.metrics.get("test", {})
+# %% ../nbs/03_registry.ipynb #479111d6
+@patch(as_prop=True)
+def ref(self: ModelCard) -> str:
+    "`name:vN`, once registered."
+    return f"{self.name}:v{self.version}"
 
-    def preprocessing(self):
-        "The stored preprocessing, ready to transform raw rows."
-        from aimass.data import Preprocessor
-        return Preprocessor.from_dict(self.preprocessor)
+# %% ../nbs/03_registry.ipynb #144eb227
+@patch(as_prop=True)
+def data_name(self: ModelCard) -> str|None:
+    "The name of the data it was trained on."
+    return self.data.get("name")
 
-    def onnx_variant(self) -> str|None:
-        "Which exported file to run: the benchmark's pick when it names one, else the optimized fp32 graph, else plain fp32."
-        if self.export is None or self.export.format != "onnx": return None
-        ok, best = self.export.usable, str(self.bench.best_backend or "").lower() if self.bench else ""
-        for v in sorted(ok, key=len, reverse=True):  # 'fp32-opt' before 'fp32'
-            if v.lower() in best: return v
-        for v in ("fp32-opt", "fp32"):
-            if v in ok: return v
-        return ok[0] if ok else None
+# %% ../nbs/03_registry.ipynb #efd14c51
+@patch(as_prop=True)
+def test_metrics(self: ModelCard) -> dict:
+    "Its metrics on the held-out test split."
+    return self.metrics.get("test", {})
+
+# %% ../nbs/03_registry.ipynb #a58a09c4
+@patch
+def preprocessing(self: ModelCard):
+    "The stored preprocessing, ready to transform raw rows."
+    from aimass.data import Preprocessor
+    return Preprocessor.from_dict(self.preprocessor)
+
+# %% ../nbs/03_registry.ipynb #e3f6287e
+@patch
+def onnx_variant(self: ModelCard) -> str|None:
+    "Which exported file to run: the benchmark's pick when it names one, else the optimized fp32 graph, else plain fp32."
+    if self.export is None or self.export.format != "onnx": return None
+    ok, best = self.export.usable, str(self.bench.best_backend or "").lower() if self.bench else ""
+    for v in sorted(ok, key=len, reverse=True):  # 'fp32-opt' before 'fp32'
+        if v.lower() in best: return v
+    for v in ("fp32-opt", "fp32"):
+        if v in ok: return v
+    return ok[0] if ok else None
 
 # %% ../nbs/03_registry.ipynb #6ffd7368
 @dataclass
@@ -244,21 +273,27 @@ class Registry:
 
 # %% ../nbs/03_registry.ipynb #442a56e4
 def _fsync_dir(path):
+    "Flush a folder's entries (a rename in it) to disk, where the platform allows."
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try: os.fsync(fd)
         finally: os.close(fd)
 
+# %% ../nbs/03_registry.ipynb #89288c4f
 def _write_file(path: Path, data):
+    "Write `data` (bytes, text, or a file to copy) to `path`, flushed to disk."
     if isinstance(data, Path): shutil.copyfile(data, path)
     else: path.write_bytes(data if isinstance(data, bytes) else str(data).encode())
     with open(path, "rb") as f: os.fsync(f.fileno())
 
+# %% ../nbs/03_registry.ipynb #3bf39552
 def _save_weights(path: Path, state_dict):
+    "Write a state dict as safetensors, flushed to disk (torch is imported here only)."
     from safetensors.torch import save_file
     save_file({k: v.detach().cpu().clone().contiguous() for k, v in state_dict.items()}, str(path))
     with open(path, "rb") as f: os.fsync(f.fileno())
 
+# %% ../nbs/03_registry.ipynb #87dd56a6
 def _clean_leftovers(model_dir: Path, known: set):
     "Remove staging folders of dead processes and version folders no index row points to."
     if not model_dir.exists(): return
@@ -269,8 +304,33 @@ def _clean_leftovers(model_dir: Path, known: set):
         elif p.name.startswith("v") and p.name[1:].isdigit() and int(p.name[1:]) not in known:
             shutil.rmtree(p, ignore_errors=True)
 
-@patch_to(Registry)
-def save(self, name: str, card: ModelCard|dict, state_dict=None, files: dict|None = None) -> ModelVersion:
+# %% ../nbs/03_registry.ipynb #ecdf45f9
+@patch
+def _insert_version(self: Registry, db, card: ModelCard):
+    "The index row of a new version, with what `list` shows of it."
+    summary = {k: v for k, v in (("model", card.model), ("data_name", card.data_name), ("status", card.status)) if v is not None}
+    db.execute("INSERT INTO versions (name, version, created_at, task, metrics, summary) VALUES (?, ?, ?, ?, ?, ?)",
+               (card.name, card.version, card.created_at, card.task, json.dumps(card.test_metrics), json.dumps(summary)))
+
+# %% ../nbs/03_registry.ipynb #b7913f52
+@patch
+def _commit_version(self: Registry, db, name: str, staging: Path, card: ModelCard) -> ModelCard:
+    "Inside `save`'s write transaction: take the next version number, write the card, move the folder into place, record it."
+    model_dir = self.models_dir/name
+    rows = db.execute("SELECT version, deleted FROM versions WHERE name=?", (name,)).fetchall()
+    _clean_leftovers(model_dir, {v for v, d in rows if not d})
+    version = max([v for v, _ in rows], default=0) + 1
+    card = replace(card, name=name, version=version, created_at=card.created_at or _now())
+    atomic_write_json(staging/"model.json", card.to_dict())
+    _fsync_dir(staging)
+    os.rename(staging, model_dir/f"v{version}")
+    _fsync_dir(model_dir)
+    self._insert_version(db, card)
+    return card
+
+# %% ../nbs/03_registry.ipynb #21ae0410
+@patch
+def save(self: Registry, name: str, card: ModelCard|dict, state_dict=None, files: dict|None = None) -> ModelVersion:
     "Register a new version of `name` with its `card`, weights `state_dict` and extra `files` ({filename: bytes, str or Path})."
     card = ModelCard.from_dict(card) if isinstance(card, dict) else card
     check_name(name)
@@ -281,35 +341,21 @@ def save(self, name: str, card: ModelCard|dict, state_dict=None, files: dict|Non
     try:
         if state_dict is not None: _save_weights(staging/"weights.safetensors", state_dict)
         for fname, data in (files or {}).items(): _write_file(staging/fname, data)
-        with self._write() as db:
-            rows = db.execute("SELECT version, deleted FROM versions WHERE name=?", (name,)).fetchall()
-            _clean_leftovers(model_dir, {v for v, d in rows if not d})
-            version = max([v for v, _ in rows], default=0) + 1
-            card = replace(card, name=name, version=version, created_at=card.created_at or _now())
-            atomic_write_json(staging/"model.json", card.to_dict())
-            _fsync_dir(staging)
-            final = model_dir/f"v{version}"
-            os.rename(staging, final)
-            _fsync_dir(model_dir)
-            self._insert_version(db, card)
+        with self._write() as db: card = self._commit_version(db, name, staging, card)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return ModelVersion(name, version, final, card)
-
-@patch_to(Registry)
-def _insert_version(self, db, card: ModelCard):
-    summary = {k: v for k, v in (("model", card.model), ("data_name", card.data_name), ("status", card.status)) if v is not None}
-    db.execute("INSERT INTO versions (name, version, created_at, task, metrics, summary) VALUES (?, ?, ?, ?, ?, ?)",
-               (card.name, card.version, card.created_at, card.task, json.dumps(card.test_metrics), json.dumps(summary)))
+    return ModelVersion(name, card.version, model_dir/f"v{card.version}", card)
 
 # %% ../nbs/03_registry.ipynb #ca2d0769
-@patch_to(Registry)
-def _versions(self, db, name):
+@patch
+def _versions(self: Registry, db, name) -> list:
+    "The live version numbers of `name`, oldest first."
     return [v for (v,) in db.execute("SELECT version FROM versions WHERE name=? AND deleted=0 ORDER BY version", (name,))]
 
-@patch_to(Registry)
-def resolve(self, ref) -> Ref:
+# %% ../nbs/03_registry.ipynb #fb460036
+@patch
+def resolve(self: Registry, ref) -> Ref:
     "The ref with its version number filled in."
     r = parse_ref(ref)
     with self._connect() as db:
@@ -331,8 +377,9 @@ def resolve(self, ref) -> Ref:
             raise AimassError(f"{r.name} has no version v{r.version}; versions: {listed}.")
         return r
 
-@patch_to(Registry)
-def get(self, ref) -> ModelVersion:
+# %% ../nbs/03_registry.ipynb #ba0bc444
+@patch
+def get(self: Registry, ref) -> ModelVersion:
     "The `ModelVersion` a ref points to."
     r = self.resolve(ref)
     path = self.models_dir/r.name/f"v{r.version}"
@@ -341,8 +388,9 @@ def get(self, ref) -> ModelVersion:
         raise AimassError(f"{r} is recorded but its card cannot be read ({e}); delete it with delete({str(r)!r}).") from None
     return ModelVersion(r.name, r.version, path, card)
 
-@patch_to(Registry, "list")
-def _list(self, name: str|None = None) -> pd.DataFrame:
+# %% ../nbs/03_registry.ipynb #b46765f7
+@patch
+def list(self: Registry, name: str|None = None) -> pd.DataFrame:
     "A table of registered versions (of `name`, or of every model), with their aliases and test metrics."
     q = "SELECT name, version, created_at, task, metrics, summary FROM versions WHERE deleted=0" + (" AND name=?" if name else "")
     with self._connect() as db:
@@ -357,9 +405,22 @@ def _list(self, name: str|None = None) -> pd.DataFrame:
                      **json.loads(summary or "{}"), **test, "created_at": created})
     return pd.DataFrame(recs, columns=None if recs else ["name", "version", "aliases", "task", "created_at"])
 
+# %% ../nbs/03_registry.ipynb #335b6a28
+def model_refs(root=None) -> list[str]:
+    "Every registered name, then every NAME:vN and NAME@ALIAS, read from the index under `root` (default `$AIMASS_HOME`)."
+    path = (Path(root) if root else aimass_home())/"registry.db"
+    if not path.exists(): return []
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=1)) as db:
+            versions = db.execute("SELECT name, version FROM versions WHERE deleted=0 ORDER BY name, version").fetchall()
+            aliases = db.execute("SELECT name, alias FROM aliases ORDER BY name, alias").fetchall()
+    except sqlite3.Error: return []
+    names = [*dict.fromkeys(n for n, _ in versions)]
+    return names + [f"{n}:v{v}" for n, v in versions] + [f"{n}@{a}" for n, a in aliases]
+
 # %% ../nbs/03_registry.ipynb #734b04d0
-@patch_to(Registry)
-def set_alias(self, name: str, alias: str, version) -> Ref:
+@patch
+def set_alias(self: Registry, name: str, alias: str, version) -> Ref:
     "Point `name@alias` at `version` (a number, `'v3'`, or a ref)."
     check_name(alias, "alias")
     num = str(version).lstrip("v")
@@ -371,37 +432,43 @@ def set_alias(self, name: str, alias: str, version) -> Ref:
                    (name, alias, v, row[0] if row else None, _now()))
     return Ref(name, v)
 
-@patch_to(Registry)
-def rollback(self, name: str, alias: str = "production") -> Ref:
+# %% ../nbs/03_registry.ipynb #bbd155c3
+def _previous_version(history: list, current: int, live: set) -> int|None:
+    "The version an alias pointed to before it moved to `current`; `history`: its moves `(version, previous, action)`, newest first."
+    skip = 0
+    for v, prev, action in history:
+        if action == "rollback": skip += 1; continue  # a rollback undoes one earlier move
+        if skip: skip -= 1; continue
+        if v == current and prev is not None and prev in live: return prev
+    return None
+
+# %% ../nbs/03_registry.ipynb #a3567096
+@patch
+def rollback(self: Registry, name: str, alias: str = "production") -> Ref:
     "Move `name@alias` back to the version it pointed to before its last move."
     with self._write() as db:
         cur = db.execute("SELECT version FROM aliases WHERE name=? AND alias=?", (name, alias)).fetchone()
         if not cur: raise AimassError(f"{name} has no alias {alias!r} to roll back.")
-        live = set(self._versions(db, name))
-        # The newest 'set' that put the alias on its current version records where it was before.
         hist = db.execute("SELECT version, previous, action FROM alias_history WHERE name=? AND alias=? ORDER BY id DESC",
                           (name, alias)).fetchall()
-        target, at, skip = None, cur[0], 0
-        for v, prev, action in hist:
-            if action == "rollback": skip += 1; continue  # a rollback undoes one earlier move
-            if skip: skip -= 1; continue
-            if v == at and prev is not None and prev in live: target = prev; break
+        target = _previous_version(hist, cur[0], set(self._versions(db, name)))
         if target is None: raise AimassError(f"{name}@{alias} (v{cur[0]}) has no earlier version to roll back to.")
         db.execute("UPDATE aliases SET version=?, updated_at=? WHERE name=? AND alias=?", (target, _now(), name, alias))
         db.execute("INSERT INTO alias_history (name, alias, version, previous, action, at) VALUES (?, ?, ?, ?, 'rollback', ?)",
                    (name, alias, target, cur[0], _now()))
     return Ref(name, target)
 
-@patch_to(Registry)
-def alias_history(self, name: str) -> pd.DataFrame:
+# %% ../nbs/03_registry.ipynb #da027cf7
+@patch
+def alias_history(self: Registry, name: str) -> pd.DataFrame:
     "Every alias move of `name`, oldest first."
     with self._connect() as db:
         rows = db.execute("SELECT alias, action, previous, version, at FROM alias_history WHERE name=? ORDER BY id", (name,)).fetchall()
     return pd.DataFrame(rows, columns=["alias", "action", "from_version", "to_version", "at"])
 
 # %% ../nbs/03_registry.ipynb #4f0c1d74
-@patch_to(Registry)
-def delete(self, ref) -> list:
+@patch
+def delete(self: Registry, ref) -> list:
     "Delete one version (`name:vN`, `name@alias`) or, for a bare `name`, all its versions. Returns the refs deleted."
     r = parse_ref(ref)
     with self._write() as db:
@@ -420,8 +487,9 @@ def delete(self, ref) -> list:
     for v in doomed: shutil.rmtree(self.models_dir/r.name/f"v{v}", ignore_errors=True)
     return [f"{r.name}:v{v}" for v in doomed]
 
-@patch_to(Registry)
-def put_files(self, ref, subdir: str, files: dict, **card_fields) -> ModelVersion:
+# %% ../nbs/03_registry.ipynb #a94f3f39
+@patch
+def put_files(self: Registry, ref, subdir: str, files: dict, **card_fields) -> ModelVersion:
     "Atomically replace folder `subdir` of a version with `files` ({name: bytes or path}); set the card's `card_fields`."
     mv = self.get(ref)
     staging = mv.path/f".staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -470,8 +538,9 @@ class LoadedModel:
 
     def __repr__(self): return f"LoadedModel({self.ref}, {self.task}, input {self.preprocessor.schema['kind']})"
 
-@patch_to(Registry)
-def load(self, ref) -> LoadedModel:
+# %% ../nbs/03_registry.ipynb #17ba6857
+@patch
+def load(self: Registry, ref) -> LoadedModel:
     "Rebuild the model `ref` points to, with its weights and preprocessing."
     from aimass.models import model_from_spec, load_weights, read_state_dict
     mv = self.get(ref)
@@ -492,16 +561,19 @@ def list_models(ref: str|None = None,  # NAME: its versions; NAME:vN or NAME@ALI
     if r.version is None and r.alias is None: return table
     return table[table.version == f"v{reg.resolve(r).version}"].reset_index(drop=True)
 
+# %% ../nbs/03_registry.ipynb #5f16db68
 def show(ref: str,  # NAME (its latest version), NAME:vN or NAME@ALIAS
          ) -> ModelVersion:
     "One registered version: its folder and its card."
     return Registry().get(ref)
 
+# %% ../nbs/03_registry.ipynb #ce6c6335
 def load(ref: str,  # NAME (its latest version), NAME:vN or NAME@ALIAS
          ) -> LoadedModel:
     "The model `ref` points to, rebuilt with its weights and preprocessing: `predict(rows)` takes raw rows."
     return Registry().load(ref)
 
+# %% ../nbs/03_registry.ipynb #993534c3
 def delete(ref: str,  # NAME:vN or NAME@ALIAS: that version; NAME: every version (with all_versions)
            *, all_versions: bool = False,  # confirm that a bare NAME means every one of its versions
            ) -> list:
@@ -512,19 +584,25 @@ def delete(ref: str,  # NAME:vN or NAME@ALIAS: that version; NAME: every version
                           f"or name one version like {r.name}:v1.")
     return Registry().delete(ref)
 
-def set_alias(name: str, alias: str, version) -> Ref:
+# %% ../nbs/03_registry.ipynb #ecf64911
+def set_alias(name: str,  # the model's name
+              alias: str,  # the alias to point, like production or staging
+              version,  # 3, v3 or a ref
+              ) -> Ref:
     "Point `name@alias` at `version` (a number, 'v3' or a ref)."
     return Registry().set_alias(name, alias, version)
 
-def promote(name: str,  # the model
+# %% ../nbs/03_registry.ipynb #388c4d8e
+def promote(name: str,  # the model's name
             version: str,  # the version the alias moves to: 3, v3 or a ref
             alias: str = "production",  # the alias to move; servers that follow it switch without dropping a request
             ) -> Ref:
     "Point `name@alias` at `version`; the alias's history is kept, so `rollback` can undo it."
     return Registry().set_alias(name, alias, version)
 
-def rollback(name: str,  # the model
-             alias: str = "production",  # the alias to move back
+# %% ../nbs/03_registry.ipynb #cdb223da
+def rollback(name: str,  # the model's name
+             alias: str = "production",  # the alias to move back to its previous version
              ) -> Ref:
     "Move `name@alias` back to the version it pointed to before its last move."
     return Registry().rollback(name, alias)

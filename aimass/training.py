@@ -7,6 +7,7 @@ Docs: https://aimass.github.io/aimass/training.html.md"""
 # %% ../nbs/04_training.ipynb #1c077e5c
 from __future__ import annotations
 import contextlib, json, math, os, random, signal, threading, time, uuid, warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 from torch import nn
@@ -15,15 +16,17 @@ import numpy as np
 import pandas as pd
 import torch
 import lightning as L
+from fastcore.basics import patch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Checkpoint
 from .core import AimassError, aimass_home, atomic_write_bytes, atomic_write_json, check_name, in_notebook
 from .data import Dataset, Preprocessor, load_data, score, split
-from .models import TEMPLATES, Predictor, TaskModule, batched_outputs, load_weights, read_state_dict, resolve_model
-from .registry import LoadedModel, ModelCard, Registry, TargetInfo
+from .models import (TEMPLATES, Predictor, TaskModule, batched_outputs, lightning_step_needs, load_weights,
+                           overridden_hooks, read_state_dict, resolve_model)
+from .registry import LoadedModel, ModelCard, Record, Registry, TargetInfo
 
 # %% auto #0
-__all__ = ['EpochBatches', 'TensorPairs', 'make_loader', 'isolated_global_state', 'StopSignal', 'NonFiniteLoss', 'StopRequested',
-           'AimassCallback', 'TerminalProgress', 'Run', 'BackgroundCheckpointIO', 'EpochCheckpoint', 'Prepared',
-           'prepare', 'train']
+__all__ = ['StopSignal', 'LoopChoice', 'Run', 'train']
 
 # %% ../nbs/04_training.ipynb #609e7bff
 class EpochBatches(torch.utils.data.Sampler):
@@ -55,13 +58,16 @@ class EpochBatches(torch.utils.data.Sampler):
         return max(1, n // self._world()[1]) if self._world()[1] > 1 else n
     def __len__(self): return math.ceil(self.steps_per_epoch / self.chunk)
 
+# %% ../nbs/04_training.ipynb #e66f8fc8
 class TensorPairs(torch.utils.data.Dataset):
     "Inputs and targets indexed a whole batch at a time."
     def __init__(self, x, y): self.x, self.y = x, y
     def __len__(self): return len(self.y)
     def __getitem__(self, idx): return self.x[idx], self.y[idx]
 
+# %% ../nbs/04_training.ipynb #91690e4e
 def make_loader(x, y, batch_size, shuffle, seed=0):
+    "A `DataLoader` over tensors `x`, `y` that takes whole batches at once (`EpochBatches`)."
     return torch.utils.data.DataLoader(TensorPairs(x, y), sampler=EpochBatches(len(y), batch_size, shuffle, seed), batch_size=None)
 
 # %% ../nbs/04_training.ipynb #58e5c9e5
@@ -101,178 +107,32 @@ class StopSignal:
         finally: signal.signal(signal.SIGINT, previous)
 
 # %% ../nbs/04_training.ipynb #18576823
-class NonFiniteLoss(Exception): pass
+class NonFiniteLoss(Exception):
+    "Raised after a batch whose loss is NaN or infinite; `train` reports it with the last finite checkpoint."
+
+# %% ../nbs/04_training.ipynb #afe9e8fd
 class StopRequested(Exception):
     "Raised after a batch to end training at once: no partial epoch is validated or checkpointed, so resume stays exact."
 
-class AimassCallback(L.Callback):
-    def __init__(self, run_dir: Path, stop: StopSignal, progress=None, seed: int = 0, sampler=None):
-        self.run_dir, self.stop, self.progress, self.seed, self.sampler = Path(run_dir), stop, progress, seed, sampler
-        self.val_tensors, self.val_batch_size = None, 4096  # set on the single-device path: validate here, not in Lightning's loop
-        self.history = []
-        self._last_poll = 0.0
-
-    def on_train_start(self, trainer, pl_module):
-        if self.progress and trainer.is_global_zero:
-            steps = self.sampler.steps_per_epoch if self.sampler is not None else trainer.num_training_batches
-            self.progress.start(trainer.max_epochs, steps, first_epoch=trainer.current_epoch)
-
-    def setup(self, trainer, pl_module, stage):
-        # After a resume Lightning starts iterating before the epoch hooks run (and its set_epoch count lags),
-        # so the batch order reads the trainer's epoch itself, when iteration starts.
-        if self.sampler is not None: self.sampler.epoch_source = lambda: trainer.current_epoch
-        if getattr(pl_module, "chunked", False): pl_module.after_step = lambda loss, n: self._after_step(trainer)
-
-    def on_train_epoch_start(self, trainer, pl_module): self._loss_sum, self._loss_n = 0.0, 0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx == 0:
-            # Random draws in epoch k (dropout, augmentation) depend only on (seed, k, rank): a resumed run
-            # makes the same draws as one that went straight through.
-            s = (self.seed*1_000_003 + trainer.current_epoch*7_919 + trainer.global_rank) % 2**31
-            torch.manual_seed(s); np.random.seed(s); random.seed(s)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is not None:
-            value = float(loss.detach())
-            if not math.isfinite(value): raise NonFiniteLoss(f"epoch {trainer.current_epoch + 1}, step {trainer.global_step}")
-            n = len(batch[1]) if isinstance(batch, (tuple, list)) and len(batch) > 1 else 1
-            self._loss_sum += value*n; self._loss_n += n
-        if not getattr(pl_module, "chunked", False): self._after_step(trainer)  # a chunked module calls it after each step
-
-    def _after_step(self, trainer):
-        "After every optimizer step: progress, a look for a Stop click, and a clean stop when asked."
-        if self.progress and trainer.is_global_zero: self.progress.step()
-        now = time.monotonic()
-        if now - self._last_poll > 0.2:  # let the notebook deliver a Stop click (a few times a second)
-            self._last_poll = now
-            if self.progress: self.progress.poll()
-        if self.stop:
-            last = self.run_dir/"checkpoints"/"last.ckpt"
-            io_plugin = trainer.strategy.checkpoint_io
-            if isinstance(io_plugin, BackgroundCheckpointIO): io_plugin.wait()  # the last epoch's checkpoint may still be on its way to disk
-            if not last.exists(): trainer.save_checkpoint(last, weights_only=False)  # stopped inside the first epoch: keep what there is
-            raise StopRequested(self.stop.reason)
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        # Lightning's validation has run by now and left its metrics in callback_metrics, or it is off and the
-        # module validates here; checkpointing and early stopping run after this hook and read `val_loss` either way.
-        val = {}
-        if self.val_tensors is not None:
-            val = pl_module.validate_tensors(*self.val_tensors, batch_size=self.val_batch_size)
-            pl_module.log("val_loss", val["val_loss"])
-        if not trainer.is_global_zero: return
-        row = {"epoch": trainer.current_epoch + 1, "train_loss": self._loss_sum / max(self._loss_n, 1),
-               **{k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1 and not k.startswith("train_loss")}, **val}
-        self.history.append(row)
-        with open(self.run_dir/"history.jsonl", "a") as f: f.write(json.dumps(row) + "\n")
-        if self.progress: self.progress.epoch(row)
-
-# %% ../nbs/04_training.ipynb #ff8b90a2
-class TerminalProgress:
-    "A plain progress bar for terminals and scripts."
-    def start(self, epochs, steps_per_epoch, first_epoch=0):
-        from tqdm.auto import tqdm
-        self.bar = tqdm(total=epochs*steps_per_epoch, initial=first_epoch*steps_per_epoch, unit="step",
-                        desc="training", dynamic_ncols=True, mininterval=0.25)
-    def step(self): self.bar.update(1)
-    def poll(self): pass
-    def epoch(self, row):
-        self.bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k != "epoch"}, refresh=False)
-    def close(self, status):
-        if hasattr(self, "bar"): self.bar.set_description(f"training ({status})"); self.bar.close()
-
-# %% ../nbs/04_training.ipynb #a7f8b154
-@dataclass
-class Run:
-    "What one `train` call produced: status, history, metrics, the registered version and the model."
-    name: str
-    run_dir: Path
-    status: str                        # "completed", "stopped", "interrupted" or "early-stopped"
-    history: pd.DataFrame
-    test_metrics: dict
-    val_metrics: dict
-    version: object = None             # the registry's ModelVersion
-    model: object = None               # a LoadedModel: predict() takes raw rows
-    task: str = "classification"
-    classes: list|None = None
-    confusion: np.ndarray|None = None  # rows: true class, columns: predicted
-    duration_s: float = 0.0
-    checkpoint: Path|None = None
-
-    @property
-    def ref(self): return self.version.ref if self.version is not None else None
-
-    def metrics_table(self) -> pd.DataFrame:
-        return pd.DataFrame({"validation": self.val_metrics, "test": self.test_metrics}).round(4)
-
-    def plot_confusion(self, ax=None):
-        "The test split's confusion matrix (classification)."
-        import matplotlib.pyplot as plt
-        if self.confusion is None: raise AimassError("A confusion matrix needs a classification run.")
-        if ax is None: _, ax = plt.subplots(figsize=(4.2, 3.6))
-        ax.imshow(self.confusion, cmap="Blues")
-        n = len(self.confusion)
-        ticks = range(n); labels = self.classes or [str(i) for i in ticks]
-        ax.set_xticks(ticks, labels, rotation=90 if n > 12 else 0, fontsize=8); ax.set_yticks(ticks, labels, fontsize=8)
-        for i in range(n):
-            for j in range(n):
-                if self.confusion[i, j]: ax.text(j, i, int(self.confusion[i, j]), ha="center", va="center", fontsize=7,
-                                                 color="white" if self.confusion[i, j] > self.confusion.max()/2 else "black")
-        ax.set_xlabel("predicted"); ax.set_ylabel("true"); ax.set_title(f"{self.ref or self.name}: test split")
-        return ax
-
-    def __repr__(self):
-        m = ", ".join(f"{k}={v:.4f}" for k, v in self.test_metrics.items())
-        return f"Run({self.ref or self.name}, {self.status}, {len(self.history)} epochs in {self.duration_s:.1f}s, test: {m})"
-
-    def _repr_html_(self):
-        import base64, io
-        img = ""
-        if self.confusion is not None:
-            import matplotlib; import matplotlib.pyplot as plt
-            with matplotlib.rc_context({"figure.dpi": 90}):
-                ax = self.plot_confusion(); buf = io.BytesIO()
-                ax.figure.tight_layout(); ax.figure.savefig(buf, format="png"); plt.close(ax.figure)
-            img = f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"/>'
-        head = (f"<b>{self.ref or self.name}</b>: {self.status}, {len(self.history)} epochs in {self.duration_s:.1f} s"
-                f"<br><small>run folder: {self.run_dir}</small>")
-        return f'<div>{head}<div style="display:flex;gap:24px;align-items:center">{self.metrics_table().to_html()}{img}</div></div>'
-
-# %% ../nbs/04_training.ipynb #8bb8eb16
-def _confusion(outputs, y, n) -> np.ndarray:
-    cm = np.zeros((n, n), np.int64)
-    np.add.at(cm, (y, outputs.argmax(-1)), 1)
-    return cm
-
-# %% ../nbs/04_training.ipynb #f0dada4e
-def _new_run_dir(name: str) -> Path:
-    rid = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    d = aimass_home()/"runs"/name/rid
-    (d/"checkpoints").mkdir(parents=True)
-    return d
-
-def _resume_checkpoint(resume, name: str) -> Path:
-    runs = aimass_home()/"runs"/name
-    if resume is True:
-        cands = sorted(runs.glob("*/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime) if runs.exists() else []
-        if not cands: raise AimassError(f"Nothing to resume: no checkpoint of a run named {name!r} under {runs}.")
-        return cands[-1]
-    p = Path(resume)
-    if not p.exists() and (runs/str(resume)).exists(): p = runs/str(resume)
-    if p.is_dir():
-        ck = p/"checkpoints"/"last.ckpt" if (p/"checkpoints").exists() else p/"last.ckpt"
-        if not ck.exists(): raise AimassError(f"Nothing to resume in {p}: it holds no last.ckpt (the run stopped before finishing an epoch).")
-        return ck
-    if p.is_file(): return p
-    raise AimassError(f"Nothing to resume from {resume!r}: not a run id of {name!r}, a run folder or a checkpoint file.")
+# %% ../nbs/04_training.ipynb #cecae2b8
+@contextlib.contextmanager
+def _quiet_lightning():
+    import logging
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                                               "lightning.pytorch.accelerators.cuda")]
+    levels = [l.level for l in loggers]
+    for l in loggers: l.setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")  # in-process batches are the fast path here
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # resuming into the run's own folder
+        warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
+        warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*")  # aimass validates
+        try: yield
+        finally:
+            for l, lv in zip(loggers, levels): l.setLevel(lv)
 
 # %% ../nbs/04_training.ipynb #5adfd12e
-from concurrent.futures import ThreadPoolExecutor
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import Checkpoint
-
 class BackgroundCheckpointIO(TorchCheckpointIO):
     "Lightning's checkpoint IO, writing in a background thread; `then(fn)` runs `fn` after the writes queued before it."
     def __init__(self):
@@ -321,6 +181,7 @@ def _link_atomic(src: Path, dst: Path):
         import shutil; shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
 
+# %% ../nbs/04_training.ipynb #9dd7798d
 class EpochCheckpoint(Checkpoint):
     """After every epoch: `last.ckpt`, and `best.ckpt` when `monitor` reached a new low (every epoch without a monitor).
     `best_step` is the global step the best file holds."""
@@ -353,18 +214,340 @@ class EpochCheckpoint(Checkpoint):
             io_plugin = trainer.strategy.checkpoint_io
             io_plugin.then(link) if isinstance(io_plugin, BackgroundCheckpointIO) else link()
 
+# %% ../nbs/04_training.ipynb #d2c97263
+class AimassCallback(L.Callback):
+    "aimass's part of a run: seeding, history, progress, Stop, non-finite losses, and one-pass validation when asked."
+    def __init__(self, run_dir: Path, stop: StopSignal, progress=None, seed: int = 0, sampler=None):
+        self.run_dir, self.stop, self.progress, self.seed, self.sampler = Path(run_dir), stop, progress, seed, sampler
+        self.val_tensors, self.val_batch_size = None, 4096  # set for one-pass validation: here, not in Lightning's loop
+        self.history = []
+        self._last_poll = 0.0
+
+    def setup(self, trainer, pl_module, stage):
+        # After a resume Lightning starts iterating before the epoch hooks run (and its set_epoch count lags),
+        # so the batch order reads the trainer's epoch itself, when iteration starts.
+        if self.sampler is not None: self.sampler.epoch_source = lambda: trainer.current_epoch
+        if getattr(pl_module, "chunked", False): pl_module.after_step = lambda loss, n: self._after_step(trainer)
+
+# %% ../nbs/04_training.ipynb #0d8ea0cd
+@patch
+def on_train_start(self: AimassCallback, trainer, pl_module):
+    "Start the progress display at the epoch a resumed run continues from."
+    if self.progress and trainer.is_global_zero:
+        steps = self.sampler.steps_per_epoch if self.sampler is not None else trainer.num_training_batches
+        self.progress.start(trainer.max_epochs, steps, first_epoch=trainer.current_epoch)
+
+# %% ../nbs/04_training.ipynb #12bc3217
+@patch
+def on_train_epoch_start(self: AimassCallback, trainer, pl_module):
+    "Reset the epoch's training loss."
+    self._loss_sum, self._loss_n = 0.0, 0
+
+# %% ../nbs/04_training.ipynb #9fc3d10b
+@patch
+def on_train_batch_start(self: AimassCallback, trainer, pl_module, batch, batch_idx):
+    "Seed the epoch's random draws at its first batch."
+    if batch_idx == 0:
+        # Random draws in epoch k (dropout, augmentation) depend only on (seed, k, rank): a resumed run
+        # makes the same draws as one that went straight through.
+        s = (self.seed*1_000_003 + trainer.current_epoch*7_919 + trainer.global_rank) % 2**31
+        torch.manual_seed(s); np.random.seed(s); random.seed(s)
+
+# %% ../nbs/04_training.ipynb #e5534840
+@patch
+def on_train_batch_end(self: AimassCallback, trainer, pl_module, outputs, batch, batch_idx):
+    "Add the batch (or chunk) to the epoch's loss, stop on a non-finite one, and act after the step."
+    loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+    if loss is not None:
+        value = float(loss.detach())
+        if not math.isfinite(value): raise NonFiniteLoss(f"epoch {trainer.current_epoch + 1}, step {trainer.global_step}")
+        n = len(batch[1]) if isinstance(batch, (tuple, list)) and len(batch) > 1 else 1
+        self._loss_sum += value*n; self._loss_n += n
+    if not getattr(pl_module, "chunked", False): self._after_step(trainer)  # a chunked module calls it after each step
+
+# %% ../nbs/04_training.ipynb #85b1029f
+@patch
+def _after_step(self: AimassCallback, trainer):
+    "After every optimizer step: progress, a look for a Stop click, and a clean stop when asked."
+    if self.progress and trainer.is_global_zero: self.progress.step()
+    now = time.monotonic()
+    if now - self._last_poll > 0.2:  # let the notebook deliver a Stop click (a few times a second)
+        self._last_poll = now
+        if self.progress: self.progress.poll()
+    if self.stop:
+        last = self.run_dir/"checkpoints"/"last.ckpt"
+        io_plugin = trainer.strategy.checkpoint_io
+        if isinstance(io_plugin, BackgroundCheckpointIO): io_plugin.wait()  # the last epoch's checkpoint may still be on its way to disk
+        if not last.exists(): trainer.save_checkpoint(last, weights_only=False)  # stopped inside the first epoch: keep what there is
+        raise StopRequested(self.stop.reason)
+
+# %% ../nbs/04_training.ipynb #446f9d3f
+@patch
+def on_train_epoch_end(self: AimassCallback, trainer, pl_module):
+    "Validate (in one pass, when asked), then record the epoch's row in the history and the progress display."
+    val = {}
+    if self.val_tensors is not None:
+        val = pl_module.validate_tensors(*self.val_tensors, batch_size=self.val_batch_size)
+        pl_module.log_dict(val)
+    if not trainer.is_global_zero: return
+    row = {"epoch": trainer.current_epoch + 1, "train_loss": self._loss_sum / max(self._loss_n, 1),
+           **{k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1 and not k.startswith("train_loss")}, **val}
+    self.history.append(row)
+    with open(self.run_dir/"history.jsonl", "a") as f: f.write(json.dumps(row) + "\n")
+    if self.progress: self.progress.epoch(row)
+
+# %% ../nbs/04_training.ipynb #ff8b90a2
+class TerminalProgress:
+    "A plain progress bar for terminals and scripts."
+    def start(self, epochs, steps_per_epoch, first_epoch=0):
+        from tqdm.auto import tqdm
+        self.bar = tqdm(total=epochs*steps_per_epoch, initial=first_epoch*steps_per_epoch, unit="step",
+                        desc="training", dynamic_ncols=True, mininterval=0.25)
+    def step(self): self.bar.update(1)
+    def poll(self): pass
+    def epoch(self, row):
+        self.bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k != "epoch"}, refresh=False)
+    def close(self, status):
+        if hasattr(self, "bar"): self.bar.set_description(f"training ({status})"); self.bar.close()
+
+# %% ../nbs/04_training.ipynb #3532845a
+@dataclass
+class LoopChoice(Record):
+    "How `train` ran Lightning's loop, and why: `Run.loop`, and `hparams['loop']` in the model card."
+    batches_per_step: int = 1  # batches in each Lightning training_step, each still its own optimizer step
+    validation: str = "lightning"  # "one pass": over tensors, once an epoch; "lightning": Lightning's validation loop
+    checkpoints: str = "in place"  # "background": written while the next epoch trains; "in place": before it starts
+    direct_steps: bool = False  # backward() and optimizer.step() called directly, Lightning's wrapper adding nothing
+    reasons: list = field(default_factory=list)  # why a part of the fast path was not taken
+    requested: int|str = "auto"  # train's batches_per_step
+
+    @property
+    def fast(self) -> bool:
+        "Every part of the fast path was taken."
+        return self.batches_per_step > 1 and self.validation == "one pass" and self.checkpoints == "background" and self.direct_steps
+
+    def __str__(self):
+        n = self.batches_per_step
+        parts = [f"{n} batch{'es' if n > 1 else ''} per step",
+                 "validation in one pass" if self.validation == "one pass" else "validation in Lightning's loop",
+                 "checkpoints in the background" if self.checkpoints == "background" else "checkpoints in place",
+                 "direct optimizer steps" if self.direct_steps else "Lightning's optimizer steps"]
+        return ", ".join(parts) + (f" ({'; '.join(self.reasons)})" if self.reasons else "")
+
+# %% ../nbs/04_training.ipynb #fd3a9238
+_BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_before_zero_grad")  # in chunks: once a chunk, or never
+_VALIDATION_HOOKS = ("on_validation_start", "on_validation_epoch_start", "on_validation_batch_start",
+                     "on_validation_batch_end", "on_validation_epoch_end", "on_validation_end")
+
+def _inert_hooks(cb) -> set:
+    "The hooks of Lightning's own callback `cb` that do nothing in a `train` run, given its settings."
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    if isinstance(cb, EarlyStopping) and getattr(cb, "_check_on_train_epoch_end", False) is not False:
+        return {"on_validation_end"}  # it checks at the end of each training epoch, after aimass has validated
+    if isinstance(cb, ModelCheckpoint):
+        inert = set()
+        if getattr(cb, "_every_n_train_steps", 1) == 0 and getattr(cb, "_train_time_interval", 0) is None: inert.add("on_train_batch_end")
+        if getattr(cb, "_save_on_train_epoch_end", False) is not False: inert.add("on_validation_end")  # it saves at epoch end
+        return inert
+    return set()
+
+# %% ../nbs/04_training.ipynb #dfb3629e
+def _callback_needs(cb) -> dict:
+    "What callback `cb` needs of Lightning's own loops: `{part: reason}`, parts `batches`, `validation`, `checkpoints`."
+    from lightning.pytorch.callbacks import (BatchSizeFinder, GradientAccumulationScheduler, LearningRateFinder,
+                                             StochasticWeightAveraging)
+    name, inert, needs = type(cb).__name__, _inert_hooks(cb), {}
+    if hooks := [h for h in overridden_hooks(cb, _BATCH_HOOKS) if h not in inert]: needs["batches"] = f"{name} overrides {', '.join(hooks)}"
+    if isinstance(cb, (BatchSizeFinder, GradientAccumulationScheduler, LearningRateFinder, StochasticWeightAveraging)):
+        needs["batches"] = f"{name} needs Lightning's automatic optimization"
+    if hooks := [h for h in overridden_hooks(cb, _VALIDATION_HOOKS) if h not in inert]: needs["validation"] = f"{name} overrides {', '.join(hooks)}"
+    if isinstance(cb, Checkpoint): needs["checkpoints"] = f"{name} writes checkpoint files of its own"
+    return needs
+
+# %% ../nbs/04_training.ipynb #25d44c3f
+_MODULE_BATCH_HOOKS = (*_BATCH_HOOKS, "training_step", "optimizer_step", "optimizer_zero_grad", "configure_gradient_clipping")
+_MODULE_VALIDATION_HOOKS = (*_VALIDATION_HOOKS, "validation_step", "on_validation_model_eval", "on_validation_model_train")
+
+def _module_needs(module) -> dict:
+    "What `module` needs of Lightning's own loops, `{part: reason}`: nothing for aimass's `TaskModule` as it is."
+    name = type(module).__name__
+    if not isinstance(module, TaskModule):
+        why = f"{name} is a LightningModule of its own: Lightning's loops run its steps"
+        return {"batches": why, "validation": why}
+    needs = {}
+    if hooks := overridden_hooks(module, _MODULE_BATCH_HOOKS, TaskModule): needs["batches"] = f"{name} overrides {', '.join(hooks)}"
+    if hooks := overridden_hooks(module, _MODULE_VALIDATION_HOOKS, TaskModule): needs["validation"] = f"{name} overrides {', '.join(hooks)}"
+    return needs
+
+# %% ../nbs/04_training.ipynb #72df7ad5
+_CHUNK_BYTES = 64 << 20  # "auto" chunks hold at most 64 MiB of inputs
+
+def _choose_loop(module, trainer, callbacks, requested="auto", batch_bytes=0) -> tuple:
+    "The run's `LoopChoice`, and `{part: reasons}` for the parts the user's callbacks alone made slower."
+    if requested == 1: return LoopChoice(1, "lightning", "in place", False, ["batches_per_step=1: Lightning's own loops"], 1), {}
+    fixed, user = _module_needs(module), {}
+    if trainer.world_size > 1:
+        fixed = dict.fromkeys(("batches", "validation", "checkpoints"), f"{trainer.world_size} processes ({type(trainer.strategy).__name__}) run Lightning's loops in step")
+    for cb in callbacks:
+        for part, why in _callback_needs(cb).items(): user.setdefault(part, []).append(why)
+    why = lambda part: [fixed[part]] if part in fixed else user.get(part, [])
+    blamed = {part: user[part] for part in ("batches", "validation") if part in user and part not in fixed}
+    if requested != "auto":
+        if "batches" in fixed: raise AimassError(f"batches_per_step={requested} needs aimass's task wrapper on one device, but {fixed['batches']}. Use 'auto' or 1.")
+        k, batch_reasons = requested, [f"{w}: it sees chunks of {requested} batches" for w in user.get("batches", [])]
+        blamed.pop("batches", None)  # chosen, not imposed
+    elif why("batches"): k, batch_reasons = 1, why("batches")
+    else:
+        k = max(1, min(16, _CHUNK_BYTES // max(1, batch_bytes)))
+        batch_reasons = [] if k > 1 else [f"a batch holds {batch_bytes >> 20} MiB of inputs: chunks would pass {_CHUNK_BYTES >> 20} MiB"]
+    steps = lightning_step_needs(trainer, module) if k > 1 else []
+    reasons = list(dict.fromkeys([*batch_reasons, *why("validation"), *why("checkpoints"), *steps]))
+    loop = LoopChoice(k, "lightning" if why("validation") else "one pass", "in place" if why("checkpoints") else "background",
+                      k > 1 and not steps, reasons, requested)
+    return loop, blamed
+
+# %% ../nbs/04_training.ipynb #c72f1a50
+def _slower_note(blamed: dict) -> str:
+    "The one line `train` shows when the user's callbacks made a run take a slower path, and how to choose."
+    what = {"batches": "Lightning's loop runs one batch per training_step", "validation": "validation runs in Lightning's loop"}
+    text = (f"aimass: {'; '.join(r for rs in blamed.values() for r in rs)}, so {' and '.join(what[p] for p in blamed)} "
+            "(slower for small models; Run.loop says why). batches_per_step=1 chooses Lightning's own loops without this note")
+    if "batches" in blamed: text += ", and batches_per_step=16 keeps chunks of 16 batches, which the callback then sees"
+    return text + "."
+
+# %% ../nbs/04_training.ipynb #96cf0bb5
+def _use_loop(loop: LoopChoice, p, trainer, cb: AimassCallback, loaders, batch_size) -> tuple:
+    "Set the module, sampler, callback and checkpoint writing up for `loop`; return the loaders Lightning gets."
+    if loop.batches_per_step > 1:
+        p.module.chunked, p.module.step_size = True, batch_size
+        loaders[0].sampler.chunk = loop.batches_per_step
+    if loop.validation == "one pass":
+        cb.val_tensors, cb.val_batch_size, loaders = p.tensors["val"], loaders[1].sampler.batch_size, loaders[:1]
+    if loop.checkpoints == "background": trainer.strategy.checkpoint_io = BackgroundCheckpointIO()
+    return loaders
+
+# %% ../nbs/04_training.ipynb #a7f8b154
+@dataclass
+class Run:
+    "What one `train` call produced: status, history, metrics, the registered version and the model, and how it ran."
+    name: str
+    run_dir: Path
+    status: str                        # "completed", "stopped", "interrupted" or "early-stopped"
+    history: pd.DataFrame
+    test_metrics: dict
+    val_metrics: dict
+    version: object = None             # the registry's ModelVersion
+    model: object = None               # a LoadedModel: predict() takes raw rows
+    task: str = "classification"
+    classes: list|None = None
+    confusion: np.ndarray|None = None  # rows: true class, columns: predicted
+    duration_s: float = 0.0
+    checkpoint: Path|None = None
+    loop: LoopChoice|None = None       # how Lightning's loop ran, and why
+
+    @property
+    def ref(self): return self.version.ref if self.version is not None else None
+
+# %% ../nbs/04_training.ipynb #981600b8
+@patch
+def metrics_table(self: Run) -> pd.DataFrame:
+    "Validation and test metrics side by side."
+    return pd.DataFrame({"validation": self.val_metrics, "test": self.test_metrics}).round(4)
+
+# %% ../nbs/04_training.ipynb #633da644
+@patch
+def plot_confusion(self: Run, ax=None):
+    "The test split's confusion matrix (classification)."
+    import matplotlib.pyplot as plt
+    if self.confusion is None: raise AimassError("A confusion matrix needs a classification run.")
+    if ax is None: _, ax = plt.subplots(figsize=(4.2, 3.6))
+    ax.imshow(self.confusion, cmap="Blues")
+    n = len(self.confusion)
+    ticks = range(n); labels = self.classes or [str(i) for i in ticks]
+    ax.set_xticks(ticks, labels, rotation=90 if n > 12 else 0, fontsize=8); ax.set_yticks(ticks, labels, fontsize=8)
+    for i in range(n):
+        for j in range(n):
+            if self.confusion[i, j]: ax.text(j, i, int(self.confusion[i, j]), ha="center", va="center", fontsize=7,
+                                             color="white" if self.confusion[i, j] > self.confusion.max()/2 else "black")
+    ax.set_xlabel("predicted"); ax.set_ylabel("true"); ax.set_title(f"{self.ref or self.name}: test split")
+    return ax
+
+# %% ../nbs/04_training.ipynb #43a888b3
+@patch
+def __repr__(self: Run):
+    m = ", ".join(f"{k}={v:.4f}" for k, v in self.test_metrics.items())
+    loop = "" if self.loop is None else f"; loop: {'fast path' if self.loop.fast else self.loop}"
+    return f"Run({self.ref or self.name}, {self.status}, {len(self.history)} epochs in {self.duration_s:.1f}s, test: {m}{loop})"
+
+# %% ../nbs/04_training.ipynb #d56ce39d
+@patch
+def _repr_html_(self: Run):
+    import base64, io, html
+    img = ""
+    if self.confusion is not None:
+        import matplotlib; import matplotlib.pyplot as plt
+        with matplotlib.rc_context({"figure.dpi": 90}):
+            ax = self.plot_confusion(); buf = io.BytesIO()
+            ax.figure.tight_layout(); ax.figure.savefig(buf, format="png"); plt.close(ax.figure)
+        img = f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"/>'
+    loop = "" if self.loop is None else f"<br><small>loop: {html.escape(str(self.loop))}</small>"
+    head = (f"<b>{self.ref or self.name}</b>: {self.status}, {len(self.history)} epochs in {self.duration_s:.1f} s"
+            f"<br><small>run folder: {self.run_dir}</small>{loop}")
+    return f'<div>{head}<div style="display:flex;gap:24px;align-items:center">{self.metrics_table().to_html()}{img}</div></div>'
+
+# %% ../nbs/04_training.ipynb #0ac60d89
+def _confusion(outputs, y, n) -> np.ndarray:
+    cm = np.zeros((n, n), np.int64)
+    np.add.at(cm, (y, outputs.argmax(-1)), 1)
+    return cm
+
+# %% ../nbs/04_training.ipynb #f0dada4e
+def _new_run_dir(name: str) -> Path:
+    rid = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    d = aimass_home()/"runs"/name/rid
+    (d/"checkpoints").mkdir(parents=True)
+    return d
+
+# %% ../nbs/04_training.ipynb #cb5ebce4
+def _resume_checkpoint(resume, name: str) -> Path:
+    runs = aimass_home()/"runs"/name
+    if resume is True:
+        cands = sorted(runs.glob("*/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime) if runs.exists() else []
+        if not cands: raise AimassError(f"Nothing to resume: no checkpoint of a run named {name!r} under {runs}.")
+        return cands[-1]
+    p = Path(resume)
+    if not p.exists() and (runs/str(resume)).exists(): p = runs/str(resume)
+    if p.is_dir():
+        ck = p/"checkpoints"/"last.ckpt" if (p/"checkpoints").exists() else p/"last.ckpt"
+        if not ck.exists(): raise AimassError(f"Nothing to resume in {p}: it holds no last.ckpt (the run stopped before finishing an epoch).")
+        return ck
+    if p.is_file(): return p
+    raise AimassError(f"Nothing to resume from {resume!r}: not a run id of {name!r}, a run folder or a checkpoint file.")
+
+# %% ../nbs/04_training.ipynb #76c7e1c6
+def _run_folder(resume, name: str) -> tuple:
+    "`(name, run folder, checkpoint to resume from)`: a new folder and None, or the resumed run's folder and last checkpoint."
+    name = check_name(name)
+    ckpt_path = _resume_checkpoint(resume, name) if resume else None
+    if ckpt_path is not None and ckpt_path.parent.name == "checkpoints": return name, ckpt_path.parent.parent, ckpt_path
+    return name, _new_run_dir(name), ckpt_path
+
 # %% ../nbs/04_training.ipynb #73817019
 @dataclass
 class Prepared:
+    "What `prepare` gives `train`: the data and its splits, the fitted preprocessing, the model and the tensors."
     ds: Dataset; splits: object; pre: Preprocessor; module: L.LightningModule; net: torch.nn.Module; spec: dict
     tensors: dict; target_mean: float; target_std: float; model_label: str
 
+# %% ../nbs/04_training.ipynb #0ae5a719
 def _default_name(model, ds):
     label = model if isinstance(model, str) else (model.__name__ if isinstance(model, type) else type(model).__name__)
     return f"{ds.name}-{label}".replace(" ", "-").replace("_", "-").lower().strip("-.")
 
+# %% ../nbs/04_training.ipynb #57d65c5c
 def prepare(model, data, target=None, task=None, val_size=0.15, test_size=0.15, seed=0, model_kwargs=None,
             lr=1e-3, weight_decay=0.0, optimizer="adamw", scheduler="cosine", epochs=10, init_from=None) -> Prepared:
+    "Load and split `data`, fit the preprocessing, build the model (and its `TaskModule`), and make the tensors."
     ds = load_data(data, target=target, task=task)
     sp = split(ds, val_size, test_size, seed)
     pre = Preprocessor.fit(sp.train)
@@ -387,17 +570,20 @@ def prepare(model, data, target=None, task=None, val_size=0.15, test_size=0.15, 
     return Prepared(ds, sp, pre, module, net, spec, {k: tensors(getattr(sp, k)) for k in ("train", "val", "test")}, tm, ts, label)
 
 # %% ../nbs/04_training.ipynb #c8a60245
+def _in_ipython():
+    try: from IPython import get_ipython; return get_ipython() is not None
+    except ImportError: return False
+
+# %% ../nbs/04_training.ipynb #36545c31
 def _devices_strategy(devices, strategy):
     "In a notebook, several devices need Lightning's fork-based launcher."
     many = devices not in ("auto", None, 1, "1", [0]) and not (isinstance(devices, int) and devices <= 1)
     if many and strategy in ("auto", "ddp", None) and _in_ipython(): return "ddp_notebook"
     return strategy
 
-def _in_ipython():
-    try: from IPython import get_ipython; return get_ipython() is not None
-    except ImportError: return False
-
+# %% ../nbs/04_training.ipynb #1cd8ef3a
 def _progress(progress, devices):
+    "The progress display: a dashboard in a notebook (one device), a progress bar elsewhere, or None."
     if progress in (False, None, "none"): return None
     single = devices in ("auto", None, 1, "1") or progress == "dashboard"
     if progress == "dashboard" or (progress == "auto" and in_notebook() and single):
@@ -405,12 +591,110 @@ def _progress(progress, devices):
         return TrainingDashboard()
     return TerminalProgress()
 
-# %% ../nbs/04_training.ipynb #21a4e39e
+# %% ../nbs/04_training.ipynb #45159810
+def _row_bytes(p: Prepared) -> int: return p.tensors["train"][0][:1].numel() * p.tensors["train"][0].element_size()
+
+# %% ../nbs/04_training.ipynb #6dff7dcc
+def _loaders(p: Prepared, batch_size: int, seed: int) -> tuple:
+    "The training loader (shuffled from the seed) and the validation loader (batches of up to 64 MiB of inputs)."
+    tr, va = p.tensors["train"], p.tensors["val"]
+    eval_rows = max(batch_size, min(4096, (64 << 20) // max(1, _row_bytes(p))))
+    return make_loader(*tr, batch_size, True, seed), make_loader(*va, eval_rows, False)
+
+# %% ../nbs/04_training.ipynb #49a17b2f
+def _trainer(run_dir, callbacks, **options) -> L.Trainer:
+    "Lightning's Trainer as `train` runs it: no logger, progress bar, summary or sanity check; aimass's own sampler."
+    try:
+        with _quiet_lightning():
+            return L.Trainer(**options, logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                             default_root_dir=run_dir, use_distributed_sampler=False, callbacks=callbacks)
+    except Exception as e:  # Lightning's MisconfigurationException and friends
+        raise AimassError(f"Cannot set up training: {e}") from None
+
+# %% ../nbs/04_training.ipynb #c52bab74
+def _run_fit(trainer, p: Prepared, loaders, ckpt_path, stop: StopSignal, display, run_dir) -> str:
+    "`trainer.fit`, ending as 'completed' or 'interrupted' (Stop ends it quietly); a non-finite loss is an AimassError."
+    status = "completed"
+    with stop.catch_sigint(), _quiet_lightning():
+        try: trainer.fit(p.module, *loaders, ckpt_path=ckpt_path, weights_only=True)
+        except NonFiniteLoss as e:
+            if display: display.close("diverged")
+            last = run_dir/"checkpoints"/"last.ckpt"
+            kept = f"The last finite checkpoint is {last}." if last.exists() else "No epoch finished, so no checkpoint was kept."
+            raise AimassError(f"Training stopped: the loss became NaN or infinite at {e}. Try a lower learning rate "
+                              f"(lr={p.module.hparams.get('lr', '?') if hasattr(p.module, 'hparams') else '?'}) or check the data for extreme values. {kept}") from None
+        except StopRequested: pass
+        except (SystemExit, KeyboardInterrupt): status = "interrupted"  # Lightning exits after a KeyboardInterrupt (a second Ctrl-C)
+        finally:
+            if getattr(p.module, "chunked", False): p.module.chunked, p.module.after_step = False, None  # an ordinary module again
+    return status
+
+# %% ../nbs/04_training.ipynb #b148da93
+def _fit(p: Prepared, run_dir, ckpt_path, epochs, batch_size, seed, accelerator, devices, strategy, precision,
+         deterministic, early_stopping, progress, callbacks, batches_per_step) -> tuple:
+    "Choose Lightning's loop and run it: `(status, trainer, checkpoint callback, LoopChoice)`."
+    from lightning.pytorch.callbacks import EarlyStopping
+    stop, display = StopSignal(), _progress(progress, devices)
+    if display is not None: display.stop_signal = stop
+    loaders = _loaders(p, batch_size, seed)
+    cb = AimassCallback(run_dir, stop, display, seed, sampler=loaders[0].sampler)
+    ckpt = EpochCheckpoint(run_dir/"checkpoints", "val_loss" if isinstance(p.module, TaskModule) else None)
+    extra = [EarlyStopping("val_loss", patience=early_stopping, check_finite=True)] if early_stopping and ckpt.monitor else []
+    trainer = _trainer(run_dir, [cb, ckpt, *extra, *(callbacks or [])], max_epochs=epochs, accelerator=accelerator, devices=devices,
+                       strategy=_devices_strategy(devices, strategy), precision=precision, deterministic=deterministic)
+    loop, blamed = _choose_loop(p.module, trainer, callbacks or [], batches_per_step, batch_size*_row_bytes(p))
+    if blamed and trainer.is_global_zero: warnings.warn(_slower_note(blamed), stacklevel=3)
+    status = _run_fit(trainer, p, _use_loop(loop, p, trainer, cb, loaders, batch_size), ckpt_path, stop, display, run_dir)
+    if stop: status = stop.reason
+    elif status == "completed" and trainer.current_epoch < epochs and extra and trainer.should_stop: status = "early-stopped"
+    if display: display.close(status)
+    return status, trainer, ckpt, loop
+
+# %% ../nbs/04_training.ipynb #be1e5876
+def _finish(p: Prepared, name, run_dir, status, ckpt, trainer, loop, t0, hparams) -> Run|None:
+    "Score the best checkpoint, register it as a new version of `name`, and return the `Run` (None in DDP workers)."
+    import io
+    if trainer.global_rank != 0: return None  # a DDP worker launched from a script: rank 0 reports
+    hparams.update(precision=str(hparams["precision"] or "32-true"), devices=str(hparams["devices"]),
+                   strategy=type(trainer.strategy).__name__, loop=loop.to_dict())
+    best = Path(ckpt.best_model_path) if ckpt.best_model_path else run_dir/"checkpoints"/"last.ckpt"
+    if ckpt.best_step != trainer.global_step:  # else the module already holds the best weights: no step was taken since
+        p.module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    net = (p.module.net if isinstance(p.module, TaskModule) else p.module).cpu().float().eval()
+    predictor = Predictor(net, p.ds.task, p.target_mean, p.target_std).eval()
+    xv, xt = p.tensors["val"][0].numpy(), p.tensors["test"][0].numpy()
+    out_v, out_t = batched_outputs(predictor, xv), batched_outputs(predictor, xt)
+    val_m, test_m = score(p.ds.task, out_v, p.splits.val.y), score(p.ds.task, out_t, p.splits.test.y)
+    hist_file, duration = run_dir/"history.jsonl", time.perf_counter() - t0
+    history = pd.DataFrame([json.loads(l) for l in hist_file.read_text().splitlines()]) if hist_file.exists() else pd.DataFrame()
+    card = ModelCard(task=p.ds.task, classes=p.ds.classes, model=p.model_label, spec=p.spec,
+                     target=TargetInfo(p.ds.target, p.target_mean, p.target_std), input_shape=list(p.pre.input_shape),
+                     num_outputs=p.ds.num_classes or 1, preprocessor=p.pre.to_dict(), schema=p.pre.schema,
+                     metrics={"test": test_m, "val": val_m}, hparams=hparams, status=status,
+                     data={"name": p.ds.name, "fingerprint": p.ds.fingerprint(),
+                           "rows": {k: len(getattr(p.splits, k)) for k in ("train", "val", "test")}},
+                     run={"dir": str(run_dir), "checkpoint": str(best), "epochs": len(history), "duration_s": round(duration, 2)})
+    buf = io.BytesIO(); np.savez(buf, x=xt, y=p.splits.test.y)
+    mv = Registry().save(name, card, net.state_dict(), files={"heldout.npz": buf.getvalue(), "history.json": history.to_json(orient="records")})
+    cm = _confusion(out_t, p.splits.test.y, p.ds.num_classes) if p.ds.task == "classification" else None
+    return Run(name, run_dir, status, history, test_m, val_m, mv, LoadedModel(mv, net, p.pre), p.ds.task,
+               p.ds.classes, cm, duration, best, loop)
+
+# %% ../nbs/04_training.ipynb #b4eb4a34
+_HPARAMS = ("epochs", "lr", "batch_size", "seed", "optimizer", "weight_decay", "scheduler", "val_size", "test_size",
+            "precision", "early_stopping", "devices", "batches_per_step")  # what the card records of train's arguments
+
+def _check_args(epochs, batch_size, batches_per_step):
+    if epochs < 1 or batch_size < 1: raise AimassError(f"epochs and batch_size must be at least 1 (got {epochs}, {batch_size}).")
+    if batches_per_step != "auto" and (type(batches_per_step) is not int or batches_per_step < 1):
+        raise AimassError(f"batches_per_step must be 'auto' or a whole number of at least 1 (got {batches_per_step!r}).")
+
+# %% ../nbs/04_training.ipynb #1c906bca
 def train(model: str|type|nn.Module = "mlp",  # a template (mlp, cnn, linear), or an nn.Module or LightningModule class or instance
           data: str|Path|pd.DataFrame|tuple|Dataset = "digits",  # a built-in dataset, a CSV/TSV/Parquet file, a DataFrame, or (X, y)
           *,
           target: str|None = None,  # the column to predict (files and DataFrames)
-          task: Literal["classification", "regression"]|None = None,  # default: read from the target
+          task: Literal["classification", "regression"]|None = None,  # classification or regression (default: read from the target)
           epochs: int = 10,  # passes over the training split
           lr: float = 1e-3,  # learning rate
           batch_size: int = 32,  # rows per optimizer step
@@ -426,6 +710,7 @@ def train(model: str|type|nn.Module = "mlp",  # a template (mlp, cnn, linear), o
           precision: str|None = None,  # 32-true (the default), bf16-mixed, 16-mixed, 64-true, ...
           deterministic: bool = False,  # only deterministic algorithms (reproducible on GPUs, slower)
           early_stopping: int|None = None,  # stop after this many epochs without a better validation loss
+          batches_per_step: int|Literal["auto"] = "auto",  # batches per Lightning training_step, each its own optimizer step: auto (up to 16 on one device, unless a callback needs per-batch hooks), or 1 for Lightning's own loops
           name: str|None = None,  # the registry name (default: DATA-MODEL)
           resume: bool|str|None = None,  # continue the newest run of `name`, or a run id, run folder or checkpoint
           init_from: str|None = None,  # start from a registered version's weights (a ref), or a weights file
@@ -433,124 +718,17 @@ def train(model: str|type|nn.Module = "mlp",  # a template (mlp, cnn, linear), o
           callbacks: list[L.Callback]|None = None,  # Lightning callbacks, added to aimass's own
           model_kwargs: dict|None = None,  # arguments for the model's constructor (also as keywords: hidden=..., dropout=...)
           **template_kwargs) -> Run:
-    """Train `model` on `data` with Lightning, register the result as a new version, and return its `Run`.
-
-    The data is split into train, validation and test parts (stratified and seeded); the preprocessing is fitted on
-    the training part and stored with the version, so the registered model takes raw rows. The weights with the
-    lowest validation loss are registered, with their test metrics."""
-    if epochs < 1 or batch_size < 1: raise AimassError(f"epochs and batch_size must be at least 1 (got {epochs}, {batch_size}).")
-    kw = {**(model_kwargs or {}), **template_kwargs}
-    t0 = time.perf_counter()
+    "Train `model` on `data` with Lightning, register the result as a new version, and return its `Run`."
+    t0, hparams = time.perf_counter(), {k: v for k, v in locals().items() if k in _HPARAMS}
+    _check_args(epochs, batch_size, batches_per_step)
     with isolated_global_state():
         L.seed_everything(seed, workers=True, verbose=False)
-        p = prepare(model, data, target, task, val_size, test_size, seed, kw, lr, weight_decay, optimizer, scheduler, epochs, init_from)
-        name = check_name(name or _default_name(model, p.ds))
-        ckpt_path = _resume_checkpoint(resume, name) if resume else None
-        run_dir = ckpt_path.parent.parent if ckpt_path is not None and ckpt_path.parent.name == "checkpoints" else _new_run_dir(name)
-        status, trainer, ckpt = _fit(p, run_dir, ckpt_path, epochs, batch_size, seed, accelerator, devices, strategy,
-                                     precision, deterministic, early_stopping, progress, callbacks)
-        if trainer.global_rank != 0: return None  # a DDP worker launched from a script: rank 0 reports
-        return _finish(p, name, run_dir, status, ckpt, trainer.global_step, time.perf_counter() - t0, dict(
-            epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, optimizer=optimizer, weight_decay=weight_decay,
-            scheduler=scheduler, val_size=val_size, test_size=test_size, precision=str(precision or "32-true"),
-            early_stopping=early_stopping, devices=str(devices), strategy=str(trainer.strategy.__class__.__name__)))
-
-
-
-train.__kwargs_from__ = lambda: list(TEMPLATES.values())  # the templates' own arguments are flags of `%aimass train` too
-
-# %% ../nbs/04_training.ipynb #b4eb4a34
-def _fit(p, run_dir, ckpt_path, epochs, batch_size, seed, accelerator, devices, strategy, precision,
-         deterministic, early_stopping, progress, callbacks):
-    from lightning.pytorch.callbacks import EarlyStopping
-    monitor = "val_loss" if isinstance(p.module, TaskModule) else None
-    ckpt = EpochCheckpoint(run_dir/"checkpoints", monitor)
-    stop, display = StopSignal(), _progress(progress, devices)
-    if display is not None: display.stop_signal = stop
-    tr, va = p.tensors["train"], p.tensors["val"]
-    row_bytes = tr[0][:1].numel() * tr[0].element_size()
-    eval_rows = max(batch_size, min(4096, (64 << 20) // max(1, row_bytes)))  # validation batches of up to 64 MiB of inputs
-    loaders = make_loader(*tr, batch_size, True, seed), make_loader(*va, eval_rows, False)
-    cb = AimassCallback(run_dir, stop, display, seed, sampler=loaders[0].sampler)
-    extra = [EarlyStopping("val_loss", patience=early_stopping, check_finite=True)] if early_stopping and monitor else []
-    try:
-        with _quiet_lightning(): trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=devices,
-                            strategy=_devices_strategy(devices, strategy), precision=precision, deterministic=deterministic,
-                            logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                            default_root_dir=run_dir, use_distributed_sampler=False,
-                            callbacks=[cb, ckpt, *extra, *(callbacks or [])])
-    except Exception as e:  # Lightning's MisconfigurationException and friends
-        raise AimassError(f"Cannot set up training: {e}") from None
-    # One process and no user callbacks (which would expect a hook per batch): several batches per Lightning step,
-    # each still its own optimizer step (see TaskModule), validation in one pass in the callback, and checkpoints
-    # written in the background. This is what brings aimass.train level with a hand-written loop.
-    chunked = isinstance(p.module, TaskModule) and trainer.world_size == 1 and not callbacks
-    if chunked:
-        p.module.chunked, p.module.step_size = True, batch_size
-        loaders[0].sampler.chunk = max(1, min(16, (64 << 20) // max(1, batch_size * row_bytes)))  # a chunk stays under 64 MiB
-        cb.val_tensors, cb.val_batch_size, loaders = va, eval_rows, loaders[:1]
-        trainer.strategy.checkpoint_io = BackgroundCheckpointIO()  # one process: nothing else reads a file before fit ends
-    status = "completed"
-    with stop.catch_sigint(), _quiet_lightning():
-        try: trainer.fit(p.module, *loaders, ckpt_path=ckpt_path, weights_only=True)
-        except NonFiniteLoss as e:
-            if display: display.close("diverged")
-            last = run_dir/"checkpoints"/"last.ckpt"
-            kept = f"The last finite checkpoint is {last}." if last.exists() else "No epoch finished, so no checkpoint was kept."
-            raise AimassError(f"Training stopped: the loss became NaN or infinite at {e}. Try a lower learning rate "
-                              f"(lr={p.module.hparams.get('lr', '?') if hasattr(p.module, 'hparams') else '?'}) or check the data for extreme values. {kept}") from None
-        except StopRequested: pass
-        except SystemExit:  # Lightning exits after a KeyboardInterrupt (a second Ctrl-C)
-            status = "interrupted"
-        except KeyboardInterrupt: status = "interrupted"
-        finally:
-            if chunked: p.module.chunked, p.module.after_step = False, None  # the trained module is an ordinary one again
-    if stop: status = stop.reason
-    elif status == "completed" and trainer.current_epoch < epochs and extra and trainer.should_stop: status = "early-stopped"
-    if display: display.close(status)
-    return status, trainer, ckpt
+        p = prepare(model, data, target, task, val_size, test_size, seed, {**(model_kwargs or {}), **template_kwargs},
+                    lr, weight_decay, optimizer, scheduler, epochs, init_from)
+        name, run_dir, ckpt_path = _run_folder(resume, name or _default_name(model, p.ds))
+        status, trainer, ckpt, loop = _fit(p, run_dir, ckpt_path, epochs, batch_size, seed, accelerator, devices, strategy,
+                                           precision, deterministic, early_stopping, progress, callbacks, batches_per_step)
+        return _finish(p, name, run_dir, status, ckpt, trainer, loop, t0, hparams)
 
 # %% ../nbs/04_training.ipynb #e3edf7f1
-@contextlib.contextmanager
-def _quiet_lightning():
-    import logging
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
-                                               "lightning.pytorch.accelerators.cuda")]
-    levels = [l.level for l in loggers]
-    for l in loggers: l.setLevel(logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")  # in-process batches are the fast path here
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-        warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # resuming into the run's own folder
-        warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
-        warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*")  # aimass validates
-        try: yield
-        finally:
-            for l, lv in zip(loggers, levels): l.setLevel(lv)
-
-# %% ../nbs/04_training.ipynb #e0e2217e
-def _finish(p, name, run_dir, status, ckpt, step, duration, hparams) -> Run:
-    import io
-    best = Path(ckpt.best_model_path) if ckpt.best_model_path else run_dir/"checkpoints"/"last.ckpt"
-    if ckpt.best_step != step:  # else the module already holds the best weights: no step was taken since
-        p.module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
-    net = p.module.net if isinstance(p.module, TaskModule) else p.module
-    net = net.cpu().float().eval()
-    predictor = Predictor(net, p.ds.task, p.target_mean, p.target_std).eval()
-    xv, xt = p.tensors["val"][0].numpy(), p.tensors["test"][0].numpy()
-    out_v, out_t = batched_outputs(predictor, xv), batched_outputs(predictor, xt)
-    val_m, test_m = score(p.ds.task, out_v, p.splits.val.y), score(p.ds.task, out_t, p.splits.test.y)
-    hist_file = run_dir/"history.jsonl"
-    history = pd.DataFrame([json.loads(l) for l in hist_file.read_text().splitlines()]) if hist_file.exists() else pd.DataFrame()
-    card = ModelCard(task=p.ds.task, classes=p.ds.classes, model=p.model_label, spec=p.spec,
-                     target=TargetInfo(p.ds.target, p.target_mean, p.target_std), input_shape=list(p.pre.input_shape),
-                     num_outputs=p.ds.num_classes or 1, preprocessor=p.pre.to_dict(), schema=p.pre.schema,
-                     metrics={"test": test_m, "val": val_m}, hparams=hparams, status=status,
-                     data={"name": p.ds.name, "fingerprint": p.ds.fingerprint(),
-                           "rows": {k: len(getattr(p.splits, k)) for k in ("train", "val", "test")}},
-                     run={"dir": str(run_dir), "checkpoint": str(best), "epochs": len(history), "duration_s": round(duration, 2)})
-    buf = io.BytesIO(); np.savez(buf, x=xt, y=p.splits.test.y)
-    mv = Registry().save(name, card, net.state_dict(), files={"heldout.npz": buf.getvalue(), "history.json": history.to_json(orient="records")})
-    cm = _confusion(out_t, p.splits.test.y, p.ds.num_classes) if p.ds.task == "classification" else None
-    return Run(name, run_dir, status, history, test_m, val_m, mv, LoadedModel(mv, net, p.pre), p.ds.task,
-               p.ds.classes, cm, duration, best)
+train.__kwargs_from__ = lambda: list(TEMPLATES.values())  # the templates' own arguments are flags of `%aimass train` too

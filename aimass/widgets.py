@@ -7,13 +7,15 @@ Docs: https://aimass.github.io/aimass/widgets.html.md"""
 # %% ../nbs/23_widgets.ipynb #0077eb00
 from __future__ import annotations
 import html, time
+from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['svg_lines', 'TrainingDashboard']
+__all__ = ['TrainingDashboard']
 
 # %% ../nbs/23_widgets.ipynb #27295e23
-_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]  # matplotlib's first six, as in its plots
 
+# %% ../nbs/23_widgets.ipynb #474edda2
 def svg_lines(series: dict, width=300, height=150, title="") -> str:
     "An SVG line chart of `{label: [values]}` against epoch, with axis bounds and a legend."
     pad_l, pad_r, pad_t, pad_b = 42, 8, 18, 20
@@ -39,13 +41,6 @@ def svg_lines(series: dict, width=300, height=150, title="") -> str:
     return "".join(parts) + "</svg>"
 
 # %% ../nbs/23_widgets.ipynb #b0d03e21
-def _kernel_polls() -> bool:
-    "True for ipykernels that process shell messages with do_one_iteration (before 7)."
-    try:
-        from IPython import get_ipython
-        return hasattr(getattr(get_ipython(), "kernel", None), "do_one_iteration")
-    except Exception: return False
-
 class TrainingDashboard:
     "Progress, metrics, live curves and a Stop button for a training run in a notebook."
     def __init__(self, title="training"):
@@ -77,48 +72,75 @@ class TrainingDashboard:
             return subshell_id  # route the message as ipykernel would have
         comm._reply_subshell_for = route
 
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget); self._shown = True
+# %% ../nbs/23_widgets.ipynb #0d1b1cd1
+@patch
+def _ipython_display_(self: TrainingDashboard):
+    from IPython.display import display
+    display(self.widget); self._shown = True
 
-    def start(self, epochs, steps_per_epoch, first_epoch=0):
-        self.epochs, self.bar.max = epochs, max(1, epochs*steps_per_epoch)
-        self._steps = first_epoch*steps_per_epoch
-        self.bar.value = self._steps
-        if not self._shown: self._ipython_display_()
-        self.status.value = f"<b>{html.escape(self.title)}</b>: epoch {first_epoch + 1}/{epochs}"
+# %% ../nbs/23_widgets.ipynb #73bc2441
+@patch
+def start(self: TrainingDashboard, epochs, steps_per_epoch, first_epoch=0):
+    "Show the dashboard (once) for `epochs` of `steps_per_epoch` batches, from `first_epoch` when a run resumes."
+    self.epochs, self.bar.max = epochs, max(1, epochs*steps_per_epoch)
+    self._steps = first_epoch*steps_per_epoch
+    self.bar.value = self._steps
+    if not self._shown: self._ipython_display_()
+    self.status.value = f"<b>{html.escape(self.title)}</b>: epoch {first_epoch + 1}/{epochs}"
 
-    def step(self):
-        self._steps += 1
-        now = time.monotonic()
-        if now - self._last_draw > 0.1: self.bar.value, self._last_draw = self._steps, now  # one comm message per 0.1 s
+# %% ../nbs/23_widgets.ipynb #85f01e68
+@patch
+def step(self: TrainingDashboard):
+    "One batch done: the bar moves at most every 0.1 s (one comm message each)."
+    self._steps += 1
+    now = time.monotonic()
+    if now - self._last_draw > 0.1: self.bar.value, self._last_draw = self._steps, now  # one comm message per 0.1 s
 
-    def poll(self):
-        "Show a Stop seen off the main thread; on older ipykernels, process pending widget events while the cell runs."
-        if self.stop_signal and not self.stop_button.disabled:
-            self.stop_button.disabled = True; self.stop_button.description = "Stopping..."
-        if _kernel_polls():
-            try:
-                from jupyter_ui_poll import ui_events
-                with ui_events() as process: process(20)
-            except Exception: pass  # not in a kernel that can poll: nothing to process
+# %% ../nbs/23_widgets.ipynb #f15f3a4e
+def _kernel_polls() -> bool:
+    "True for ipykernels that process shell messages with do_one_iteration (before 7)."
+    try:
+        from IPython import get_ipython
+        return hasattr(getattr(get_ipython(), "kernel", None), "do_one_iteration")
+    except Exception: return False
 
-    def epoch(self, row: dict):
-        self.rows.append(row); self.bar.value = self._steps
-        last = " · ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch")
-        self.status.value = f"<b>{html.escape(self.title)}</b>: epoch {row['epoch']}/{self.epochs} · {html.escape(last)}"
-        self.charts.value = self._charts()
+# %% ../nbs/23_widgets.ipynb #f8abd408
+@patch
+def poll(self: TrainingDashboard):
+    "Show a Stop seen off the main thread; on older ipykernels, process pending widget events while the cell runs."
+    if self.stop_signal and not self.stop_button.disabled:
+        self.stop_button.disabled = True; self.stop_button.description = "Stopping..."
+    if _kernel_polls():
+        try:
+            from jupyter_ui_poll import ui_events
+            with ui_events() as process: process(20)
+        except Exception: pass  # not in a kernel that can poll: nothing to process
 
-    def _charts(self):
-        keys = [k for k in self.rows[-1] if k != "epoch"]
-        col = lambda k: [r.get(k, float("nan")) for r in self.rows]
-        losses = {k.replace("_loss", ""): col(k) for k in keys if k.endswith("loss")}
-        metrics = {k.replace("val_", ""): col(k) for k in keys if not k.endswith("loss")}
-        charts = [svg_lines(losses, title="loss")] + ([svg_lines(metrics, title="validation metrics")] if metrics else [])
-        return '<div style="display:flex;gap:12px">' + "".join(charts) + "</div>"
+# %% ../nbs/23_widgets.ipynb #890b77bc
+@patch
+def _charts(self: TrainingDashboard) -> str:
+    "The loss curves and the validation metrics' curves, side by side."
+    keys = [k for k in self.rows[-1] if k != "epoch"]
+    col = lambda k: [r.get(k, float("nan")) for r in self.rows]
+    losses = {k.replace("_loss", ""): col(k) for k in keys if k.endswith("loss")}
+    metrics = {k.replace("val_", ""): col(k) for k in keys if not k.endswith("loss")}
+    charts = [svg_lines(losses, title="loss")] + ([svg_lines(metrics, title="validation metrics")] if metrics else [])
+    return '<div style="display:flex;gap:12px">' + "".join(charts) + "</div>"
 
-    def close(self, status):
-        self.bar.value = self.bar.max if status == "completed" else self._steps
-        self.bar.bar_style = "success" if status == "completed" else "warning" if status != "diverged" else "danger"
-        self.stop_button.disabled = True; self.stop_button.description = status.capitalize()
-        self.status.value = self.status.value.replace(": epoch", f": {html.escape(status)} · epoch", 1)
+# %% ../nbs/23_widgets.ipynb #4a618535
+@patch
+def epoch(self: TrainingDashboard, row: dict):
+    "One epoch done, with its metrics `row` (`epoch`, `train_loss`, `val_loss`, `val_...`): status line and curves."
+    self.rows.append(row); self.bar.value = self._steps
+    last = " · ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch")
+    self.status.value = f"<b>{html.escape(self.title)}</b>: epoch {row['epoch']}/{self.epochs} · {html.escape(last)}"
+    self.charts.value = self._charts()
+
+# %% ../nbs/23_widgets.ipynb #0c2caf1b
+@patch
+def close(self: TrainingDashboard, status):
+    "The run ended with `status` (completed, stopped, interrupted, early-stopped, diverged): bar, button and status say so."
+    self.bar.value = self.bar.max if status == "completed" else self._steps
+    self.bar.bar_style = "success" if status == "completed" else "warning" if status != "diverged" else "danger"
+    self.stop_button.disabled = True; self.stop_button.description = status.capitalize()
+    self.status.value = self.status.value.replace(": epoch", f": {html.escape(status)} · epoch", 1)

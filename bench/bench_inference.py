@@ -89,7 +89,7 @@ def main(argv=None):
         print(f"accuracy: eager {acc['torch']:.4f}, onnx fp32 {acc['fp32']:.4f}, int8 {acc['int8']:.4f} (drop {delta*100:+.2f} points, target <= 1)")
         print("targets: " + ", ".join(f"{k} {'OK' if v else 'MISSED'}" for k, v in checks.items()))
         summary[model] = {"ref": mv.ref, "trained_with": how, "ort_over_eager_p50_batch1": ratio, "parity_max_abs": max_abs,
-                          "accuracy": acc, "int8_drop_points": delta*100, "p50_ms": b.summary()["p50_ms"], "setup_s": b.setup_s,
+                          "accuracy": acc, "int8_drop_points": delta*100, "p50_ms": b.summary().p50_ms, "setup_s": b.setup_s,
                           "skipped": b.skipped, "best_backend": b.best, "checks": checks}
     if args.json:
         with open(args.json, "w") as f: json.dump(summary, f, indent=2)

@@ -6,8 +6,10 @@ aimass.train also validates each epoch with torchmetrics, writes a checkpoint ea
 the test split and registers the version; its progress bar is on.
 Two baselines: the loop most people write (a DataLoader over a TensorDataset, shuffle=True) and a tight loop
 that slices shuffled index tensors (the floor). Runs are interleaved and the ratios of medians are printed.
+`--callback epoch` passes aimass.train a Lightning callback with an epoch-level hook (which keeps the fast path),
+`--callback batch` one with a per-batch hook (which takes one batch per Lightning step).
 
-    .venv/bin/python bench/bench_train.py [--repeats 5] [--epochs 10]
+    .venv/bin/python bench/bench_train.py [--repeats 5] [--epochs 10] [--callback none|epoch|batch]
 """
 import argparse, os, statistics, sys, tempfile, time
 import numpy as np
@@ -45,9 +47,23 @@ def raw_loop(epochs, batch_size, seed=0, dataloader=False):
         with torch.no_grad(): val_acc = (net(xva).argmax(-1) == yva).float().mean().item()
     with torch.no_grad(): return (net(xte).argmax(-1) == yte).float().mean().item()
 
-def aimass_run(epochs, batch_size, progress):
+def _callbacks(kind):
+    "A user's callback of the given kind, as aimass.train takes them."
+    import lightning as L
+    class EpochLoss(L.Callback):  # an epoch-level hook, like most logging and early stopping
+        def on_train_epoch_end(self, trainer, pl_module): self.last = float(trainer.callback_metrics["val_loss"])
+    class BatchCount(L.Callback):  # a per-batch hook
+        calls = 0
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx): self.calls += 1
+    return {"none": None, "epoch": [EpochLoss()], "batch": [BatchCount()]}[kind]
+
+def aimass_run(epochs, batch_size, progress, callback="none"):
+    import warnings
     from aimass.training import train
-    run = train("mlp", "digits", epochs=epochs, batch_size=batch_size, name="bench-mlp", progress=progress)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the note a per-batch callback brings, once a repeat
+        run = train("mlp", "digits", epochs=epochs, batch_size=batch_size, name="bench-mlp", progress=progress,
+                    callbacks=_callbacks(callback))
     return run.test_metrics["accuracy"]
 
 def main():
@@ -56,6 +72,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave the default)")
     ap.add_argument("--progress", default="bar", help="bar (terminal progress), dashboard (widget updates), or none")
+    ap.add_argument("--callback", default="none", choices=["none", "epoch", "batch"], help="a callback passed to aimass.train")
     a = ap.parse_args()
     if a.threads: torch.set_num_threads(a.threads)
     os.environ["AIMASS_HOME"] = tempfile.mkdtemp(prefix="aimass-bench-")
@@ -65,7 +82,7 @@ def main():
     times = {"dataloader loop": [], "tight loop": [], "aimass.training": []}
     runs = {"dataloader loop": lambda: raw_loop(a.epochs, a.batch_size, dataloader=True),
             "tight loop": lambda: raw_loop(a.epochs, a.batch_size),
-            "aimass.training": lambda: aimass_run(a.epochs, a.batch_size, progress)}
+            "aimass.training": lambda: aimass_run(a.epochs, a.batch_size, progress, a.callback)}
     for i in range(a.repeats):  # interleaved, so load from other processes hits every side alike
         line = []
         for k, f in runs.items():
@@ -73,7 +90,8 @@ def main():
             line.append(f"{k} {times[k][-1]:.2f}s (acc {acc:.3f})")
         print(f"repeat {i+1}/{a.repeats}: " + ", ".join(line), file=sys.stderr)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"digits, mlp 64-256-128-10, {a.epochs} epochs, batch {a.batch_size}, progress={a.progress}, torch threads={torch.get_num_threads()}")
+    print(f"digits, mlp 64-256-128-10, {a.epochs} epochs, batch {a.batch_size}, progress={a.progress}, callback={a.callback}, "
+          f"torch threads={torch.get_num_threads()}")
     print("medians: " + ", ".join(f"{k} {v:.3f}s" for k, v in med.items()))
     print(f"ratio aimass.train / hand-written DataLoader loop: {med['aimass.training']/med['dataloader loop']:.3f}  (target <= 1.15)")
     print(f"ratio aimass.train / tight index-slicing loop:    {med['aimass.training']/med['tight loop']:.3f}")

@@ -6,14 +6,9 @@ import torch
 from aimass.core import AimassError, atomic_write_json
 from aimass.registry import Registry
 import aimass.benchmark as bm
-from test_export import make_version
+from factory import make_version
 
 COLUMNS = ["backend", "batch_size", "p50_ms", "p90_ms", "p99_ms", "throughput", "peak_mem_mb", "metric"]
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("AIMASS_HOME", str(tmp_path/"home"))
 
 
 def test_bench_exports_first_and_stores_results():
@@ -39,6 +34,7 @@ def test_bench_exports_first_and_stores_results():
     assert rep.p50().shape == (2, 3)
 
 
+@pytest.mark.slow
 def test_compile_failure_is_skipped_not_a_crash(monkeypatch):
     mv = make_version("linear")
     def broken_compile(*a, **k): raise RuntimeError("no C++ compiler found")
@@ -51,6 +47,7 @@ def test_compile_failure_is_skipped_not_a_crash(monkeypatch):
     assert Registry().get(mv.ref).card.export is None  # no ONNX backend asked: nothing exported
 
 
+@pytest.mark.slow
 def test_failing_int8_is_not_picked():
     mv = make_version("linear")
     rep = bm.bench(mv.ref, backends=("onnx-int8",), batch_sizes=(1,), warmup=1, repeats=3, save=False)

@@ -10,7 +10,8 @@ import pytest
 from conftest import ROOT
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (tools/test.sh installs it)")
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (tools/setup-browser.sh installs it)")]
 ARTIFACTS = ROOT/"test-artifacts"
 
 CELLS = [

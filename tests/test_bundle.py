@@ -1,5 +1,5 @@
 """Deployment bundles: the folder serves the model from a fresh virtual environment holding only its requirements.txt."""
-import json, os, signal, socket, subprocess, sys, time
+import dataclasses, json, os, re, shutil, signal, socket, subprocess, sys, time
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -11,6 +11,7 @@ pytest.importorskip("torch")
 from aimass.core import AimassError
 from aimass.registry import Registry
 from aimass import deployment as B
+from factory import shared_home
 
 HEAVY = ("torch", "lightning", "pytorch_lightning", "torchmetrics", "ipywidgets", "IPython", "ipykernel", "jupyter_core",
          "matplotlib", "sklearn", "nbdev", "aimass")
@@ -32,27 +33,14 @@ def _frame(n=240, seed=0):
     return df
 
 
-@pytest.fixture(scope="session")
-def home(tmp_path_factory):
+@shared_home(scope="session")
+def home(folder):
     "One AIMASS_HOME for the session: a tabular model (categorical column, missing values) bundled once; v2 left unexported."
     from aimass.training import train
-    old = os.environ.get("AIMASS_HOME")
-    d = tmp_path_factory.mktemp("bundle_home")
-    os.environ["AIMASS_HOME"] = str(d/"home")
-    try:
-        train("mlp", _frame(), target="label", epochs=3, name="churn", progress=False)
-        train("mlp", _frame(seed=1), target="label", epochs=1, name="churn", progress=False)  # v2: no export
-        first = B.bundle("churn:v1", d/"bundles"/"churn", port=8123)  # v1 has no export yet: bundle exports it
-        yield {"dir": d, "bundle": first}
-    finally:
-        if old is None: os.environ.pop("AIMASS_HOME", None)
-        else: os.environ["AIMASS_HOME"] = old
-
-
-@pytest.fixture(autouse=True)
-def aimass_home(home, monkeypatch):
-    "Overrides conftest's per-test registry: the tests here share the session's models."
-    monkeypatch.setenv("AIMASS_HOME", str(home["dir"]/"home"))
+    train("mlp", _frame(), target="label", epochs=3, name="churn", progress=False)
+    train("mlp", _frame(seed=1), target="label", epochs=1, name="churn", progress=False)  # v2: no export
+    first = B.bundle("churn:v1", folder/"bundles"/"churn", port=8123)  # v1 has no export yet: bundle exports it
+    return {"bundle": first}
 
 
 @pytest.fixture(scope="session")
@@ -117,6 +105,7 @@ def tmpdirs(tmp_path):
     return tmp_path/"elsewhere", tmp_path/"tmp"
 
 
+@pytest.mark.venv
 def test_fresh_venv_serves_the_bundle(home, fresh_venv, tmpdirs):
     b, (cwd, tmp) = home["bundle"], tmpdirs
     probe = f"import importlib.util as u; print([m for m in {HEAVY!r} if u.find_spec(m)])"
@@ -161,6 +150,7 @@ def test_fresh_venv_serves_the_bundle(home, fresh_venv, tmpdirs):
     with socket.socket() as s: s.bind(("127.0.0.1", srv.port))  # the port is free again
 
 
+@pytest.mark.venv
 def test_api_key_and_stale_run_folders(home, fresh_venv, tmpdirs):
     "AIMASS_API_KEY guards every path but /health; a run folder left by a killed server is removed by the next start."
     b, (cwd, tmp) = home["bundle"], tmpdirs
@@ -176,10 +166,25 @@ def test_api_key_and_stale_run_folders(home, fresh_venv, tmpdirs):
         assert srv.stop()
 
 
+def _help_defaults(text: str) -> dict:
+    "`{flag: its default as shown, or None}` from an argparse --help text."
+    segments = re.split(r"(?<!,) (?=--[a-z])", " ".join(text.split()).split(" options: ", 1)[1])
+    return {s.split()[0].rstrip(","): (m[1] if (m := re.search(r"\(default: ([^()]*)\)$", s.strip())) else None)
+            for s in segments if s.startswith("--")}
+
+
+@pytest.mark.venv
 def test_server_py_flags(home, fresh_venv, tmpdirs):
+    "server.py has a flag for every ServerConfig setting a user gives, each with the bundle's default."
+    from aimass.bundle_server import flag_fields
+    from aimass.launcher import ServerConfig
     b, (cwd, _) = home["bundle"], tmpdirs
     help_ = subprocess.run([str(fresh_venv), str(b.path/"server.py"), "--help"], capture_output=True, text=True, cwd=cwd)
     assert help_.returncode == 0 and "--max-batch-size" in help_.stdout and "8123" in help_.stdout  # bundle(port=8123) is the default
+    shown, expected = _help_defaults(help_.stdout), ServerConfig(**b.manifest["server"])
+    user_facing = [f.name for f in dataclasses.fields(ServerConfig) if f.name not in (*ServerConfig.internal, "follow_interval")]
+    assert [f.name for f in flag_fields()] == user_facing
+    assert {name: shown.get("--" + name.replace("_", "-")) for name in user_facing} == {n: str(getattr(expected, n)) for n in user_facing}
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0)); s.listen()
         busy = subprocess.run([str(fresh_venv), str(b.path/"server.py"), "--port", str(s.getsockname()[1])],
@@ -187,6 +192,24 @@ def test_server_py_flags(home, fresh_venv, tmpdirs):
     assert busy.returncode == 2 and "already in use" in busy.stderr
     bad = subprocess.run([str(fresh_venv), str(b.path/"server.py"), "--workers", "0"], capture_output=True, text=True, cwd=cwd)
     assert bad.returncode == 2 and "at least 1" in bad.stderr
+
+
+def test_server_py_defaults_come_from_bundle_json(home, tmp_path):
+    "server.py is the same in every bundle: its defaults are read from bundle.json's `server` entry (and $PORT) when it starts."
+    assert (home["bundle"].path/"server.py").read_text() == B.server_script()
+    svc = tmp_path/"svc"
+    shutil.copytree(home["bundle"].path, svc)
+    manifest = json.loads((svc/"bundle.json").read_text())
+    manifest["server"].update(workers=3, max_queue=17, log_level="info")
+    (svc/"bundle.json").write_text(json.dumps(manifest))
+    env = {k: v for k, v in os.environ.items() if k != "PORT"}
+    def shown(**extra):
+        p = subprocess.run([sys.executable, str(svc/"server.py"), "--help"], capture_output=True, text=True, cwd=tmp_path,
+                           env={**env, **extra}, check=True)
+        return _help_defaults(p.stdout)
+    got = shown()
+    assert (got["--workers"], got["--max-queue"], got["--log-level"], got["--port"]) == ("3", "17", "info", "8123")
+    assert shown(PORT="8999")["--port"] == "8999"
 
 
 def test_version_without_export_gets_exported(home, capsys):

@@ -1,8 +1,10 @@
 "The aimass console script: same verbs as the magics; exit status 2 and one clear line for bad input."
 import os, subprocess
+import pytest
 from conftest import ROOT
 
 AIMASS = str(ROOT/".venv"/"bin"/"aimass")
+pytestmark = pytest.mark.slow  # each `aimass` command is a new process that imports the stack
 
 
 def sh(*args):

@@ -1,5 +1,5 @@
 "Export to ONNX: parity per template and for a notebook-defined model, int8, re-export, error paths, safe loading."
-import io, json, os
+import json
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -8,41 +8,10 @@ import torch
 from onnx import TensorProto, helper
 
 from aimass.core import AimassError
-from aimass.data import Preprocessor, load_data, split
-from aimass.models import model_from_spec, resolve_model
+from aimass.data import load_data
 from aimass.registry import Registry
 import aimass.exporting as ex
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("AIMASS_HOME", str(tmp_path/"home"))
-    return tmp_path/"home"
-
-
-def make_version(model="mlp", data="digits", epochs=3, name=None, spec=None, **model_kwargs):
-    "A few epochs of a template (or a spec) on a dataset, registered the way aimass.train stores it."
-    ds = load_data(data) if isinstance(data, str) else data
-    sp = split(ds, seed=0); pre = Preprocessor.fit(sp.train)
-    nout = ds.num_classes or 1
-    torch.manual_seed(0)
-    if spec is None: net, spec = resolve_model(model, pre.input_shape, nout, model_kwargs)
-    else: net = model_from_spec(spec, pre.input_shape, nout)
-    xtr, ytr = torch.from_numpy(pre.transform(sp.train.X)), torch.from_numpy(sp.train.y)
-    ymean, ystd = (float(ytr.mean()), float(ytr.std())) if ds.task == "regression" else (0.0, 1.0)
-    if any(p.requires_grad for p in net.parameters()):
-        opt = torch.optim.AdamW(net.parameters(), 1e-3)
-        for _ in range(epochs):
-            for i in range(0, len(ytr), 32):
-                out, yb = net(xtr[i:i+32]), ytr[i:i+32]
-                loss = (torch.nn.functional.cross_entropy(out, yb) if ds.task == "classification"
-                        else torch.nn.functional.mse_loss(out.reshape(-1), (yb - ymean) / ystd))
-                opt.zero_grad(); loss.backward(); opt.step()
-    buf = io.BytesIO(); np.savez(buf, x=pre.transform(sp.test.X), y=sp.test.y)
-    card = {"task": ds.task, "classes": ds.classes, "target": {"name": ds.target, "mean": ymean, "std": ystd},
-            "model": spec.get("template", "custom"), "spec": spec, "input_shape": list(pre.input_shape), "num_outputs": nout,
-            "preprocessor": pre.to_dict(), "schema": pre.schema, "metrics": {"test": {}}}
-    return Registry().save(name or f"{ds.name}-{model}", card, net.state_dict(), files={"heldout.npz": buf.getvalue()})
+from factory import make_version
 
 
 def assert_parity(rep, int8=True):
@@ -55,7 +24,7 @@ def assert_parity(rep, int8=True):
     if int8: assert rep.metrics["fp32"][key] - rep.metrics["int8"][key] <= 0.01
 
 
-@pytest.mark.parametrize("model", ["mlp", "cnn"])
+@pytest.mark.parametrize("model", ["mlp", pytest.param("cnn", marks=pytest.mark.slow)])
 def test_template_parity_and_card(model):
     mv = make_version(model, **({"channels": (8, 16), "hidden": 32} if model == "cnn" else {}))  # a small cnn trains fast
     rep = ex.export(mv.ref, quantize="int8")
@@ -122,6 +91,7 @@ def test_categorical_tabular_takes_preprocessed_features():
     assert "preprocessing" in Registry().get(mv.ref).card.export.note
 
 
+@pytest.mark.slow
 def test_reexport_replaces_atomically():
     mv = make_version("linear")
     ex.export(mv.ref, quantize="int8")
@@ -133,6 +103,7 @@ def test_reexport_replaces_atomically():
     assert set(exp.files) == {"fp32"} and exp.created_at >= first and rep.passed
 
 
+@pytest.mark.slow
 def test_failed_check_is_loud_and_saved(monkeypatch):
     mv = make_version("linear")
     monkeypatch.setattr(ex, "FP32_MAX_ABS", -1.0)

@@ -72,6 +72,36 @@ def test_help(ip, capsys):
     assert "--early-stopping" in capsys.readouterr().out
 
 
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # Completer.complete: the plain list, as `ip.complete` gives
+def test_tab_completion(ip):
+    from aimass.registry import Registry
+    reg = Registry()
+    for _ in range(2): reg.save("digits-mlp", {"task": "classification"})
+    reg.set_alias("digits-mlp", "production", 1)
+    complete = lambda line: ip.Completer.complete("", line, len(line))[1]
+    assert complete("%aimass pro") == ["promote"]
+    assert complete("%aimass bench --batch") == ["--batch-sizes"]
+    assert complete("%aimass export digits-") == ["digits-mlp", "digits-mlp:v1", "digits-mlp:v2", "digits-mlp@production"]
+    assert complete("%aimass show digits-mlp:v") == ["v1", "v2"]
+    assert complete("%aimass serve a=digits-mlp@pro") == ["production"]
+    assert complete("%aimass promote digits-mlp v") == ["v1", "v2"]
+    assert "digits-mlp" not in complete("%aimass predict digits-mlp --data d")  # the value of --data, not a ref
+    from IPython.core.completer import provisionalcompleter
+    line = "%aimass show digits-mlp:v"
+    with provisionalcompleter():  # the API Jupyter's frontends use: each completion replaces the piece after the ':'
+        found = {(c.start, c.text) for c in ip.Completer.completions(line, len(line))}
+    assert {(len(line) - 1, "v1"), (len(line) - 1, "v2")} <= found
+
+
+def test_completing_refs_imports_no_torch():
+    code = ("import sys; from IPython.core.interactiveshell import InteractiveShell; ip = InteractiveShell.instance();"
+            "ip.run_line_magic('load_ext', 'aimass'); from aimass.registry import Registry; Registry().save('m', {'task': 'regression'});"
+            "c = lambda line: ip.Completer.complete('', line, len(line))[1]; c('%aimass train m');"
+            "print(c('%aimass export m'), c('%aimass export --qu'), [m for m in ('torch', 'lightning') if m in sys.modules])")
+    out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['m', 'm:v1'] ['--quantize'] []"
+
+
 def test_promote_rollback(ip):
     for _ in range(2): ip.run_line_magic("aimass", "train linear --data iris --epochs 1 --no-progress --name pr")
     ip.run_line_magic("aimass", "promote pr v1"); ip.run_line_magic("aimass", "promote pr v2")
@@ -79,6 +109,7 @@ def test_promote_rollback(ip):
     assert ip.run_line_magic("aimass", "show pr@production").version == 1
 
 
+@pytest.mark.slow
 def test_predict_serve_several_and_bundle_from_magics(ip, tmp_path):
     rng = np.random.default_rng(0)
     df = pd.DataFrame({"size": rng.normal(10, 3, 150).round(1), "kind": rng.choice(["a", "b", "c"], 150)})

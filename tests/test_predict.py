@@ -11,6 +11,7 @@ pytest.importorskip("onnxruntime")
 from aimass.core import AimassError
 from aimass.registry import Registry
 from aimass.inference import Predictions, predict
+from factory import shared_home
 
 CLASSES_PROBS = lambda frame: frame.filter(like="prob_").to_numpy()
 
@@ -26,30 +27,22 @@ def _penguins(n: int, seed: int = 0) -> pd.DataFrame:
     return df
 
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory):
+@shared_home(scope="module")
+def home(folder):
     "One AIMASS_HOME for the module: a classifier with a categorical column (two versions), a numeric regression model."
     from aimass.training import train
     from aimass.exporting import export
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AIMASS_HOME", str(d := tmp_path_factory.mktemp("aimass_home")))
-        df = _penguins(600).drop(columns="id")
-        train("mlp", df, target="species", epochs=2, name="pengs", progress=False)
-        export("pengs")
-        train("mlp", df, target="species", epochs=1, seed=1, name="pengs", progress=False)  # v2, not exported
-        Registry().set_alias("pengs", "production", 1)
-        rng = np.random.default_rng(1)
-        reg = pd.DataFrame({"x1": rng.normal(size=400), "x2": rng.normal(size=400)})
-        reg["y"] = 3 * reg.x1 - reg.x2 + rng.normal(scale=0.1, size=400)
-        train("mlp", reg, target="y", epochs=2, name="reg", progress=False)
-        export("reg")
-        yield {"dir": d, "reg": reg}
-
-
-@pytest.fixture(autouse=True)
-def aimass_home(home, monkeypatch):
-    "The tests share the module's models (instead of conftest's empty registry per test)."
-    monkeypatch.setenv("AIMASS_HOME", str(home["dir"]))
+    df = _penguins(600).drop(columns="id")
+    train("mlp", df, target="species", epochs=2, name="pengs", progress=False)
+    export("pengs")
+    train("mlp", df, target="species", epochs=1, seed=1, name="pengs", progress=False)  # v2, not exported
+    Registry().set_alias("pengs", "production", 1)
+    rng = np.random.default_rng(1)
+    reg = pd.DataFrame({"x1": rng.normal(size=400), "x2": rng.normal(size=400)})
+    reg["y"] = 3 * reg.x1 - reg.x2 + rng.normal(scale=0.1, size=400)
+    train("mlp", reg, target="y", epochs=2, name="reg", progress=False)
+    export("reg")
+    return {"reg": reg}
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from aimass.models import resolve_model
 from aimass.registry import Registry
 from aimass import launcher as S
 from aimass.loadtesting import loadtest
+from factory import make_version, shared_home
 
 # A user model (stored as source, like a class defined in a notebook) whose forward misbehaves on magic inputs:
 # a first raw pixel of 1e6 sleeps 2.5 s, -1e6 kills the worker process. Served by the torch backend.
@@ -34,51 +35,16 @@ QUIRKY_SOURCE = textwrap.dedent('''
 ''')
 
 
-def _digits():
-    ds = load_data("digits"); sp = split(ds, seed=0)
-    return ds, sp, Preprocessor.fit(sp.train)
-
-
-def _register(name, net, spec, ds, sp, pre, epochs=2):
-    xtr, ytr = torch.from_numpy(pre.transform(sp.train.X)), torch.from_numpy(sp.train.y)
-    opt = torch.optim.AdamW(net.parameters(), 1e-3)
-    for _ in range(epochs):
-        for i in range(0, len(ytr), 32):
-            opt.zero_grad(); torch.nn.functional.cross_entropy(net(xtr[i:i+32]), ytr[i:i+32]).backward(); opt.step()
-    buf = io.BytesIO(); np.savez(buf, x=pre.transform(sp.test.X), y=sp.test.y)
-    card = {"task": "classification", "classes": ds.classes, "target": {"name": "digit", "mean": 0.0, "std": 1.0},
-            "model": "custom" if "source" in spec else spec["template"], "spec": spec, "input_shape": list(pre.input_shape),
-            "num_outputs": 10, "preprocessor": pre.to_dict(), "schema": pre.schema, "metrics": {"test": {}}}
-    return Registry().save(name, card, net.state_dict(), files={"heldout.npz": buf.getvalue()})
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory):
+@shared_home(scope="module")
+def home(folder):
     "One AIMASS_HOME for the module with a cnn digits model (exported to ONNX) and the quirky user model."
-    old = os.environ.get("AIMASS_HOME")
-    d = tmp_path_factory.mktemp("aimass_home")
-    os.environ["AIMASS_HOME"] = str(d)
-    torch.manual_seed(0)
-    ds, sp, pre = _digits()
-    net, spec = resolve_model("cnn", pre.input_shape, 10)
-    _register("digits-cnn", net, spec, ds, sp, pre)
     from aimass.exporting import export
+    make_version("cnn", name="digits-cnn", epochs=2)
     export("digits-cnn")
     spec_q = {"class": "aimass_user_model:Quirky", "kwargs": {"in_features": 64, "num_outputs": 10}, "lightning": False,
               "source": QUIRKY_SOURCE}
-    from aimass.models import model_from_spec
-    _register("quirky", model_from_spec(spec_q), spec_q, ds, sp, pre, epochs=1)
-    yield {"dir": d, "test_x": sp.test.X}
-    S.stop(all=True)
-    if old is None: os.environ.pop("AIMASS_HOME", None)
-    else: os.environ["AIMASS_HOME"] = old
-
-
-@pytest.fixture(autouse=True)
-def aimass_home(home, monkeypatch):
-    "Overrides conftest's per-test registry: the servers here share the module's models."
-    monkeypatch.setenv("AIMASS_HOME", str(home["dir"]))
-    return home["dir"]
+    make_version(spec=spec_q, name="quirky", epochs=1)
+    return {"test_x": split(load_data("digits"), seed=0).test.X}
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +97,7 @@ def test_predictions_match_registry(home, onnx_server):
     assert httpx.get(onnx_server.url + "/openapi.json").json()["paths"]["/predict"]
 
 
+@pytest.mark.slow
 def test_torch_backend_matches(home):
     with S.serve("digits-cnn", backend="torch") as srv:
         x = home["test_x"][:20]
@@ -223,6 +190,7 @@ def test_payload_limit_per_server(home, quirky_server):
     assert r.status_code == 413
 
 
+@pytest.mark.slow
 def test_worker_death_gets_5xx_and_recovers(home, quirky_server):
     t0 = time.monotonic()
     r = httpx.post(quirky_server.url + "/predict", json={"instances": [[-1e6] + [0.0] * 63]}, headers=quirky_server.headers, timeout=30)
@@ -260,6 +228,7 @@ def test_stop_frees_port_and_lists(home):
     with pytest.raises(AimassError, match="No server"): S.stop("nope")
 
 
+@pytest.mark.slow
 def test_restart_keeps_url(home):
     srv = S.serve("digits-cnn", backend="onnx")
     try:
@@ -279,6 +248,7 @@ OWNER_SCRIPT = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_server_dies_with_its_owner(home, tmp_path):
     script = tmp_path/"owner.py"; script.write_text(OWNER_SCRIPT)
     owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=os.environ.copy())
@@ -298,6 +268,7 @@ def test_server_dies_with_its_owner(home, tmp_path):
         if owner.poll() is None: owner.kill()
 
 
+@pytest.mark.slow
 def test_stop_lets_requests_in_flight_finish(home):
     # stop() (and docker stop, which sends the same SIGTERM to a bundle's server) drains: the HTTP process stops
     # accepting, answers what it holds, then the whole group ends

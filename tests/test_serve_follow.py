@@ -6,38 +6,30 @@ import pandas as pd
 import pytest
 
 httpx = pytest.importorskip("httpx")
+pytestmark = pytest.mark.slow  # each test runs servers for several seconds, some under load
 
 from aimass.core import AimassError
 from aimass.registry import Registry
 from aimass import launcher as S
 from aimass.loadtesting import loadtest
+from factory import shared_home
 
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory):
+@shared_home(scope="module")
+def home(folder):
     "digits v1 and v2 (different seeds, both exported), v3 (not exported), and a tabular model with a categorical column."
     from aimass.training import train
     from aimass.exporting import export
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AIMASS_HOME", str(d := tmp_path_factory.mktemp("aimass_home")))
-        for seed in (0, 1):
-            train("mlp", "digits", epochs=1, seed=seed, name="digits", progress=False)
-            export(f"digits:v{seed + 1}")
-        train("mlp", "digits", epochs=1, seed=2, name="digits", progress=False)  # v3: no ONNX export
-        rng = np.random.default_rng(0)
-        df = pd.DataFrame({"bill": rng.normal(45, 5, 200).round(1), "island": rng.choice(["Biscoe", "Dream"], 200)})
-        df["heavy"] = np.where((df.bill > 45) ^ (df.island == "Dream"), "yes", "no")
-        df.loc[::9, "bill"] = np.nan
-        train("mlp", df, target="heavy", epochs=2, name="pengs", progress=False)
-        export("pengs")
-        try: yield d
-        finally: S.stop(all=True)
-
-
-@pytest.fixture(autouse=True)
-def aimass_home(home, monkeypatch):
-    "Overrides conftest's per-test registry: the servers here share the module's models."
-    monkeypatch.setenv("AIMASS_HOME", str(home))
+    for seed in (0, 1):
+        train("mlp", "digits", epochs=1, seed=seed, name="digits", progress=False)
+        export(f"digits:v{seed + 1}")
+    train("mlp", "digits", epochs=1, seed=2, name="digits", progress=False)  # v3: no ONNX export
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"bill": rng.normal(45, 5, 200).round(1), "island": rng.choice(["Biscoe", "Dream"], 200)})
+    df["heavy"] = np.where((df.bill > 45) ^ (df.island == "Dream"), "yes", "no")
+    df.loc[::9, "bill"] = np.nan
+    train("mlp", df, target="heavy", epochs=2, name="pengs", progress=False)
+    export("pengs")
 
 
 def _rows(n=64):

@@ -1,12 +1,12 @@
-"Training: resume, interrupts, NaN losses, global state, CSV data, init_from, several processes."
-import os, signal, subprocess, sys, textwrap
+"Training: resume, interrupts, NaN losses, global state, CSV data, init_from, several processes, the loop's choice."
+import os, signal, subprocess, sys, textwrap, warnings
 import numpy as np, pandas as pd, pytest, torch
 from torch import nn
 import lightning as L
 from conftest import PYTHON, ROOT
 from aimass.core import AimassError
 from aimass.registry import Registry, load
-from aimass.training import train
+from aimass.training import LoopChoice, train
 from aimass.models import read_state_dict
 
 
@@ -28,6 +28,15 @@ class Explodes(nn.Module):
         return out * float("nan") if self.training and self.calls > 60 else out
 
 
+class OwnModule(L.LightningModule):
+    "A LightningModule of the user's: Lightning's loops run its steps."
+    def __init__(self, in_features, num_classes):
+        super().__init__(); self.lin = nn.Linear(in_features, num_classes)
+    def forward(self, x): return self.lin(x)
+    def training_step(self, batch, batch_idx): return nn.functional.cross_entropy(self(batch[0]), batch[1])
+    def configure_optimizers(self): return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
 def weights(ref): return read_state_dict(Registry().get(ref).file("weights.safetensors"))
 
 
@@ -37,6 +46,7 @@ def assert_registered_weights_are(run, checkpoint):
     for k, v in registered.items(): torch.testing.assert_close(v, checkpoint["state_dict"]["net." + k], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_interrupt_ends_cleanly_and_resume_matches_an_uninterrupted_run():
     straight = train("mlp", "digits", epochs=4, seed=3, name="straight", progress=False)
     steps = 40  # batches per epoch: 1257 training rows / 32
@@ -78,6 +88,7 @@ def test_global_state_is_restored():
     assert os.environ.get("PL_GLOBAL_SEED") == env
 
 
+@pytest.mark.slow
 def test_csv_with_categories_and_missing_values_predicts_the_same_from_raw_rows(tmp_path):
     rng = np.random.default_rng(0)
     n = 300
@@ -120,15 +131,19 @@ DDP_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_process_ddp_on_cpu_from_a_script(tmp_path):
     script = tmp_path/"ddp_train.py"; script.write_text(DDP_SCRIPT)
     out = subprocess.run([PYTHON, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=os.environ.copy())
     assert out.returncode == 0, out.stderr[-3000:]
     result = [l for l in out.stdout.splitlines() if l.startswith("RESULT")]
     assert len(result) == 1 and result[0].split()[1] == "ddp:v1"  # only rank 0 registers
-    assert Registry().get("ddp:v1").card.hparams["strategy"] == "DDPStrategy"
+    hparams = Registry().get("ddp:v1").card.hparams
+    assert hparams["strategy"] == "DDPStrategy"
+    assert hparams["loop"]["batches_per_step"] == 1 and hparams["loop"]["reasons"] == ["2 processes (DDPStrategy) run Lightning's loops in step"]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_from_a_notebook_kernel(tmp_path):
     import nbformat
     from nbclient import NotebookClient
@@ -141,38 +156,151 @@ def test_two_process_ddp_from_a_notebook_kernel(tmp_path):
     assert "ddpnb:v1" in text and "DDP" in text
 
 
+class CountSteps(L.Callback):
+    "Epoch- and fit-level hooks only: training keeps the fast path."
+    def __init__(self): self.epochs, self.steps, self.seen = 0, None, []
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.epochs += 1
+        self.seen.append({k: float(trainer.callback_metrics[k]) for k in ("val_loss", "val_acc", "val_f1")})
+    def on_train_end(self, trainer, pl_module): self.steps = trainer.global_step
+
+
+class CountBackward(CountSteps):
+    "Also watches every backward pass: chunks stay, but each step goes through Lightning's wrapper."
+    def __init__(self): super().__init__(); self.backwards = 0
+    def on_after_backward(self, trainer, pl_module): self.backwards += 1
+
+
+class CountBatches(L.Callback):
+    "Per-batch hooks: Lightning's loop must call them once per optimizer step."
+    def __init__(self): self.starts, self.ends, self.sizes = 0, 0, set()
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx): self.starts += 1
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx): self.ends += 1; self.sizes.add(len(batch[1]))
+
+
+def digits_rows():
+    from aimass.data import load_data, split
+    return len(split(load_data("digits"), seed=0).train.y)
+
+
+def digits_steps(epochs, batch_size=32): return epochs * -(-digits_rows() // batch_size)
+
+
+def last_step(run): return torch.load(run.run_dir/"checkpoints"/"last.ckpt", weights_only=True)["global_step"]
+
+
+def aimass_notes(caught): return [str(w.message) for w in caught if str(w.message).startswith("aimass:")]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("direct_steps", [True, False])
-def test_several_batches_per_lightning_step_make_the_same_updates(monkeypatch, direct_steps):
+def test_several_batches_per_lightning_step_make_the_same_updates(direct_steps):
     # On one device aimass.train hands Lightning chunks of batches and steps once per batch (TaskModule), calling
-    # backward and the optimizer itself where Lightning's wrapper would add nothing (direct_steps), and validates
-    # outside Lightning's loop; a user callback turns all that off. Both must end at the same weights, count the
-    # same optimizer steps and report the same validation metrics.
-    import lightning as L
-    import aimass.models
-    if not direct_steps: monkeypatch.setattr(aimass.models, "plain_lightning_step", lambda trainer, module: False)
-    class CountSteps(L.Callback):
-        def on_train_end(self, trainer, pl_module): self.steps = trainer.global_step
-    counter = CountSteps()
-    chunked = train("mlp", "digits", epochs=3, batch_size=16, name="chunked", progress=False)
-    plain = train("mlp", "digits", epochs=3, batch_size=16, name="plain", progress=False, callbacks=[counter])
+    # backward and the optimizer itself where Lightning's wrapper would add nothing (direct_steps: a callback that
+    # watches gradients keeps Lightning's wrapper), and validates outside Lightning's loop; batches_per_step=1 takes
+    # Lightning's own loops. Both must end at the same weights, count the same optimizer steps and report the same
+    # validation metrics.
+    counter = CountSteps() if direct_steps else CountBackward()
+    chunked = train("mlp", "digits", epochs=3, batch_size=16, name="chunked", progress=False, callbacks=[counter])
+    plain = train("mlp", "digits", epochs=3, batch_size=16, name="plain", progress=False, batches_per_step=1)
+    assert (chunked.loop.batches_per_step, chunked.loop.validation, chunked.loop.direct_steps) == (16, "one pass", direct_steps)
+    assert (plain.loop.batches_per_step, plain.loop.validation, plain.loop.checkpoints) == (1, "lightning", "in place")
     a, b = (read_state_dict(r.version.path/"weights.safetensors") for r in (chunked, plain))
     assert a.keys() == b.keys()
     for k in a: np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), atol=1e-6, err_msg=k)
     assert list(chunked.history.columns) == list(plain.history.columns) == ["epoch", "train_loss", "val_loss", "val_acc", "val_f1"]
     np.testing.assert_allclose(chunked.history.to_numpy(), plain.history.to_numpy(), rtol=1e-5)
-    from aimass.data import load_data, split
-    expected = 3 * -(-len(split(load_data("digits"), seed=0).train.y) // 16)
-    chunked_steps = torch.load(chunked.run_dir/"checkpoints"/"last.ckpt", weights_only=True)["global_step"]
-    assert counter.steps == chunked_steps == expected
+    expected = digits_steps(3, 16)
+    assert counter.steps == last_step(chunked) == last_step(plain) == expected
+    assert counter.epochs == 3
+    if not direct_steps: assert counter.backwards == expected
+
+
+@pytest.mark.slow
+def test_an_epoch_level_callback_keeps_the_fast_path_and_is_called_every_epoch():
+    # Any callback used to switch the whole fast path off, silently. One with epoch- and fit-level hooks only (and
+    # Lightning's EarlyStopping) needs none of Lightning's per-batch or validation-loop hooks: it keeps the fast
+    # path, no note is shown, and it sees every epoch's validation metrics.
+    from lightning.pytorch.callbacks import EarlyStopping
+    counter = CountSteps()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = train("mlp", "digits", epochs=4, name="epochs", progress=False,
+                    callbacks=[counter, EarlyStopping("val_loss", patience=10)])
+    assert run.loop.fast and run.loop.reasons == [] and not aimass_notes(caught)
+    assert counter.epochs == 4 and counter.steps == digits_steps(4)
+    for k in ("val_loss", "val_acc", "val_f1"):
+        np.testing.assert_allclose([row[k] for row in counter.seen], run.history[k], rtol=1e-6)
+    assert run.version.card.hparams["loop"] == run.loop.to_dict()
+    assert "loop: fast path" in repr(run)
+
+
+@pytest.mark.slow
+def test_a_per_batch_callback_is_called_once_per_optimizer_step_and_the_run_says_why():
+    counter = CountBatches()
+    with pytest.warns(UserWarning, match="CountBatches overrides on_train_batch_start, on_train_batch_end, so Lightning's loop runs one batch"):
+        run = train("mlp", "digits", epochs=2, name="batches", progress=False, callbacks=[counter])
+    assert counter.starts == counter.ends == last_step(run) == digits_steps(2)
+    assert counter.sizes == {32, digits_rows() % 32}  # single batches (the epoch's last one shorter), never chunks
+    assert (run.loop.batches_per_step, run.loop.validation, run.loop.checkpoints) == (1, "one pass", "background")
+    assert run.loop.reasons == ["CountBatches overrides on_train_batch_start, on_train_batch_end"]
+    card = Registry().get(run.ref).card
+    assert card.hparams["loop"]["reasons"] == run.loop.reasons and card.hparams["batches_per_step"] == "auto"
+    assert "CountBatches overrides on_train_batch_start" in repr(run) and "CountBatches overrides" in run._repr_html_()
+    # a number of batches per step is a choice: chunks, which the callback sees, and no note
+    counter = CountBatches()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = train("mlp", "digits", epochs=2, name="batches", progress=False, callbacks=[counter], batches_per_step=8)
+    assert not aimass_notes(caught) and run.loop.batches_per_step == 8 and run.loop.direct_steps
+    assert counter.ends == 2 * -(-digits_steps(1) // 8) and last_step(run) == digits_steps(2)
+    assert run.loop.reasons == ["CountBatches overrides on_train_batch_start, on_train_batch_end: it sees chunks of 8 batches"]
+
+
+def test_a_validation_loop_callback_gets_lightnings_validation_loop():
+    class WatchValidation(L.Callback):
+        calls = 0
+        def on_validation_epoch_end(self, trainer, pl_module): self.calls += 1
+    watch = WatchValidation()
+    with pytest.warns(UserWarning, match="WatchValidation overrides on_validation_epoch_end, so validation runs in Lightning's loop"):
+        run = train("mlp", "digits", epochs=3, name="watched", progress=False, callbacks=[watch])
+    assert watch.calls == 3
+    assert (run.loop.batches_per_step, run.loop.validation, run.loop.direct_steps) == (16, "lightning", True)
+
+
+def test_batches_per_step_1_forces_lightnings_own_loops():
+    class Inspect(L.Callback):
+        "Epoch-level: what the loop looked like from inside."
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.seen = (pl_module.automatic_optimization, trainer.num_training_batches, sum(trainer.num_val_batches),
+                         type(trainer.strategy.checkpoint_io).__name__)
+    fast, plain = Inspect(), Inspect()
+    train("mlp", "digits", epochs=1, name="fast", progress=False, callbacks=[fast])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = train("mlp", "digits", epochs=1, name="plain", progress=False, callbacks=[plain], batches_per_step=1)
+    assert fast.seen == (False, -(-digits_steps(1) // 16), 0, "BackgroundCheckpointIO")
+    assert plain.seen[0] is True and plain.seen[1] == digits_steps(1) and plain.seen[2] > 0 and plain.seen[3] == "TorchCheckpointIO"
+    assert run.loop == LoopChoice(1, "lightning", "in place", False, ["batches_per_step=1: Lightning's own loops"], 1)
+    assert not aimass_notes(caught)
+
+
+def test_bad_batches_per_step():
+    with pytest.raises(AimassError, match="'auto' or a whole number"): train("mlp", "iris", batches_per_step=0)
+    with pytest.raises(AimassError, match="'auto' or a whole number"): train("mlp", "iris", batches_per_step="fast")
+    with pytest.raises(AimassError, match="needs aimass's task wrapper on one device"):
+        train(OwnModule, "iris", batches_per_step=4, progress=False)
+    run = train(OwnModule, "iris", epochs=2, progress=False)  # auto: Lightning's loops run its steps
+    assert run.loop.batches_per_step == 1 and run.loop.validation == "lightning" and run.loop.checkpoints == "background"
 
 
 @pytest.mark.parametrize("precision", ["64-true", "bf16-true", "bf16-mixed"])
 def test_other_precisions_validate_and_step_alike_on_both_paths(precision):
     # The single-device path validates outside Lightning's loop: inputs must still get the precision's dtype
     # (float64, bfloat16) and autocast, as Lightning's loop gives them.
-    import lightning as L
     fast = train("mlp", "iris", epochs=2, precision=precision, name="fast", progress=False)
-    slow = train("mlp", "iris", epochs=2, precision=precision, name="slow", progress=False, callbacks=[L.Callback()])
+    slow = train("mlp", "iris", epochs=2, precision=precision, name="slow", progress=False, batches_per_step=1)
+    assert fast.loop.validation == "one pass" and slow.loop.validation == "lightning"
     np.testing.assert_allclose(fast.history.to_numpy(), slow.history.to_numpy(), rtol=1e-5)
     assert fast.test_metrics == slow.test_metrics
 
@@ -182,11 +310,10 @@ def test_last_checkpoint_is_the_last_epoch_and_best_is_the_lowest_validation_los
     # Random labels: the model memorizes the training rows and the validation loss rises after its first epochs,
     # so the best epoch is not the last. last.ckpt must still hold the last epoch (where resume starts), best.ckpt
     # the lowest validation loss, and the registered weights must be the best ones.
-    import lightning as L
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(400, 20)).astype(np.float32), rng.integers(0, 3, 400)
-    callbacks = None if fast_path else [L.Callback()]  # any user callback takes Lightning's own loops
-    run = train("mlp", (X, y), epochs=8, lr=1e-2, name="memorize", progress=False, callbacks=callbacks)
+    run = train("mlp", (X, y), epochs=8, lr=1e-2, name="memorize", progress=False, batches_per_step="auto" if fast_path else 1)
+    assert run.loop.fast == fast_path
     best_epoch = int(run.history.val_loss.idxmin()) + 1
     assert best_epoch < 8
     ck = run.run_dir/"checkpoints"
@@ -200,11 +327,11 @@ def test_last_checkpoint_is_the_last_epoch_and_best_is_the_lowest_validation_los
 
 @pytest.mark.parametrize("fast_path", [True, False])
 def test_early_stopping_ends_after_patience_epochs_without_improvement(fast_path):
-    import lightning as L
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(400, 20)).astype(np.float32), rng.integers(0, 3, 400)
     run = train("mlp", (X, y), epochs=30, lr=1e-2, early_stopping=2, name="patience", progress=False,
-                callbacks=None if fast_path else [L.Callback()])
+                batches_per_step="auto" if fast_path else 1)
+    assert run.loop.fast == fast_path
     assert run.status == "early-stopped"
     best = int(run.history.val_loss.idxmin()) + 1
     assert len(run.history) == best + 2 < 30  # two epochs without a new low, then stop

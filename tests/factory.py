@@ -1,0 +1,78 @@
+"""What the tests make, in one place: small trained versions registered the way `aimass.train` stores them, and one
+AIMASS_HOME shared by a module's (or the session's) tests.
+
+    from factory import make_version, shared_home
+
+    mv = make_version("linear")                           # 3 epochs on digits, registered as digits-linear:v1
+
+    @shared_home(scope="module")                          # the module's `home` fixture; every test there uses it
+    def home(folder):
+        make_version("cnn", name="digits-cnn", epochs=2)  # AIMASS_HOME is `folder` while this runs
+        return {"rows": ...}                              # more keys of the fixture's value, beside "dir" (= folder)
+"""
+import io, sys
+from pathlib import Path
+import numpy as np
+import pytest
+
+
+def make_version(model="mlp",    # a template name (mlp, cnn, linear); ignored when `spec` is given
+                 data="digits",  # a dataset name or an aimass.data.Dataset
+                 epochs=3,       # passes over the training split (a plain loop, no Lightning: fast)
+                 name=None,      # registered name; default "<dataset>-<model>"
+                 spec=None,      # a model spec (template or class, with source) instead of `model`
+                 seed=0,         # torch seed for the weights and the batches
+                 **model_kwargs):
+    "A few epochs of a template (or a spec) on a dataset, registered as aimass.train stores it: card, weights, heldout.npz."
+    import torch
+    from aimass.data import Preprocessor, load_data, split
+    from aimass.models import model_from_spec, resolve_model
+    from aimass.registry import Registry
+    ds = load_data(data) if isinstance(data, str) else data
+    sp = split(ds, seed=0); pre = Preprocessor.fit(sp.train)
+    nout = ds.num_classes or 1
+    torch.manual_seed(seed)
+    if spec is None: net, spec = resolve_model(model, pre.input_shape, nout, model_kwargs)
+    else: net = model_from_spec(spec, pre.input_shape, nout)
+    xtr, ytr = torch.from_numpy(pre.transform(sp.train.X)), torch.from_numpy(sp.train.y)
+    ymean, ystd = (float(ytr.mean()), float(ytr.std())) if ds.task == "regression" else (0.0, 1.0)
+    if any(p.requires_grad for p in net.parameters()):
+        opt = torch.optim.AdamW(net.parameters(), 1e-3)
+        for _ in range(epochs):
+            for i in range(0, len(ytr), 32):
+                out, yb = net(xtr[i:i+32]), ytr[i:i+32]
+                loss = (torch.nn.functional.cross_entropy(out, yb) if ds.task == "classification"
+                        else torch.nn.functional.mse_loss(out.reshape(-1), (yb - ymean) / ystd))
+                opt.zero_grad(); loss.backward(); opt.step()
+    buf = io.BytesIO(); np.savez(buf, x=pre.transform(sp.test.X), y=sp.test.y)
+    card = {"task": ds.task, "classes": ds.classes, "target": {"name": ds.target, "mean": ymean, "std": ystd},
+            "model": spec.get("template", "custom"), "spec": spec, "input_shape": list(pre.input_shape),
+            "num_outputs": nout, "preprocessor": pre.to_dict(), "schema": pre.schema, "metrics": {"test": {}}}
+    return Registry().save(name or f"{ds.name}-{model}", card, net.state_dict(), files={"heldout.npz": buf.getvalue()})
+
+
+def _stop_servers():
+    "Servers this process started in a shared home end with it (only if a test imported the launcher at all)."
+    launcher = sys.modules.get("aimass.launcher")
+    if launcher is not None: launcher.stop(all=True)
+
+
+class SharedHome(dict):
+    "The value of a `shared_home` fixture: {'dir': the AIMASS_HOME folder, **what `fill` returned}."
+
+
+def shared_home(scope="module"):  # "module" or "session": how long the home and what `fill` made in it live
+    """Turns `fill(folder) -> dict|None` into the autouse `home` fixture: AIMASS_HOME is the new `folder` while `fill`
+    runs and during every test of the module (conftest's `aimass_home` sees it), instead of an empty one per test.
+    The fixture's value is `SharedHome(dir=folder, **fill(folder))`; servers still running when the scope ends are
+    stopped."""
+    def decorate(fill):
+        def home(tmp_path_factory):
+            folder = tmp_path_factory.mktemp(fill.__name__)
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("AIMASS_HOME", str(folder))
+                try: yield SharedHome(dir=folder, **(fill(folder) or {}))
+                finally: _stop_servers()
+        home.__doc__ = fill.__doc__
+        return pytest.fixture(scope=scope, autouse=True, name="home")(home)
+    return decorate
