@@ -79,10 +79,10 @@ def main():
     import aimass.training  # imports (torch, lightning) are not part of either timing
     progress = False if a.progress == "none" else a.progress
     aimass_run(1, a.batch_size, False); raw_loop(1, a.batch_size); raw_loop(1, a.batch_size, dataloader=True)  # warm-up
-    times = {"dataloader loop": [], "tight loop": [], "aimass.training": []}
+    times = {"dataloader loop": [], "tight loop": [], "aimass.train": []}
     runs = {"dataloader loop": lambda: raw_loop(a.epochs, a.batch_size, dataloader=True),
             "tight loop": lambda: raw_loop(a.epochs, a.batch_size),
-            "aimass.training": lambda: aimass_run(a.epochs, a.batch_size, progress, a.callback)}
+            "aimass.train": lambda: aimass_run(a.epochs, a.batch_size, progress, a.callback)}
     for i in range(a.repeats):  # interleaved, so load from other processes hits every side alike
         line = []
         for k, f in runs.items():
@@ -96,7 +96,7 @@ def main():
     print(f"ratio aimass.train / hand-written DataLoader loop: {med['aimass.training']/med['dataloader loop']:.3f}  (target <= 1.15)")
     print(f"ratio aimass.train / tight index-slicing loop:    {med['aimass.training']/med['tight loop']:.3f}")
     # This machine's neighbours come and go; ratios within one repeat (seconds apart) show how much that moved.
-    paired = sorted(a/b for a, b in zip(times["aimass.training"], times["dataloader loop"]))
+    paired = sorted(a/b for a, b in zip(times["aimass.train"], times["dataloader loop"]))
     print(f"per-repeat ratios to the DataLoader loop: median {statistics.median(paired):.3f}, range {paired[0]:.3f} to {paired[-1]:.3f}")
 
 if __name__ == "__main__":
