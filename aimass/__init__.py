@@ -11,7 +11,7 @@ _API = {
     # verbs: also `%aimass VERB` and `aimass VERB`, with flags from their signatures (see aimass.commands)
     "train": "training", "export": "exporting", "bench": "benchmark", "predict": "inference",
     "serve": "launcher", "servers": "launcher", "stop": "launcher", "loadtest": "loadtesting", "bundle": "deployment",
-    "list_models": "registry", "promote": "registry", "rollback": "registry", "delete": "registry",
+    "list_models": "registry", "promote": "registry", "rollback": "registry", "delete": "registry", "doctor": "registry",
     # the registry and its records
     "load": "registry", "show": "registry", "set_alias": "registry", "Registry": "registry", "ModelCard": "registry",
     # data, and the objects the verbs return

@@ -6,7 +6,7 @@ Docs: https://aimass.github.io/aimass/benchmark.html.md"""
 
 # %% ../nbs/06_benchmark.ipynb #56df734e
 from __future__ import annotations
-import base64, gc, io, json, math, os, platform, time
+import base64, contextlib, ctypes, gc, io, json, math, os, platform, time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -63,7 +63,7 @@ def time_calls(fn, x, warmup: int = 10, repeats: int = 100) -> np.ndarray:
 def latency_row(ms: np.ndarray, batch_size: int) -> dict:
     "p50/p90/p99 latency (ms) and throughput (rows per second at the p50)."
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "throughput": float(batch_size / (p50 / 1e3))}
+    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "rows_per_s": float(batch_size / (p50 / 1e3))}
 
 # %% ../nbs/06_benchmark.ipynb #d848fe87
 def batch_of(x: np.ndarray, n: int) -> np.ndarray:
@@ -71,10 +71,37 @@ def batch_of(x: np.ndarray, n: int) -> np.ndarray:
     return np.ascontiguousarray(np.resize(x, (n, *x.shape[1:])) if n > len(x) else x[:n])
 
 # %% ../nbs/06_benchmark.ipynb #754b65e2
+def _proc_mb(key: str) -> float:
+    "A memory figure of this process from `/proc/self/status` (Linux), like `VmRSS` or `VmHWM`, in MB."
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"): return int(line.split()[1]) / 1024
+    raise OSError(f"no {key} in /proc/self/status")
+
+# %% ../nbs/06_benchmark.ipynb #cd97689c
 def _rss_mb() -> float:
-    "This process's resident set size in MB."
+    "This process's resident set size in MB (psutil: every platform)."
     import psutil
     return psutil.Process().memory_info().rss / 2**20
+
+# %% ../nbs/06_benchmark.ipynb #6a2c7e2e
+def _peak_meter():
+    "Start measuring: a function that returns how far resident memory rose above now (MB), at its highest since this call."
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)  # glibc: hand freed heap pages back, so that reusing them shows as growth
+    try:
+        with open("/proc/self/clear_refs", "w") as f: f.write("5")  # Linux: the high-water mark starts again from here
+        rss0 = _proc_mb("VmRSS")
+        return lambda: max(0.0, _proc_mb("VmHWM") - rss0)
+    except OSError:  # elsewhere: sampled when asked, so a transient peak is missed
+        rss0 = _rss_mb()
+        return lambda: max(0.0, _rss_mb() - rss0)
+
+# %% ../nbs/06_benchmark.ipynb #2c1e3fdf
+def _weights_mb(lm) -> float:
+    "The size of the loaded model's weights and buffers in MB."
+    return sum(t.numel() * t.element_size() for t in [*lm.predictor.parameters(), *lm.predictor.buffers()]) / 2**20
 
 # %% ../nbs/06_benchmark.ipynb #aa229a42
 def _metric(fn, lm, x, y, batch: int) -> float:
@@ -87,7 +114,7 @@ def _metric(fn, lm, x, y, batch: int) -> float:
 class BenchReport:
     "Benchmark results of one version: a tidy `table`, the `best` backends, skipped backends and a latency plot."
     ref: str
-    table: pd.DataFrame        # backend, batch_size, p50_ms, p90_ms, p99_ms, throughput, peak_mem_mb, metric
+    table: pd.DataFrame        # backend, batch_size, p50_ms, p90_ms, p99_ms, rows_per_s, peak_mem_mb, metric
     threads: int
     metric_name: str
     skipped: dict = field(default_factory=dict)   # backend -> why
@@ -122,16 +149,22 @@ def speedups(self: BenchReport, baseline="torch") -> dict:
 # %% ../nbs/06_benchmark.ipynb #d996d5a7
 @patch
 def plot(self: BenchReport, ax=None):
-    "Median latency by batch size for each backend (log-log)."
+    "p50 latency by batch size for each backend (log-log), with bars up to p99 and ticks at p90; the legend beside the axes."
     from matplotlib.figure import Figure
     fig = None
-    if ax is None: fig = Figure(figsize=(6, 4)); ax = fig.subplots()
-    for b, g in self.table.groupby("backend", sort=False):
-        ax.plot(g.batch_size, g.p50_ms, marker="o", label=b)
+    if ax is None: fig = Figure(figsize=(7, 4)); ax = fig.subplots()
+    groups = list(self.table.groupby("backend", sort=False))
+    for i, (b, g) in enumerate(groups):
+        x = g.batch_size * 2 ** (0.08 * (i - (len(groups) - 1) / 2))  # a little apart on the log axis
+        bars = ax.errorbar(x, g.p50_ms, yerr=[np.zeros(len(g)), g.p99_ms - g.p50_ms], marker="o", capsize=3, label=b)
+        ax.plot(x, g.p90_ms, linestyle="none", marker="_", markersize=9, color=bars.lines[0].get_color())
     ax.set_xscale("log", base=2); ax.set_yscale("log")
-    ax.set_xlabel("batch size"); ax.set_ylabel("p50 latency (ms)")
-    ax.set_title(f"{self.ref}: p50 latency ({self.threads} thread{'s' if self.threads != 1 else ''})")
-    ax.grid(True, which="both", alpha=0.3); ax.legend()
+    sizes = sorted(self.table.batch_size.unique())
+    ax.set_xticks(sizes, [str(b) for b in sizes]); ax.minorticks_off()
+    ax.set_xlabel("batch size (rows)"); ax.set_ylabel("latency (ms)")
+    ax.set_title(f"{self.ref}: p50 latency, bars to p99, ticks at p90\n({self.threads} thread{'s' if self.threads != 1 else ''})", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, frameon=False)
     return fig or ax.figure
 
 # %% ../nbs/06_benchmark.ipynb #43d235cb
@@ -152,22 +185,38 @@ def _head(self: BenchReport) -> str:
     return s + f"; overall: {best['overall']}"
 
 # %% ../nbs/06_benchmark.ipynb #507ef8c5
-@patch
-def __repr__(self: BenchReport):
-    return self._head() + "\n" + self.table.to_string(index=False, float_format="{:.4g}".format) + \
-        "".join(f"\nskipped {b}: {why}" for b, why in self.skipped.items())
+def _plain(v: float, digits: int = 3) -> str:
+    "`v` to `digits` significant digits in plain notation, thousands separated: 0.00961, 12.3, 32,100."
+    if v != v: return ""  # NaN
+    s = np.format_float_positional(v, precision=digits, fractional=False, trim="-")
+    return f"{float(s):,.0f}" if abs(float(s)) >= 1000 else s
 
 # %% ../nbs/06_benchmark.ipynb #445a205e
 @patch
-def _repr_markdown_(self: BenchReport):
-    return f"**{self._head()}**\n\n" + markdown_table(self.table) + "".join(f"\n\n*skipped {b}: {w}*" for b, w in self.skipped.items())
+def _shown(self: BenchReport) -> pd.DataFrame:
+    "The table as the reprs show it: units in the headers, numbers as `_plain` text."
+    t = self.table
+    return pd.DataFrame({"backend": t.backend, "batch": t.batch_size,
+                         **{f"{q} (ms)": t[f"{q}_ms"].map(_plain) for q in ("p50", "p90", "p99")},
+                         "throughput (rows/s)": t.rows_per_s.map(_plain), "peak memory (MB)": t.peak_mem_mb.map(_plain),
+                         self.metric_name: t.metric.map("{:.4f}".format)})
 
 # %% ../nbs/06_benchmark.ipynb #85abce4b
+@patch
+def __repr__(self: BenchReport):
+    return self._head() + "\n" + self._shown().to_string(index=False) + "".join(f"\nskipped {b}: {why}" for b, why in self.skipped.items())
+
+# %% ../nbs/06_benchmark.ipynb #145c5550
+@patch
+def _repr_markdown_(self: BenchReport):
+    return f"**{self._head()}**\n\n" + markdown_table(self._shown()) + "".join(f"\n\n*skipped {b}: {w}*" for b, w in self.skipped.items())
+
+# %% ../nbs/06_benchmark.ipynb #f4b7c714
 @patch
 def _repr_html_(self: BenchReport):
     img = base64.b64encode(self.png()).decode()
     skipped = "".join(f"<p><i>skipped {b}: {w}</i></p>" for b, w in self.skipped.items())
-    return (f"<p><b>{self._head()}</b></p>" + self.table.to_html(index=False, float_format="{:.4g}".format) + skipped
+    return (f"<p><b>{self._head()}</b></p>" + self._shown().to_html(index=False) + skipped
             + f'<img src="data:image/png;base64,{img}"/>')
 
 # %% ../nbs/06_benchmark.ipynb #ec7b685a
@@ -178,7 +227,7 @@ def summary(self: BenchReport) -> BenchInfo:
     key = lambda d: {str(k): v for k, v in d.items()}
     return BenchInfo(best_backend=self.best["batch_1"], best_backend_overall=self.best["overall"],
                      p50_ms={b: key(self.p50()[b].dropna().to_dict()) for b in self.p50().columns},
-                     throughput={b: key(g.set_index("batch_size").throughput.to_dict()) for b, g in self.table.groupby("backend")},
+                     throughput={b: key(g.set_index("batch_size").rows_per_s.to_dict()) for b, g in self.table.groupby("backend")},
                      speedup_vs_torch=self.speedups(), metric_name=self.metric_name,
                      metric={b: float(g.metric.iloc[0]) for b, g in self.table.groupby("backend")},
                      threads=self.threads, batch_sizes=sorted(int(b) for b in self.table.batch_size.unique()),
@@ -190,12 +239,13 @@ def summary(self: BenchReport) -> BenchInfo:
 
 # %% ../nbs/06_benchmark.ipynb #5486b1a3
 def _checked(backends, batch_sizes, threads: int, repeats: int) -> tuple[list, list]:
-    "Backends (once each, in order) and batch sizes (sorted), or an `AimassError` saying what is wrong."
+    "Backends (once each, in order) and batch sizes (sorted), or an `AimassError` naming the one value that is wrong."
     backends, batch_sizes = list(dict.fromkeys(backends)), sorted({int(b) for b in batch_sizes})
     for b in backends:
         if b not in BACKENDS: raise AimassError(f"Unknown backend {b!r}: use {', '.join(BACKENDS)}.")
-    if not batch_sizes or batch_sizes[0] < 1: raise AimassError(f"batch_sizes must be positive integers, not {batch_sizes}.")
-    if threads < 1 or repeats < 1: raise AimassError(f"threads and repeats must be at least 1 (got {threads}, {repeats}).")
+    if not batch_sizes: raise AimassError("batch_sizes must name at least one batch size, like 1,8,64.")
+    for name, v in (("batch_sizes", batch_sizes[0]), ("threads", threads), ("repeats", repeats)):
+        if v < 1: raise AimassError(f"{name} must be at least 1, not {v}.")
     return backends, batch_sizes
 
 # %% ../nbs/06_benchmark.ipynb #41a92f69
@@ -234,15 +284,15 @@ def _skip_reason(e: Exception) -> str:
 
 # %% ../nbs/06_benchmark.ipynb #be71fd96
 def _prepare(name, lm, x, batch_sizes, warmup, threads, dynamic):
-    "Build backend `name` and warm it up at every batch size: `(run function, seconds, RSS growth in MB)`."
-    gc.collect()
-    rss0, t0 = _rss_mb(), time.perf_counter()
+    "Build backend `name` and warm it up at every batch size: `(run function, seconds, peak memory growth in MB)`."
+    peak, t0 = _peak_meter(), time.perf_counter()
+    weights = _weights_mb(lm) if name.startswith("torch") else 0.0  # loaded before: counted by hand; a session loads its own
     fn = make_backend(name, lm, threads)
     for bs in batch_sizes:
         if not _runnable(name, bs, dynamic): continue
         xb = batch_of(x, bs)
         for _ in range(max(1, warmup)): fn(xb)  # torch.compile compiles here
-    return fn, time.perf_counter() - t0, max(0.0, _rss_mb() - rss0)
+    return fn, time.perf_counter() - t0, weights + peak()
 
 # %% ../nbs/06_benchmark.ipynb #938b40ff
 def time_interleaved(fns: dict, x, repeats: int, rounds: int = 10, block_warmup: int = 2, on_round=None) -> dict:
@@ -286,7 +336,7 @@ def _time_backends(fns: dict, x, batch_sizes, repeats, rounds, dynamic, mem: dic
 def _results_table(rows: list, metric: dict, backends: list) -> pd.DataFrame:
     "The report's table: one row per backend (in the order asked) and batch size, with the backend's test metric."
     for r in rows: r["metric"] = metric[r["backend"]]
-    cols = ["backend", "batch_size", "p50_ms", "p90_ms", "p99_ms", "throughput", "peak_mem_mb", "metric"]
+    cols = ["backend", "batch_size", "p50_ms", "p90_ms", "p99_ms", "rows_per_s", "peak_mem_mb", "metric"]
     table = pd.DataFrame(rows, columns=cols).sort_values(["backend", "batch_size"], key=lambda c: c.map(backends.index) if c.name == "backend" else c)
     return table.reset_index(drop=True)
 

@@ -6,18 +6,20 @@ Docs: https://aimass.github.io/aimass/commands.html.md"""
 
 # %% ../nbs/20_commands.ipynb #a6fab686
 from __future__ import annotations
-import argparse, ast, difflib, importlib.util, inspect, shlex
+import argparse, ast, difflib, functools, importlib.util, inspect, re, shlex
+from dataclasses import dataclass
 from fastcore.basics import patch
 from .core import AimassError, param_docs
 
 # %% auto #0
 __all__ = ['VERBS', 'verb_function', 'Flag', 'CommandError', 'HelpRequested', 'verb_flags', 'declared_flags', 'verb_parser',
-           'run']
+           'AliasMove', 'run']
 
 # %% ../nbs/20_commands.ipynb #f8500123
 VERBS = {"train": "train", "export": "export", "bench": "bench", "predict": "predict", "serve": "serve",
          "servers": "servers", "stop": "stop", "loadtest": "loadtest", "bundle": "bundle", "models": "list_models",
-         "show": "show", "promote": "promote", "rollback": "rollback", "delete": "delete"}
+         "show": "show", "promote": "promote", "rollback": "rollback", "delete": "delete",
+         "doctor": "doctor"}
 
 # %% ../nbs/20_commands.ipynb #6f9150bb
 def verb_function(verb: str):
@@ -26,20 +28,25 @@ def verb_function(verb: str):
     return getattr(aimass, VERBS[verb])
 
 # %% ../nbs/20_commands.ipynb #3d3a4bf6
-def _verb_def(verb: str) -> ast.FunctionDef:
-    "The verb's function as its module's source declares it (nothing is imported)."
-    import aimass
-    name = VERBS[verb]
-    spec = importlib.util.find_spec(f"aimass.{aimass._API[name]}")
-    tree = ast.parse(open(spec.origin).read())
-    # the module's name is bound by its last plain `def`: a method added with `@patch` (`Registry.delete`) leaves it alone
-    return [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name
-            and not any(ast.unparse(d).startswith("patch") for d in n.decorator_list)][-1]
+@functools.lru_cache(maxsize=None)
+def _module_tree(module: str) -> ast.Module:
+    "The parsed source of `aimass.<module>`, read once (nothing is imported)."
+    return ast.parse(open(importlib.util.find_spec(f"aimass.{module}").origin).read())
 
 # %% ../nbs/20_commands.ipynb #0b17d180
+def _verb_def(verb: str) -> tuple[ast.FunctionDef, str]:
+    "`(the verb's function as its module's source declares it, that module's name)` (nothing is imported)."
+    import aimass
+    name = VERBS[verb]
+    module = aimass._API[name]
+    # the module's name is bound by its last plain `def`: a method added with `@patch` (`Registry.delete`) leaves it alone
+    return [n for n in _module_tree(module).body if isinstance(n, ast.FunctionDef) and n.name == name
+            and not any(ast.unparse(d).startswith("patch") for d in n.decorator_list)][-1], module
+
+# %% ../nbs/20_commands.ipynb #2ab75a99
 def verb_summary(verb: str) -> str:
     "The first line of the verb's docstring, read from its module's source (nothing is imported)."
-    return (ast.get_docstring(_verb_def(verb)) or "").split("\n")[0].rstrip(".")
+    return (ast.get_docstring(_verb_def(verb)[0]) or "").split("\n")[0].rstrip(".")
 
 # %% ../nbs/20_commands.ipynb #5718ae2f
 def _split_union(annotation: str) -> list:
@@ -164,12 +171,26 @@ class HelpRequested(Exception):
     def __init__(self, text): super().__init__(text); self.text = text
 
 # %% ../nbs/20_commands.ipynb #5792e17e
+def _did_you_mean(words: list, options: list) -> str:
+    "`; did you mean --epochs?` for the first of `words` that looks like a mistyped one of `options`, else ''."
+    for w in words:
+        near = difflib.get_close_matches(w.split("=", 1)[0], options, n=1, cutoff=0.6) if w.startswith("-") else []
+        if near: return f"; did you mean {near[0]}?"
+    return ""
+
+# %% ../nbs/20_commands.ipynb #b8945c98
 class Parser(argparse.ArgumentParser):
     "An `ArgumentParser` that raises `CommandError` or `HelpRequested` instead of printing and exiting."
     def __init__(self, *args, **kwargs):
         wide = lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=30, width=118)
         super().__init__(*args, formatter_class=wide, add_help=False, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")  # what argparse takes as a value, not an option
         self.add_argument("-h", "--help", action="help", help="show this help")
+    def parse_args(self, args=None, namespace=None):
+        ns, extra = self.parse_known_args(args, namespace)
+        if extra:
+            self.error(f"unrecognized arguments: {' '.join(extra)}" + _did_you_mean(extra, [o for a in self._actions for o in a.option_strings]))
+        return ns
     def error(self, message):
         raise CommandError(f"{message}\n{self.format_usage().strip()}\nRun `{self.prog} --help` for all options.")
     def print_help(self, file=None): raise HelpRequested(self.format_help())
@@ -211,15 +232,93 @@ def _kwargs_flags(fn, taken: set) -> list:
     return flags
 
 # %% ../nbs/20_commands.ipynb #8450daed
-def declared_flags(verb: str) -> list:
-    "The `Flag`s of the parameters `verb`'s function declares, read from its source (nothing is imported; defaults unknown)."
-    a, P = _verb_def(verb).args, inspect.Parameter
-    ann = lambda x: ast.unparse(x.annotation) if x.annotation else ""
+def _definition(name: str, module: str) -> tuple:
+    "`(node, module)` that binds `name` at the top of `aimass.<module>`: a constant's value, a class or a function; through `from .x import name` too."
+    for st in reversed(_module_tree(module).body):  # the last binding wins, as when the module runs
+        if isinstance(st, (ast.ClassDef, ast.FunctionDef)) and st.name == name: return st, module
+        if isinstance(st, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in st.targets): return st.value, module
+        if isinstance(st, ast.ImportFrom) and st.level == 1 and st.module:
+            for a in st.names:
+                if (a.asname or a.name) == name: return _definition(a.name, st.module)
+    raise LookupError(f"{name} is not bound at the top of aimass.{module}")
+
+# %% ../nbs/20_commands.ipynb #8b5eaa8a
+def _static(node, module: str):
+    "The value of expression `node` in `aimass.<module>` where the source spells it out (literals, constants, `Cls.attr`, `*x` in a tuple); else `LookupError`."
+    try: return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError): pass
+    if isinstance(node, (ast.Tuple, ast.List)):
+        items = [v for e in node.elts for v in (_static(e.value, module) if isinstance(e, ast.Starred) else [_static(e, module)])]
+        return tuple(items) if isinstance(node, ast.Tuple) else items
+    if isinstance(node, ast.Name): return _static(*_definition(node.id, module))
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):  # Cls.attr: a class-level constant
+        cls, where = _definition(node.value.id, module)
+        for st in getattr(cls, "body", []):
+            if isinstance(st, ast.Assign) and any(isinstance(t, ast.Name) and t.id == node.attr for t in st.targets): return _static(st.value, where)
+    raise LookupError(f"{ast.unparse(node)} is not spelled out in aimass.{module}")
+
+# %% ../nbs/20_commands.ipynb #f572706f
+def _declared_params(fdef: ast.FunctionDef, module: str) -> list:
+    "The `inspect.Parameter`s function `fdef` of `aimass.<module>` declares: annotations as text, defaults where the source spells them out (else None)."
+    a, P = fdef.args, inspect.Parameter
+    def param(x, kind, d):
+        try: default = P.empty if d is None else _static(d, module)
+        except LookupError: default = None
+        return P(x.arg, kind, default=default, annotation=ast.unparse(x.annotation) if x.annotation else "")
     pos = a.posonlyargs + a.args
-    n_required = len(pos) - len(a.defaults)
-    params = [P(x.arg, P.POSITIONAL_OR_KEYWORD, default=P.empty if i < n_required else None, annotation=ann(x)) for i, x in enumerate(pos)]
-    params += [P(x.arg, P.KEYWORD_ONLY, default=P.empty if d is None else None, annotation=ann(x)) for x, d in zip(a.kwonlyargs, a.kw_defaults)]
+    defaults = [None] * (len(pos) - len(a.defaults)) + a.defaults
+    return [param(x, P.POSITIONAL_OR_KEYWORD, d) for x, d in zip(pos, defaults)] + \
+           [param(x, P.KEYWORD_ONLY, d) for x, d in zip(a.kwonlyargs, a.kw_defaults)]
+
+# %% ../nbs/20_commands.ipynb #4adc679d
+def _declared_options(fdef: ast.FunctionDef, module: str, taken: set) -> list:
+    "The keyword parameters `@with_options(Cls, exclude=...)` gives `fdef`: the fields of `Cls` that have a default, but `exclude` and `taken`."
+    P, out = inspect.Parameter, []
+    for d in fdef.decorator_list:
+        if not (isinstance(d, ast.Call) and ast.unparse(d.func) == "with_options"): continue
+        cls, where = _definition(d.args[0].id, module)
+        exclude = {x for k in d.keywords if k.arg == "exclude" for x in _static(k.value, module)}
+        for st in cls.body:
+            if not (isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name) and st.value is not None): continue
+            if st.target.id in exclude or st.target.id in taken: continue
+            try: default = _static(st.value, where)
+            except LookupError: default = None  # field(default_factory=...)
+            out.append(P(st.target.id, P.KEYWORD_ONLY, default=default, annotation=ast.unparse(st.annotation)))
+    return out
+
+# %% ../nbs/20_commands.ipynb #fef06bdd
+def _template_defs() -> dict:
+    "`{name: FunctionDef}` of the model templates: the functions `aimass.models` decorates with `@_template`."
+    return {n.name: n for n in _module_tree("models").body
+            if isinstance(n, ast.FunctionDef) and any(ast.unparse(d) == "_template" for d in n.decorator_list)}
+
+# %% ../nbs/20_commands.ipynb #fa0acb09
+def _template_params(fdef: ast.FunctionDef, module: str, taken: set) -> list:
+    "The templates' arguments where `fdef`'s `**kwargs` takes them (its module sets `fdef.__kwargs_from__` to the templates): one per name."
+    if not fdef.args.kwarg or not any(isinstance(st, ast.Assign) and ast.unparse(st.targets[0]) == f"{fdef.name}.__kwargs_from__"
+                                      and "TEMPLATES" in ast.unparse(st.value) for st in _module_tree(module).body): return []
+    by_name = {}
+    for t in _template_defs().values():
+        for p in _declared_params(t, "models"):
+            if p.default is not p.empty and p.name not in taken: by_name.setdefault(p.name, []).extend(_split_union(p.annotation))
+    P = inspect.Parameter
+    return [P(n, P.KEYWORD_ONLY, default=None, annotation="|".join(dict.fromkeys(parts))) for n, parts in by_name.items()]
+
+# %% ../nbs/20_commands.ipynb #094ec85c
+def declared_flags(verb: str) -> list:
+    "The `Flag`s of `verb` read from its source, nothing imported: its parameters, the options `with_options` adds, the templates' arguments for `train`."
+    fdef, module = _verb_def(verb)
+    params = _declared_params(fdef, module)
+    params += _declared_options(fdef, module, {p.name for p in params})
+    params += _template_params(fdef, module, {p.name for p in params})
     return [Flag(p, first=i == 0) for i, p in enumerate(params)]
+
+# %% ../nbs/20_commands.ipynb #0b64942d
+def declared_values(verb: str, flag: Flag) -> list:
+    "The values of `flag` of `verb` that the source spells out: a template for train's model, a dataset for its --data, else the flag's choices."
+    if verb == "train" and flag.name == "model": return list(_template_defs())
+    if verb == "train" and flag.name == "data": return [str(k) for k in _static(*_definition("BUILTIN_DATASETS", "data"))]
+    return [str(c) for c in flag.choices or []]
 
 # %% ../nbs/20_commands.ipynb #0c079fae
 def verb_parser(verb: str, prog: str = "aimass", notebook: bool = False, flags: list|None = None) -> Parser:
@@ -229,6 +328,14 @@ def verb_parser(verb: str, prog: str = "aimass", notebook: bool = False, flags: 
     for f in (verb_flags(fn, notebook) if flags is None else flags): add_flag(p, f, notebook)
     if notebook: p.add_argument("-o", "--out", metavar="NAME", default=None, help="store the result in this notebook variable")
     return p
+
+# %% ../nbs/20_commands.ipynb #037fa5ad
+def declared_options(verb: str) -> list:
+    "Every option of `%aimass verb` (as `verb_parser(verb, notebook=True)` has them), from `declared_flags`: nothing is imported."
+    p = Parser(prog=verb)
+    for f in declared_flags(verb): add_flag(p, f, notebook=True)
+    p.add_argument("-o", "--out")
+    return [o for a in p._actions for o in a.option_strings]
 
 # %% ../nbs/20_commands.ipynb #10820c60
 def top_help(prog: str = "aimass") -> str:
@@ -256,6 +363,37 @@ def _resolve(flags: dict, values: dict, namespace: dict|None) -> dict:
     return out
 
 # %% ../nbs/20_commands.ipynb #105664ee
+def _as_flag(e: AimassError, flags: list) -> AimassError:
+    "`e`, its message's leading parameter name written as the option (`epochs must...` -> `--epochs must...`)."
+    m = re.match(r"(\w+) must\b", str(e))
+    if m and m[1] in {f.name for f in flags if not f.positional}:
+        e.args = (f"--{m[1].replace('_', '-')}{str(e)[len(m[1]):]}",)
+    return e
+
+# %% ../nbs/20_commands.ipynb #120a67d9
+@dataclass(frozen=True)
+class AliasMove:
+    "What `%aimass promote` and `%aimass rollback` did: `name@alias` moved from version `previous` to `version`."
+    name: str
+    alias: str
+    version: int
+    previous: int|None = None  # None: the alias is new
+
+    @property
+    def ref(self) -> str: return f"{self.name}:v{self.version}"
+    def __repr__(self):
+        if self.previous is None: return f"{self.name}@{self.alias}: set to v{self.version}"
+        return f"{self.name}@{self.alias}: v{self.previous} -> v{self.version}"
+
+# %% ../nbs/20_commands.ipynb #38088ebc
+def _alias_moved(ref, alias: str) -> AliasMove:
+    "The `AliasMove` that promote or rollback just made to `ref.name@alias`, read from the alias's history."
+    from aimass.registry import Registry
+    h = Registry().alias_history(ref.name)
+    prev = h[h.alias == alias].from_version.iloc[-1]
+    return AliasMove(ref.name, alias, ref.version, None if prev is None or prev != prev else int(prev))  # NaN != NaN
+
+# %% ../nbs/20_commands.ipynb #0d71b408
 def run(argv, namespace: dict|None = None, cell: str|None = None, prog: str = "aimass"):
     "Parse `argv` (a list, or a command line as one string) and run its verb; returns `(result, name to store it under)`."
     if isinstance(argv, str):
@@ -279,7 +417,11 @@ def run(argv, namespace: dict|None = None, cell: str|None = None, prog: str = "a
         if "model" in kwargs: raise CommandError("%%aimass train takes the model from the cell: leave out the MODEL argument.")
         kwargs["model"], cell_kwargs = _model_from_cell(cell, namespace if namespace is not None else {})
         if cell_kwargs: kwargs["model_kwargs"] = {**cell_kwargs, **kwargs.get("model_kwargs", {})}
-    return fn(**kwargs), out
+    try: result = fn(**kwargs)
+    except AimassError as e: raise _as_flag(e, flags)
+    if verb in ("promote", "rollback"):
+        result = _alias_moved(result, kwargs.get("alias", inspect.signature(fn).parameters["alias"].default))
+    return result, out
 
 # %% ../nbs/20_commands.ipynb #d1e7041c
 def _model_from_cell(cell: str, namespace: dict):

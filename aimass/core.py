@@ -6,13 +6,13 @@ Docs: https://aimass.github.io/aimass/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #ed6670e7
 from __future__ import annotations
-import ast, contextlib, dataclasses, inspect, io, json, os, re, tempfile, textwrap, tokenize
+import ast, contextlib, dataclasses, hashlib, inspect, io, json, os, re, tempfile, textwrap, tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['AimassError', 'aimass_home', 'Ref', 'parse_ref', 'check_name', 'atomic_write_bytes', 'atomic_write_json', 'pid_alive',
-           'param_docs', 'with_options', 'split_options', 'in_notebook']
+__all__ = ['AimassError', 'aimass_home', 'check_name', 'Ref', 'parse_ref', 'atomic_write_bytes', 'atomic_write_json', 'spec_hash',
+           'pid_alive', 'param_docs', 'with_options', 'split_options', 'in_notebook']
 
 # %% ../nbs/00_core.ipynb #42aa9767
 class AimassError(ValueError):
@@ -20,9 +20,13 @@ class AimassError(ValueError):
 
 # %% ../nbs/00_core.ipynb #38a993de
 def aimass_home() -> Path:
-    "Folder holding the registry and run folders: `$AIMASS_HOME`, default `~/.aimass`."
+    "Folder holding the registry and run folders: `$AIMASS_HOME`, default `~/.aimass`; an `AimassError` when it is not usable."
     home = Path(os.environ.get("AIMASS_HOME") or Path.home()/".aimass").expanduser()
-    home.mkdir(parents=True, exist_ok=True)
+    fix = "set AIMASS_HOME to a folder you can write to"
+    try: home.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise AimassError(f"aimass cannot use {home} as its home folder ({e.strerror or e}): {fix}.") from None
+    if not os.access(home, os.W_OK | os.X_OK):
+        raise AimassError(f"aimass cannot write to its home folder {home}: {fix}, or make it writable.")
     return home
 
 # %% ../nbs/00_core.ipynb #ae367100
@@ -32,6 +36,20 @@ _name_re = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"
 _ref_re = re.compile(rf"^(?P<name>{_name_re})(?::v?(?P<version>\d+)|@(?P<alias>{_name_re}))?$")
 
 # %% ../nbs/00_core.ipynb #62b40e96
+_MAX_NAME = 100  # characters: a name is a folder's name, and file systems stop at 255 bytes
+
+# %% ../nbs/00_core.ipynb #88649598
+def check_name(name: str, what="model name") -> str:
+    "Check that `name` can be used as a model name or alias: not empty, at most 100 characters, no odd characters."
+    if isinstance(name, str) and not name.strip():
+        raise AimassError(f"The {what} cannot be empty: give one, like {'production' if what == 'alias' else 'my-model'}.")
+    if isinstance(name, str) and len(name) > _MAX_NAME:
+        raise AimassError(f"The {what} {name[:20]}... is {len(name)} characters long: use at most {_MAX_NAME}.")
+    if not isinstance(name, str) or not re.fullmatch(_name_re, name):
+        raise AimassError(f"{name!r} is not a valid {what}: use letters, digits, '_', '-' and '.', starting with a letter or digit.")
+    return name
+
+# %% ../nbs/00_core.ipynb #2c44cae8
 @dataclass(frozen=True)
 class Ref:
     "A parsed model reference: a name with at most one of a version or an alias."
@@ -41,8 +59,9 @@ class Ref:
     def __str__(self):
         if self.version is not None: return f"{self.name}:v{self.version}"
         return f"{self.name}@{self.alias}" if self.alias else self.name
+    def __repr__(self): return str(self)  # what `%aimass promote` and a notebook show: digits:v3
 
-# %% ../nbs/00_core.ipynb #a2239e46
+# %% ../nbs/00_core.ipynb #0d229f7d
 def parse_ref(ref: str|Ref) -> Ref:
     "Parse `name`, `name:v3` (or `name:3`) and `name@alias`."
     if isinstance(ref, Ref): return ref
@@ -50,14 +69,7 @@ def parse_ref(ref: str|Ref) -> Ref:
     if not m: raise AimassError(f"{ref!r} is not a model ref: use NAME, NAME:vN or NAME@ALIAS "
                                 "(letters, digits, '_', '-', '.'; starting with a letter or digit).")
     v = m["version"]
-    return Ref(m["name"], int(v) if v else None, m["alias"])
-
-# %% ../nbs/00_core.ipynb #62bf92f9
-def check_name(name: str, what="model name") -> str:
-    "Check that `name` can be used as a model name or alias."
-    if not isinstance(name, str) or not re.fullmatch(_name_re, name):
-        raise AimassError(f"{name!r} is not a valid {what}: use letters, digits, '_', '-' and '.', starting with a letter or digit.")
-    return name
+    return Ref(check_name(m["name"]), int(v) if v else None, m["alias"] and check_name(m["alias"], "alias"))
 
 # %% ../nbs/00_core.ipynb #607207c0
 def atomic_write_bytes(path, data: bytes):
@@ -85,6 +97,12 @@ def _json_default(o):
 def atomic_write_json(path, obj):
     "Write `obj` as indented JSON to `path` atomically."
     atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+
+# %% ../nbs/00_core.ipynb #9f5edfd9
+def spec_hash(spec: dict) -> str|None:
+    "SHA-256 of a model spec that names code to run (a class, with its source when it has one); None for a template."
+    if not spec or "template" in spec: return None
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=_json_default).encode()).hexdigest()
 
 # %% ../nbs/00_core.ipynb #5332358d
 def pid_alive(pid: int) -> bool:

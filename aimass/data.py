@@ -6,7 +6,7 @@ Docs: https://aimass.github.io/aimass/data.html.md"""
 
 # %% ../nbs/01_data.ipynb #3aa316bd
 from __future__ import annotations
-import hashlib
+import hashlib, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -15,7 +15,8 @@ from fastcore.basics import patch
 from .core import AimassError
 
 # %% auto #0
-__all__ = ['BUILTIN_DATASETS', 'Dataset', 'load_data', 'Splits', 'split', 'Preprocessor', 'score']
+__all__ = ['BUILTIN_DATASETS', 'Dataset', 'load_data', 'Splits', 'split', 'Preprocessor', 'RowError', 'UnseenCategories',
+           'UnseenCategoryWarning', 'score']
 
 # %% ../nbs/01_data.ipynb #6015ba80
 @dataclass
@@ -27,6 +28,7 @@ class Dataset:
     classes: list|None = None       # class names, in the order of the encoded labels
     name: str = "data"
     target: str|None = None         # the target column's name
+    dropped: int = 0                # rows left out because their target was missing
 
     def __post_init__(self):
         if len(self.X) != len(self.y):
@@ -46,7 +48,8 @@ class Dataset:
     def __repr__(self):
         shape = f"{self.X.shape[1]} columns" if self.tabular else f"inputs of shape {tuple(self.X.shape[1:])}"
         kind = f"{self.num_classes} classes" if self.task == "classification" else "regression"
-        return f"Dataset({self.name!r}: {len(self)} rows, {shape}, {kind})"
+        left_out = f", {self.dropped} rows without a target left out" if self.dropped else ""
+        return f"Dataset({self.name!r}: {len(self)} rows, {shape}, {kind}{left_out})"
 
 # %% ../nbs/01_data.ipynb #95840981
 @patch
@@ -87,10 +90,19 @@ def _infer_task(y: pd.Series) -> str:
     return "classification" if integral and len(vals) <= max(20, int(0.05*len(y))) and len(vals) < len(y) else "regression"
 
 # %% ../nbs/01_data.ipynb #10e76a5e
+def _drop_missing_target(X, y: pd.Series, where: str):
+    "`(X, y, dropped)` without the rows whose target is missing; a warning says how many were left out."
+    missing = y.isna().to_numpy()
+    if not missing.any(): return X, y, 0
+    n, keep = int(missing.sum()), ~missing
+    if n == len(y): raise AimassError(f"The target {where} has no values: every row's target is missing.")
+    warnings.warn(f"Left out {n} of {len(y)} rows: their target {where} is missing.", stacklevel=4)
+    X = X[keep].reset_index(drop=True) if isinstance(X, pd.DataFrame) else X[keep]
+    return X, y[keep].reset_index(drop=True), n
+
+# %% ../nbs/01_data.ipynb #b2ac03aa
 def _encode_target(y: pd.Series, task: str, where: str):
-    "`(encoded targets, class names or None)`; an `AimassError` for missing values, or values that do not fit `task`."
-    if y.isna().any():
-        raise AimassError(f"The target {where} has {int(y.isna().sum())} missing values: drop those rows or fill them in first.")
+    "`(encoded targets, class names or None)`; an `AimassError` for values that do not fit `task` (missing ones are left out first)."
     if task == "regression":
         num = pd.to_numeric(y, errors="coerce")
         if num.isna().any():
@@ -104,9 +116,15 @@ def _encode_target(y: pd.Series, task: str, where: str):
     return codes.astype(np.int64), [str(u) for u in uniques]
 
 # %% ../nbs/01_data.ipynb #09dce341
+def no_file_error(path: Path) -> AimassError:
+    "The error for a missing file; for a relative path it names the working directory it was looked for in."
+    where = "" if Path(path).is_absolute() else f" (relative to the working directory, {Path.cwd()})"
+    return AimassError(f"No file at {path}{where}.")
+
+# %% ../nbs/01_data.ipynb #e0c568c7
 def _read_table(path: Path) -> pd.DataFrame:
     "The table in a .csv, .tsv or .parquet file, with an `AimassError` for a missing, empty or unknown file."
-    if not path.exists(): raise AimassError(f"No file at {path}.")
+    if not path.exists(): raise no_file_error(path)
     suffix = path.suffix.lower()
     try:
         if suffix in (".parquet", ".pq"): df = pd.read_parquet(path)
@@ -126,8 +144,10 @@ def _from_frame(df: pd.DataFrame, target, task, name) -> Dataset:
     X = df.drop(columns=[target]).reset_index(drop=True)
     if X.shape[1] == 0: raise AimassError(f"{name} has no columns besides the target {target!r}.")
     X.columns = [str(c) for c in X.columns]
-    y, classes = _encode_target(df[target].reset_index(drop=True), task or _infer_task(df[target]), f"column {target!r}")
-    return Dataset(X, y, task or ("classification" if classes is not None else "regression"), classes, name=name, target=str(target))
+    X, y, dropped = _drop_missing_target(X, df[target].reset_index(drop=True), f"column {target!r}")
+    y, classes = _encode_target(y, task or _infer_task(y), f"column {target!r}")
+    return Dataset(X, y, task or ("classification" if classes is not None else "regression"), classes, name=name,
+                   target=str(target), dropped=dropped)
 
 # %% ../nbs/01_data.ipynb #9a188313
 def _to_numpy(a, what):
@@ -145,10 +165,11 @@ def _from_arrays(X, y, task) -> Dataset:
     if X.ndim == 1: X = X[:, None]
     if not np.issubdtype(X.dtype, np.number): raise AimassError(f"X must be numeric, not {X.dtype}; use a DataFrame with target= for mixed columns.")
     if y.ndim != 1: raise AimassError(f"y must be one value per row, not shape {y.shape}.")
-    yt, classes = _encode_target(pd.Series(y), task or _infer_task(pd.Series(y)), "y")
+    X, ys, dropped = _drop_missing_target(X, pd.Series(y), "y")
+    yt, classes = _encode_target(ys, task or _infer_task(ys), "y")
     if X.ndim == 2: X = pd.DataFrame(X.astype(np.float64), columns=[f"x{i}" for i in range(X.shape[1])])
     else: X = X.astype(np.float32)
-    return Dataset(X, yt, task or ("classification" if classes is not None else "regression"), classes, name="arrays")
+    return Dataset(X, yt, task or ("classification" if classes is not None else "regression"), classes, name="arrays", dropped=dropped)
 
 # %% ../nbs/01_data.ipynb #4fe4bc0e
 def load_data(data, target: str|None = None, task: str|None = None) -> Dataset:
@@ -193,12 +214,14 @@ def split(ds: Dataset, val_size: float = 0.15, test_size: float = 0.15, seed: in
 # %% ../nbs/01_data.ipynb #5479e223
 def _fit_column(name: str, s: pd.Series) -> dict:
     "How to encode one column, learned from its training values: a number's fill value and scale, or a category's values."
+    optional = bool(s.isna().any())  # missing in training: the model knows what a missing value means here
     if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
         v = s.astype(float)
         med = float(v.median()) if v.notna().any() else 0.0
         filled = v.fillna(med)
-        return {"name": name, "kind": "number", "fill": med, "mean": float(filled.mean()), "std": float(filled.std(ddof=0) or 1.0)}
-    return {"name": name, "kind": "category", "categories": sorted({str(x) for x in s.dropna().unique()})}
+        return {"name": name, "kind": "number", "fill": med, "mean": float(filled.mean()), "std": float(filled.std(ddof=0) or 1.0),
+                "optional": optional}
+    return {"name": name, "kind": "category", "categories": sorted({str(x) for x in s.dropna().unique()}), "optional": optional}
 
 # %% ../nbs/01_data.ipynb #f2b04062
 class Preprocessor:
@@ -229,9 +252,6 @@ class Preprocessor:
         "Number of raw values in one row."
         return int(np.prod(self.state["shape"])) if self.kind == "tensor" else len(self.state["columns"])
 
-    def transform(self, X) -> np.ndarray:
-        "Raw rows (DataFrame, list of dicts, list of lists, array) -> float32 array `(N, *input_shape)`."
-        return _transform_tensor(self.state, X) if self.kind == "tensor" else _transform_tabular(self.state, X)
 
     def to_dict(self): return self.state
     @classmethod
@@ -248,10 +268,12 @@ def schema(self: Preprocessor) -> dict:
     if self.kind == "tensor":
         return {"kind": "tensor", "shape": self.state["shape"], "dtype": "float32",
                 "row": f"a list of {self.raw_width} numbers (or nested lists of shape {self.state['shape']})"}
-    cols = [{"name": c["name"], "type": c["kind"], **({"categories": c["categories"]} if c["kind"] == "category" else {})}
-            for c in self.state["columns"]]
+    cols = [{"name": c["name"], "type": c["kind"], **({"categories": c["categories"]} if c["kind"] == "category" else {}),
+             "optional": bool(c.get("optional", False))} for c in self.state["columns"]]
     return {"kind": "tabular", "columns": cols,
-            "row": "an object of named fields (missing or null values are imputed), or a list of values in column order"}
+            "row": "an object of named fields (null values are imputed; only optional ones may be left out), "
+                   "or a list of values in column order",
+            "unseen_categories": "encoded as all zeros (no category), and reported"}
 
 # %% ../nbs/01_data.ipynb #997f38b5
 def _transform_tensor(st, X) -> np.ndarray:
@@ -266,6 +288,14 @@ def _transform_tensor(st, X) -> np.ndarray:
     if not np.isfinite(a).all(): raise AimassError("Inputs hold NaN or infinite values; image-like inputs cannot be imputed.")
     return ((a - st["mean"]) / st["std"]).astype(np.float32)
 
+# %% ../nbs/01_data.ipynb #d0260401
+class RowError(AimassError):
+    "An `AimassError` about one row: `row` counts from 0 in the rows given (in a batch job: in the whole input); `what` says what is wrong."
+    def __init__(self, what: str, row: int, where: str|None = None):
+        super().__init__(f"{where}, row {row:,}: {what}" if where else f"Row {row:,}: {what}")
+        self.what, self.row, self.where = what, row, where
+    def __reduce__(self): return (type(self), (self.what, self.row, self.where))  # pickles, e.g. across processes
+
 # %% ../nbs/01_data.ipynb #e66b2936
 def _check_row_lengths(rows: list, names: list):
     "An `AimassError` naming the first row that is not a list of one value per column."
@@ -275,50 +305,136 @@ def _check_row_lengths(rows: list, names: list):
             raise AimassError(f"Row {i} has {got} values; each row needs {len(names)}, in this order: {', '.join(names)}.")
 
 # %% ../nbs/01_data.ipynb #5b873203
+def _check_fields(rows: list, st: dict):
+    "A `RowError` for the first object row that leaves out a column that is not optional, or has none of the model's columns."
+    names = [c["name"] for c in st["columns"]]
+    needed = {c["name"] for c in st["columns"] if not c.get("optional", False)}  # cards from before `optional`: all needed
+    if needed: bad = next((i for i, r in enumerate(rows) if not needed <= r.keys()), None)
+    else: bad = next((i for i, r in enumerate(rows) if r.keys().isdisjoint(names)), None)
+    if bad is None: return
+    lacks, optional = [n for n in names if n in needed and n not in rows[bad]], [n for n in names if n not in needed]
+    if rows[bad].keys().isdisjoint(names):
+        raise RowError(f"it has none of the model's columns ({', '.join(names)}); its fields: {', '.join(map(str, rows[bad]))}.", bad)
+    may = f" Only {', '.join(optional)} may be left out: {'it' if len(optional) == 1 else 'they'} had missing values in training." if optional else ""
+    raise RowError(f"missing column(s) {', '.join(map(repr, lacks))}; the model takes: {', '.join(names)}. "
+                    f"Send each one (null where the value is unknown: it is imputed).{may}", bad)
+
+# %% ../nbs/01_data.ipynb #a15af584
 def _rows_to_frame(st, X) -> pd.DataFrame:
     "Tabular rows (a DataFrame, a dict, dicts, lists of values, an array) as a DataFrame with the model's columns."
-    names, objects = [c["name"] for c in st["columns"]], False
+    names = [c["name"] for c in st["columns"]]
+    if isinstance(X, dict): X = [X]
     if isinstance(X, pd.DataFrame): df = X
-    elif isinstance(X, dict): df, objects = pd.DataFrame([X]), True
     else:
         rows = list(X.tolist() if isinstance(X, np.ndarray) else X)
-        if rows and all(isinstance(r, dict) for r in rows): df, objects = pd.DataFrame(rows), True
-        else:
-            _check_row_lengths(rows, names)
-            df = pd.DataFrame(rows, columns=names)
-    missing = [n for n in names if n not in df.columns]
-    known = [n for n in names if n in df.columns]
-    if missing and objects and known:  # an absent field is a missing value, imputed as in a row that has it as null
-        return df.assign(**{n: None for n in missing})
-    if missing: raise AimassError(f"Missing column(s) {', '.join(map(repr, missing))}; the model takes: {', '.join(names)}.")
+        if rows and all(isinstance(r, dict) for r in rows):
+            _check_fields(rows, st)
+            df = pd.DataFrame(rows)
+            absent = {n: None for n in names if n not in df.columns}  # optional columns no row has: missing values
+            return df.assign(**absent) if absent else df
+        _check_row_lengths(rows, names)
+        df = pd.DataFrame(rows, columns=names)
+    if missing := [n for n in names if n not in df.columns]:
+        raise AimassError(f"Missing column(s) {', '.join(map(repr, missing))}; the model takes: {', '.join(names)}.")
     return df
 
 # %% ../nbs/01_data.ipynb #06699da3
-def _encode_number(s: pd.Series, c: dict) -> np.ndarray:
-    "Numeric column `s` with missing values filled and standardized, as an `(N, 1)` array; a non-number is an `AimassError`."
+def _shown(value) -> str:
+    "A value as an error message shows it: `inf`, `'x'`, not `np.float64(inf)`."
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+# %% ../nbs/01_data.ipynb #e6858ec2
+def _numbers(s: pd.Series, name: str) -> np.ndarray:
+    "Column `s` as float64, NaN where a value is missing; a `RowError` for a value that is not a number."
     v = pd.to_numeric(s, errors="coerce")
-    bad = v.isna() & s.notna()
-    if bad.any(): raise AimassError(f"Column {c['name']!r} must be numeric; got {s[bad].iloc[0]!r}.")
-    return ((v.astype(float).fillna(c["fill"]).to_numpy() - c["mean"]) / c["std"])[:, None]
+    bad = (v.isna() & s.notna()).to_numpy()
+    if bad.any():
+        i = int(bad.argmax())
+        raise RowError(f"column {name!r} must be numeric; got {_shown(s.iloc[i])}.", i)
+    return v.to_numpy(np.float64, na_value=np.nan)
 
 # %% ../nbs/01_data.ipynb #a4082fc8
-def _one_hot(s: pd.Series, categories: list) -> np.ndarray:
-    "Column `s` one-hot encoded over `categories`, float32 `(N, len(categories))`; a missing or unseen value is all zeros."
+def _check_finite(a: np.ndarray, s: pd.Series, name: str):
+    "A `RowError` for the first infinite value of column `s` (as numbers: `a`); NaN is a missing value, not an error."
+    inf = np.isinf(a)
+    if inf.any():
+        i = int(inf.argmax())
+        raise RowError(f"column {name!r} holds {_shown(s.iloc[i])}: values must be finite numbers (null for a missing one).", i)
+
+# %% ../nbs/01_data.ipynb #609b94ac
+def _encode_number(s: pd.Series, c: dict) -> np.ndarray:
+    "Numeric column `s` with missing values filled and standardized, as a float32 `(N, 1)` array."
+    a = _numbers(s, c["name"])
+    out = ((np.where(np.isnan(a), c["fill"], a) - c["mean"]) / c["std"]).astype(np.float32)
+    _check_finite(out, s, c["name"])  # inf, or a number too large for float32
+    return out[:, None]
+
+# %% ../nbs/01_data.ipynb #65940f0e
+class UnseenCategories:
+    "Categories not seen in training, met while encoding rows: how many values per column, and the first few of them."
+    def __init__(self): self.counts, self.examples = {}, {}
+
+    def add(self, column: str, values: pd.Series):
+        "Count `values`, a column's unseen categories, and keep up to 3 distinct ones as examples."
+        self.counts[column] = self.counts.get(column, 0) + len(values)
+        ex = self.examples.setdefault(column, [])
+        for v in pd.unique(values.iloc[:1000]):
+            if len(ex) >= 3: break
+            if v not in ex: ex.append(v)
+
+    def update(self, other: UnseenCategories):
+        "Add `other`'s counts and examples to these."
+        for c, n in other.counts.items():
+            self.counts[c] = self.counts.get(c, 0) + n
+            ex = self.examples.setdefault(c, [])
+            ex += [v for v in other.examples.get(c, []) if v not in ex][:3 - len(ex)]
+
+    @property
+    def total(self) -> int: return sum(self.counts.values())
+    def __bool__(self): return bool(self.counts)
+    def to_dict(self) -> dict: return dict(self.counts)
+    def __str__(self):
+        ex = lambda c: ", ".join(map(repr, self.examples.get(c, []))) + (", ..." if len(self.examples.get(c, [])) >= 3 else "")
+        return ", ".join(f"{c}: {n:,} ({ex(c)})" for c, n in self.counts.items())
+    def __repr__(self): return f"UnseenCategories({self})"
+
+# %% ../nbs/01_data.ipynb #f20c4c12
+class UnseenCategoryWarning(UserWarning):
+    "Rows held categories not seen in training: they were encoded as all zeros (no category)."
+
+# %% ../nbs/01_data.ipynb #1c8d3fb5
+def _one_hot(s: pd.Series, c: dict, unseen: UnseenCategories) -> np.ndarray:
+    "Column `s` one-hot over `c`'s categories, float32 `(N, k)`; missing and unseen values are all zeros, unseen ones counted."
     text = s.astype("string")  # str() of each value, <NA> where missing; vectorised: batch scoring runs this on every row
-    codes = pd.Index(categories, dtype="string").get_indexer(text)
-    codes[text.isna().to_numpy()] = -1  # missing and unseen values: all zeros
-    oh = np.zeros((len(s), len(categories)), np.float32)
+    codes = pd.Index(c["categories"], dtype="string").get_indexer(text)
+    missing = text.isna().to_numpy()
+    new = (codes < 0) & ~missing
+    if new.any(): unseen.add(c["name"], text[new])
+    codes[missing] = -1
+    oh = np.zeros((len(s), len(c["categories"])), np.float32)
     hit = codes >= 0
     oh[np.flatnonzero(hit), codes[hit]] = 1
     return oh
 
-# %% ../nbs/01_data.ipynb #609b94ac
-def _transform_tabular(st, X) -> np.ndarray:
-    "Tabular rows -> float32 array `(N, features)`: each column encoded as `fit` learned, side by side."
+# %% ../nbs/01_data.ipynb #157759ba
+def _transform_tabular(st, X, unseen: UnseenCategories|None = None) -> np.ndarray:
+    "Tabular rows -> float32 array `(N, features)`; unseen categories are counted in `unseen`, or warned about without it."
     df = _rows_to_frame(st, X)
-    parts = [_encode_number(df[c["name"]], c) if c["kind"] == "number" else _one_hot(df[c["name"]], c["categories"])
+    found = UnseenCategories() if unseen is None else unseen
+    parts = [_encode_number(df[c["name"]], c) if c["kind"] == "number" else _one_hot(df[c["name"]], c, found)
              for c in st["columns"]]
-    return np.concatenate(parts, axis=1).astype(np.float32) if parts else np.zeros((len(df), 0), np.float32)
+    if unseen is None and found:
+        warnings.warn(f"{found.total:,} value(s) of categories not seen in training, encoded as all zeros: {found}.",
+                      UnseenCategoryWarning, stacklevel=3)
+    return np.concatenate(parts, axis=1, dtype=np.float32) if parts else np.zeros((len(df), 0), np.float32)
+
+# %% ../nbs/01_data.ipynb #feec0f9c
+@patch
+def transform(self: Preprocessor, X,  # rows: a DataFrame, a list of dicts or lists, an array
+              unseen: UnseenCategories|None = None,  # count categories not seen in training here, instead of a warning
+              ) -> np.ndarray:
+    "Raw rows -> float32 array `(N, *input_shape)`, checked by the rules of *What a row may hold*."
+    return _transform_tensor(self.state, X) if self.kind == "tensor" else _transform_tabular(self.state, X, unseen)
 
 # %% ../nbs/01_data.ipynb #09b9320d
 def score(task: str, outputs, y) -> dict:

@@ -6,13 +6,14 @@ Docs: https://aimass.github.io/aimass/inference.html.md"""
 
 # %% ../nbs/07_inference.ipynb #3a7bb8f6
 from __future__ import annotations
-import hashlib, json, os, shutil, time
+import hashlib, io, json, os, shutil, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 import numpy as np
 from fastcore.basics import patch
 from .core import AimassError, atomic_write_json
+from .data import UnseenCategories, UnseenCategoryWarning
 from .registry import ModelCard
 
 # %% auto #0
@@ -51,13 +52,14 @@ class OnnxBackend:
 
 # %% ../nbs/07_inference.ipynb #1edafca4
 class TorchBackend:
-    "Runs the registered weights with eager PyTorch."
+    "Runs the registered weights with eager PyTorch; code in the card runs only as the registry recorded it, or with `trust_code`."
     name = "torch"
-    def __init__(self, model_dir, card: ModelCard, threads: int|None = 1):
+    def __init__(self, model_dir, card: ModelCard, threads: int|None = 1, trust_code: bool = False):
         import torch
         from aimass.models import Predictor, model_from_spec, load_weights, read_state_dict
+        from aimass.registry import recorded_spec_hash
         if threads: torch.set_num_threads(threads)
-        net = model_from_spec(card.spec, card.input_shape, card.num_outputs)
+        net = model_from_spec(card.spec, card.input_shape, card.num_outputs, recorded_spec_hash(model_dir), trust_code)
         load_weights(net, read_state_dict(Path(model_dir)/"weights.safetensors"))
         self.torch = torch
         self.predictor = Predictor(net.eval(), card.task, card.target.mean, card.target.std).eval()
@@ -67,8 +69,7 @@ class TorchBackend:
 # %% ../nbs/07_inference.ipynb #4335e804
 def raw_array(pre, rows) -> np.ndarray:
     "Rows as the float32 `(N, raw_width)` array a raw-input graph takes (tabular: NaN where a value is missing)."
-    import pandas as pd
-    from aimass.data import _rows_to_frame
+    from aimass.data import _check_finite, _numbers, _rows_to_frame
     if pre.kind == "tensor":
         width, shape = pre.raw_width, pre.state["shape"]
         try: a = np.asarray(rows, dtype=np.float32)
@@ -81,10 +82,8 @@ def raw_array(pre, rows) -> np.ndarray:
     df, cols = _rows_to_frame(pre.state, rows), []
     for c in pre.state["columns"]:
         s = df[c["name"]]
-        v = pd.to_numeric(s, errors="coerce")
-        bad = v.isna() & s.notna()
-        if bad.any(): raise AimassError(f"Column {c['name']!r} must be numeric; got {s[bad].iloc[0]!r}.")
-        cols.append(v.to_numpy(np.float32))
+        cols.append(_numbers(s, c["name"]).astype(np.float32))
+        _check_finite(cols[-1], s, c["name"])  # NaN is a missing value, imputed in the graph; inf is an error
     return np.stack(cols, 1)
 
 # %% ../nbs/07_inference.ipynb #0552b263
@@ -98,21 +97,28 @@ def encode_predictions(outputs: np.ndarray, task: str, classes) -> list:
 # %% ../nbs/07_inference.ipynb #5d132e05
 class Runner:
     "One registered version, ready to predict from raw rows: its card, its preprocessing and a backend."
-    def __init__(self, model_dir, backend: str = "auto", threads: int|None = 1):
+    def __init__(self, model_dir, backend: str = "auto", threads: int|None = 1, trust_code: bool = False):
         self.model_dir = Path(model_dir)
         self.card = ModelCard.read(self.model_dir)
         self.task, self.classes, self.ref = self.card.task, self.card.classes, self.card.ref
-        self.pre = self.card.preprocessing()
+        self.pre, self.unseen = self.card.preprocessing(), UnseenCategories()  # categories not seen in training, so far
         self.backend = pick_backend(self.model_dir, self.card, backend)
         self.takes_raw = False
         if self.backend == "onnx":
             path, self.takes_raw = onnx_export(self.model_dir, self.card)
             self.model = OnnxBackend(path, threads or 1)
-        else: self.model = TorchBackend(self.model_dir, self.card, threads)
+        else: self.model = TorchBackend(self.model_dir, self.card, threads, trust_code)  # trust_code: see TorchBackend
 
-    def array(self, rows) -> np.ndarray:
+    def array(self, rows,
+              unseen: UnseenCategories|None = None,  # count categories not seen in training here (default: in `self.unseen`, warning once per column)
+              ) -> np.ndarray:
         "Raw rows (list of lists/dicts, array, DataFrame) as the float32 batch the backend takes."
-        return raw_array(self.pre, rows) if self.takes_raw else self.pre.transform(rows)
+        if self.takes_raw: return raw_array(self.pre, rows)
+        if unseen is not None: return self.pre.transform(rows, unseen)
+        found = UnseenCategories()
+        x = self.pre.transform(rows, found)
+        if found: self._note(found)
+        return x
 
     def outputs(self, rows) -> np.ndarray:
         "Probabilities `(N, C)` or values `(N,)` for raw rows."
@@ -125,6 +131,16 @@ class Runner:
         self.outputs(example_rows(self.pre))
 
     def __repr__(self): return f"Runner({self.ref}, {self.backend}{', raw inputs' if self.takes_raw else ''})"
+
+# %% ../nbs/07_inference.ipynb #a12421bd
+@patch
+def _note(self: Runner, found: UnseenCategories):
+    "Add `found` to `self.unseen`; warn about the columns that had no unseen category before."
+    new = [c for c in found.counts if c not in self.unseen.counts]
+    self.unseen.update(found)
+    if new:
+        warnings.warn(f"{self.ref}: categories not seen in training, encoded as all zeros: {found}. "
+                      "Later ones are counted in Runner.unseen.", UnseenCategoryWarning, stacklevel=3)
 
 # %% ../nbs/07_inference.ipynb #a19e63b6
 def example_rows(pre) -> list:
@@ -209,8 +225,7 @@ def _memory_source(data, pre) -> _Source:
                 raise AimassError(f"An array of rows for this model has shape (N, {len(pre.columns)}), one value per column "
                                   f"({_listing(pre.columns)}); got shape {list(data.shape)}.")
             return _frame_source(pd.DataFrame(data, columns=pre.columns), "the array")
-        if all(isinstance(r, dict) for r in data): return _frame_source(pd.DataFrame(list(data)), "the rows")
-        return _frame_source(_rows_to_frame(pre.state, list(data)), "the rows")
+        return _frame_source(_rows_to_frame(pre.state, list(data)), "the rows")  # dicts: each checked for its fields
     try: return _array_source(np.asarray(data))
     except ValueError as e:
         raise AimassError(f"The rows do not make one array ({e}): each row must hold {pre.raw_width} numbers.") from None
@@ -231,8 +246,85 @@ def _count_lines(path: Path, limit: int = 1 << 30) -> int|None:
     return n + (last != b"\n")
 
 # %% ../nbs/07_inference.ipynb #502ad657
+def _line_fields(data: bytes, sep: int) -> tuple[np.ndarray, np.ndarray, int]:
+    "`(where each line of `data` ends, its fields, newline bytes up to the last end)`; quoted separators and newlines do not count."
+    a = np.frombuffer(data, np.uint8)
+    d = np.flatnonzero((a == sep) | (a == 10))  # separators and newlines, in order
+    newline = a[d] == 10
+    if data.find(b'"') < 0:  # no quotes (the usual case): the fields of a line are the delimiters since the last newline
+        at = np.flatnonzero(newline)
+        return d[at], np.diff(at, prepend=-1), len(at)
+    outside = (np.cumsum(a == 34)[d] & 1) == 0  # after an even number of quotes (an escaped "" counts twice)
+    at = np.flatnonzero(newline & outside)
+    seps = np.cumsum(outside & ~newline)
+    return d[at], np.diff(seps[at], prepend=0) + 1, int(np.count_nonzero(newline[:at[-1] + 1])) if len(at) else 0
+
+# %% ../nbs/07_inference.ipynb #54610fa5
+class _CheckedCSV(io.BufferedIOBase):
+    "A CSV file's bytes, checked as pandas reads them: a line with more or fewer fields than the header is an `AimassError`."
+    def __init__(self, f, sep: str, name: str):
+        self.f, self.sep, self.name = f, ord(sep), name
+        self.expected, self.rows, self.newlines, self.tail = None, 0, 0, b""  # the header's fields; data rows, newlines before `tail`
+
+    def readable(self): return True
+    def read(self, n=-1):
+        block = self.f.read(n)
+        data = self.tail + block
+        if not block and data and not data.endswith(b"\n"): data += b"\n"  # the last line, without its newline
+        self.tail = self._check(data)
+        return block
+    read1 = read
+
+    def close(self):
+        self.f.close(); super().close()
+
+    def _error(self, data: bytes, start: int, end: int, fields: int, row: int) -> AimassError:
+        line = self.newlines + data.count(b"\n", 0, start) + 1
+        text = data[start:min(end, start + 60)].decode(errors="replace") + ("..." if end - start > 60 else "")
+        return AimassError(f"Line {line:,} of {self.name} (data row {row:,}, counted from 0) has {fields} fields, but the header "
+                           f"has {self.expected}: {text!r}. Each line needs one value per column (put a value that holds the "
+                           "separator in double quotes).")
+
+# %% ../nbs/07_inference.ipynb #cf645c1c
+@patch
+def _check(self: _CheckedCSV, data: bytes) -> bytes:
+    "Check the lines `data` finishes; what follows its last newline is returned, to be checked with the next read."
+    ends, fields, newlines = _line_fields(data, self.sep)
+    if not len(ends): return data
+    starts, first, blanks = np.concatenate([[0], ends[:-1] + 1]), 0, 0
+    if self.expected is None:  # the header: the first line with something in it
+        while first < len(ends) and not data[starts[first]:ends[first]].strip(): first += 1
+        if first < len(ends): self.expected, first = int(fields[first]), first + 1
+    for j in (np.flatnonzero(fields[first:] != self.expected) + first) if self.expected else []:
+        if not data[starts[j]:ends[j]].strip(): blanks += 1; continue  # a blank line: pandas skips it, so does this
+        raise self._error(data, int(starts[j]), int(ends[j]), int(fields[j]), self.rows + int(j - first) - blanks)
+    if self.expected == 1: blanks = int(np.count_nonzero(ends[first:] == starts[first:]))  # one column: no separators to tell
+    self.rows += len(ends) - first - blanks
+    self.newlines += newlines
+    return data[int(ends[-1]) + 1:]
+
+# %% ../nbs/07_inference.ipynb #109b4503
+def _open_bytes(path: Path):
+    "A file's bytes, decompressed by its suffix (.gz, .bz2, .xz, .zst, or a .zip holding one file), as pandas would read them."
+    sfx = path.suffix.lower()
+    if sfx == ".gz": import gzip; return gzip.open(path, "rb")
+    if sfx == ".bz2": import bz2; return bz2.open(path, "rb")
+    if sfx == ".xz": import lzma; return lzma.open(path, "rb")
+    if sfx == ".zst":
+        try: import zstandard
+        except ImportError: raise AimassError(f"Reading {path.name} needs the zstandard package: pip install zstandard") from None
+        return zstandard.open(path, "rb")
+    if sfx == ".zip":
+        import zipfile
+        z = zipfile.ZipFile(path)
+        names = [n for n in z.namelist() if not n.endswith("/")]
+        if len(names) != 1: raise AimassError(f"{path.name} holds {len(names)} files; predict reads a .zip that holds one.")
+        return z.open(names[0])
+    return open(path, "rb")
+
+# %% ../nbs/07_inference.ipynb #0a09132e
 def _csv_source(path: Path, text_columns: list) -> _Source:
-    "Rows of a .csv/.tsv file (compressed or not), read a chunk at a time; `text_columns` stay text."
+    "Rows of a .csv/.tsv file (compressed or not), read a chunk at a time and checked line by line; `text_columns` stay text."
     import pandas as pd
     sep = _TEXT_SEPARATORS[_file_suffix(path)]
     try: head = pd.read_csv(path, sep=sep, nrows=1)
@@ -243,7 +335,7 @@ def _csv_source(path: Path, text_columns: list) -> _Source:
         wanted = set(cols)
         opts = dict(sep=sep, usecols=lambda c: c in wanted, dtype={c: str for c in text_columns if c in wanted})
         try:
-            with pd.read_csv(path, chunksize=size, **opts) as reader:
+            with _CheckedCSV(_open_bytes(path), sep, path.name) as f, pd.read_csv(f, chunksize=size, **opts) as reader:
                 left = start
                 while left > 0:  # rows already done: skip them in large reads
                     try: left -= len(reader.get_chunk(min(left, 1 << 20)))
@@ -288,13 +380,14 @@ def _parquet_source(path: Path) -> _Source:
 # %% ../nbs/07_inference.ipynb #52f76b2a
 def _open_source(data, pre) -> _Source:
     "Where `data`'s rows come from: a .csv/.tsv/.parquet path, or rows in memory."
+    from aimass.data import no_file_error
     if not isinstance(data, (str, Path)): return _memory_source(data, pre)
     path = Path(data).expanduser()
     suffix = _file_suffix(path)
     if suffix not in _TEXT_SEPARATORS and suffix not in _PARQUET:
         raise AimassError(f"Cannot read {path.name}: predict reads .csv, .tsv and .parquet files "
                           "(or pass a DataFrame, an array or a list of rows).")
-    if not path.is_file(): raise AimassError(f"No file at {path}.")
+    if not path.is_file(): raise no_file_error(path)
     if suffix in _PARQUET: return _parquet_source(path)
     return _csv_source(path, [c["name"] for c in pre.state.get("columns", []) if c["kind"] == "category"])
 
@@ -483,9 +576,10 @@ def _read_output(path: Path, nrows: int|None = None, columns: list|None = None, 
 class Predictions:
     "What `predict` produced: the predictions (`.frame`; with `output=`, also the file at `.path`) and how the job went."
     def __init__(self, ref: str, backend: str, task: str, classes, rows: int, seconds: float, resumed_from: int = 0,
-                 path: Path|None = None, frame=None, index=None):
+                 path: Path|None = None, frame=None, index=None, unseen: UnseenCategories|None = None):
         self.ref, self.backend, self.task, self.classes = ref, backend, task, classes
         self.rows, self.seconds, self.resumed_from, self.path = rows, seconds, resumed_from, path
+        self.unseen = unseen if unseen is not None else UnseenCategories()
         self._frame, self._index = frame, index
         if frame is not None: self._reindex(frame)
 
@@ -522,7 +616,9 @@ def summary(self: Predictions) -> str:
     "How the job went, in one line."
     s = f"{self.ref} ({self.backend}): {self.rows:,} rows in {self.seconds:.2f} s ({self.rows_per_second:,.0f} rows/s)"
     if self.resumed_from: s += f", resumed at row {self.resumed_from:,}"
-    return s + (f" -> {self.path}" if self.path else "")
+    if self.path: s += f" -> {self.path}"
+    if self.unseen: s += f"; {self.unseen.total:,} value(s) of categories not seen in training, encoded as all zeros: {self.unseen}"
+    return s
 
 # %% ../nbs/07_inference.ipynb #839939e3
 @patch
@@ -588,13 +684,15 @@ def _batch_runner(mv, backend: str, threads: int|None) -> Runner:
 
 # %% ../nbs/07_inference.ipynb #2c8bf045
 def _chunk_results(runner: Runner, src: _Source, cols, read, keep: list, batch_size: int, start: int):
-    "`(rows done, result frame)` chunk after chunk from row `start`; a bad value is reported with its rows."
+    "`(rows done, result frame)` chunk after chunk from row `start`; a bad value is reported with its rows; unseen categories are counted in `runner.unseen`."
+    from aimass.data import RowError
     done = start
     for chunk in src.chunks(start, batch_size, read):
         x = chunk if cols is None else (chunk[cols].to_numpy() if runner.pre.kind == "tensor" else chunk)
-        try: outputs = runner.outputs(x)
-        except AimassError as e:
-            raise AimassError(f"In rows {done:,} to {done + len(chunk) - 1:,} of {src.name} (data rows counted from 0): {e}") from None
+        where = f"In rows {done:,} to {done + len(chunk) - 1:,} of {src.name} (data rows counted from 0)"
+        try: outputs = runner.model(runner.array(x, runner.unseen))  # counted for the summary, not warned about
+        except RowError as e: raise RowError(e.what, done + e.row, where) from None
+        except AimassError as e: raise AimassError(f"{where}: {e}") from None
         done += len(chunk)
         yield done, _result_frame(outputs, runner.task, runner.classes, chunk[keep] if keep else None)
 
@@ -687,4 +785,5 @@ def predict(ref: str,  # NAME, NAME:vN or NAME@ALIAS (resolved once: a moving al
         bar.close()
         if parts: parts.release()  # explicitly: a notebook's last traceback would keep the lock alive
     if parts: parts.remove()
-    return Predictions(mv.ref, runner.backend, runner.task, runner.classes, rows, time.perf_counter() - t0, start, out, frame, src.index)
+    return Predictions(mv.ref, runner.backend, runner.task, runner.classes, rows, time.perf_counter() - t0, start, out, frame,
+                       src.index, runner.unseen)

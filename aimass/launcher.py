@@ -6,7 +6,7 @@ Docs: https://aimass.github.io/aimass/launcher.html.md"""
 
 # %% ../nbs/08_launcher.ipynb #81d279f1
 from __future__ import annotations
-import atexit, html, json, os, signal, socket, subprocess, sys, tempfile, threading, time
+import atexit, html, json, logging, os, shlex, signal, socket, subprocess, sys, tempfile, threading, time
 from datetime import datetime, timezone
 from pathlib import Path
 from collections import Counter
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from fastcore.basics import patch
 from .core import AimassError, Ref, aimass_home, atomic_write_json, in_notebook, pid_alive, split_options, with_options
-from .inference import pick_backend
+from .inference import example_rows, pick_backend
 from .registry import ModelCard, Record
 
 # %% auto #0
@@ -49,6 +49,7 @@ class ServerConfig(Record):
     timeout: float = 30.0  # seconds a request may take, queueing included, before it gets 504
     max_queue: int = 256  # requests in flight before new ones get 503
     max_payload: int = 10_000_000  # largest request body in bytes; larger ones get 413
+    max_rows: int = 10_000  # most rows in one request; more get 413 (so one request stays well within the timeout)
     fast_ipc: bool = True  # pipes between processes instead of LitServe's manager queues (see 09_litserve_compat)
     follow_interval: float = 0.5  # seconds between looks at a followed alias
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "warning"  # the HTTP server's log level (info logs every request)
@@ -59,7 +60,7 @@ class ServerConfig(Record):
     parent_death_signal: bool = True  # also ask Linux to signal the server when its parent dies
 
     internal = ("models", "run_dir", "registry_root", "owner_pid", "parent_death_signal")  # set by whoever starts it
-    limit_names = ("timeout", "max_queue", "max_payload", "max_batch_size", "batch_timeout", "workers")
+    limit_names = ("timeout", "max_queue", "max_payload", "max_rows", "max_batch_size", "batch_timeout", "workers")
 
     def __post_init__(self):
         self.models = [ServedModel.from_dict(m) if isinstance(m, dict) else m for m in self.models]
@@ -80,7 +81,7 @@ def validate(self: ServerConfig) -> ServerConfig:
     if self.port is not None and not (isinstance(self.port, int) and 0 < self.port < 65536):
         raise AimassError(f"port must be a whole number from 1 to 65535 (or None for a free one), not {self.port!r}.")
     counts = dict(max_batch_size=self.max_batch_size, workers=self.workers, threads=self.threads, api_servers=self.api_servers,
-                  max_queue=self.max_queue, max_payload=self.max_payload)
+                  max_queue=self.max_queue, max_payload=self.max_payload, max_rows=self.max_rows)
     low = [k for k, v in counts.items() if not isinstance(v, int) or v < 1]
     if low: raise AimassError(f"{', '.join(low)} must be at least 1 (got {', '.join(repr(counts[k]) for k in low)}).")
     if not (self.timeout > 0 and 0 <= self.batch_timeout < self.timeout):
@@ -146,26 +147,81 @@ def live_states(folder) -> list:
 
 # %% ../nbs/08_launcher.ipynb #8e0a5217
 def _group_alive(pgid: int) -> bool:
+    "Whether process group `pgid` has a member that is not a zombie (one holds no port and no memory; its reaper may be slow)."
     try: os.killpg(pgid, 0)
     except ProcessLookupError: return False
     except PermissionError: return True
-    return True
+    import psutil
+    for pid in psutil.pids():
+        try:
+            if os.getpgid(pid) == pgid and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE: return True
+        except (OSError, psutil.Error): continue
+    return False
 
 # %% ../nbs/08_launcher.ipynb #02c8b9fc
 def _kill_process_group(proc, grace: float = 2.0, wait: float = 10.0):
     """SIGTERM the server's leader, which lets requests in flight finish and then ends its group; SIGKILL the whole
-    group after `grace` s; reap `proc`; wait until no member is left."""
+    group after `grace` s (at once when the leader was gone already); reap `proc`; wait until no member is left."""
     pgid = proc.pid  # start_new_session=True: the server leads its own group
-    for sig, limit in ((signal.SIGTERM, grace), (signal.SIGKILL, wait)):
-        try:
-            if sig == signal.SIGTERM: os.kill(pgid, sig)
-            else: os.killpg(pgid, sig)
-        except ProcessLookupError: pass
+    running = proc.poll() is None
+    if running: proc.send_signal(signal.SIGTERM)  # never a pid reaped already (and maybe reused)
+    for sig, limit in ((None, grace if running else 0), (signal.SIGKILL, wait)):
+        if sig and _group_alive(pgid):  # a group's id stays taken while it has a member
+            try: os.killpg(pgid, sig)
+            except ProcessLookupError: pass
         end = time.monotonic() + limit
-        while time.monotonic() < end:
+        while True:
             if proc.poll() is not None and not _group_alive(pgid): return
+            if time.monotonic() >= end: break
             time.sleep(0.02)
-    proc.poll()
+
+# %% ../nbs/08_launcher.ipynb #593ee92d
+RUN_ENV = "AIMASS_SERVER_RUN"  # a server's run folder, in the environment of every process it starts
+
+# %% ../nbs/08_launcher.ipynb #59fcdb9e
+def _is_server_process(p, run_dir) -> bool:
+    "Whether psutil process `p` belongs to the server with run folder `run_dir` (by its environment or command line)."
+    import psutil
+    try:
+        cmd = p.cmdline()
+        if "aimass.server_process" in cmd and str(Path(run_dir)/"config.json") in cmd: return True
+        return p.environ().get(RUN_ENV) == str(run_dir)
+    except psutil.Error: return False
+
+# %% ../nbs/08_launcher.ipynb #1822612c
+def _server_processes(run_dir) -> list:
+    "The live processes (psutil, zombies left out) of the server with run folder `run_dir`; never this process."
+    import psutil
+    found = []
+    for p in psutil.process_iter(["status"]):
+        if p.pid == os.getpid() or p.info["status"] == psutil.STATUS_ZOMBIE: continue
+        if _is_server_process(p, run_dir): found.append(p)
+    return found
+
+# %% ../nbs/08_launcher.ipynb #e95ab23b
+def _end_processes(procs: list, wait: float = 5.0) -> list:
+    """SIGKILL psutil processes `procs` (psutil never signals a pid that was reused since) and wait until they are
+    gone; a resource tracker goes last: it unlinks the server's semaphores once the others are gone. The pids ended."""
+    import psutil
+    def gone(p):  # a zombie is gone too; it is not reaped here, so a parent's Popen keeps its exit status
+        try: return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+        except psutil.Error: return True
+    def wait_for(group, limit):
+        end = time.monotonic() + limit
+        while not all(map(gone, group)) and time.monotonic() < end: time.sleep(0.01)
+        return [p for p in group if not gone(p)]
+    def is_tracker(p):
+        try: return "resource_tracker" in " ".join(p.cmdline())
+        except psutil.Error: return False
+    def kill(group):
+        for p in group:
+            try: p.kill()
+            except psutil.Error: pass
+        wait_for(group, wait)
+    trackers = [p for p in procs if is_tracker(p)]
+    kill([p for p in procs if p not in trackers])
+    kill(wait_for(trackers, 1.0))  # a tracker exits by itself once no process holds its pipe
+    return [p.pid for p in procs]
 
 # %% ../nbs/08_launcher.ipynb #81c407b4
 SERVERS: dict = {}  # name -> Server, for the servers this process started
@@ -185,6 +241,7 @@ class Server:
         self.started_at, self._client = time.time(), None
         self.models = {m.name: m for m in config.models}  # name -> ServedModel
         self._stopped = threading.Event()  # set by stop(): the widget's refresh thread ends at once
+        self._stop_asked, self._final_stats = False, None  # stop() was called; the counters when it returned
 
     @property
     def pid(self) -> int: return self.proc.pid
@@ -204,16 +261,28 @@ class Server:
         """Stop the server and free its port. Requests in flight finish first (for at most `grace` s, by default the
         server's request timeout); new connections are refused meanwhile."""
         if self._client is not None: self._client.close(); self._client = None
+        self._stop_asked = True
         _kill_process_group(self.proc, self.config.timeout + 2 if grace is None else grace)
+        _end_processes(_server_processes(self.run_dir))  # what outlived a leader that crashed
+        self._final_stats = read_stats(self.run_dir/"stats")  # the panel keeps showing them
         SERVERS.pop(self.name, None)
         (_servers_dir()/f"{self.name}.json").unlink(missing_ok=True)
         self._stopped.set()
 
-    def __repr__(self):
-        state = "running" if self.alive else "stopped"
-        return f"Server({self.ref} at {self.url}, {self.backend}, {state}, pid {self.pid})"
+    def __repr__(self): return f"Server({self.ref} at {self.url}, {self.backend}, {self.status}, pid {self.pid})"
     def __enter__(self): return self
     def __exit__(self, *exc): self.stop()
+
+# %% ../nbs/08_launcher.ipynb #5dd639c8
+@patch(as_prop=True)
+def status(self: Server) -> str:
+    "running; stopped (by `stop`); or crashed, with how its leader ended (`crashed (killed by SIGKILL)`)."
+    code = self.proc.poll()
+    if code is None: return "running"
+    if self._stop_asked: return "stopped"
+    if code >= 0: return f"crashed (exit status {code})"
+    try: return f"crashed (killed by {signal.Signals(-code).name})"
+    except ValueError: return f"crashed (killed by signal {-code})"
 
 # %% ../nbs/08_launcher.ipynb #644719b2
 def _instances(rows) -> list:
@@ -223,6 +292,29 @@ def _instances(rows) -> list:
     if isinstance(rows, np.ndarray): return rows.tolist()
     if isinstance(rows, dict): return [rows]
     return [r.tolist() if isinstance(r, np.ndarray) else r for r in rows]
+
+# %% ../nbs/08_launcher.ipynb #4d61d912
+def _json_safe(v):
+    "`v` (a row, or rows) with NaN, None and pandas' NA as None and numpy values as Python ones; infinity is an `AimassError`."
+    if isinstance(v, float):  # np.float64 too
+        if v != v: return None
+        if v in (float("inf"), float("-inf")): raise AimassError("A row holds an infinite number, which JSON cannot carry: replace it (NaN is sent as null).")
+        return float(v)
+    if isinstance(v, dict): return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)): return [_json_safe(x) for x in v]
+    if isinstance(v, np.ndarray): return _json_safe(v.tolist())
+    if isinstance(v, np.generic): return _json_safe(v.item())
+    if v is None or isinstance(v, (str, int)): return v
+    pd = sys.modules.get("pandas")
+    return None if pd is not None and pd.api.types.is_scalar(v) and pd.isna(v) else v
+
+# %% ../nbs/08_launcher.ipynb #c1beadfd
+def _request_body(rows) -> bytes:
+    "The JSON body of `POST /predict` for `rows`, as httpx would write it, but with missing values as null."
+    instances = _instances(rows)
+    dump = lambda x: json.dumps({"instances": x}, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    try: return dump(instances)
+    except (ValueError, TypeError): return dump(_json_safe(instances))  # a NaN or a numpy number: the careful way
 
 # %% ../nbs/08_launcher.ipynb #27a3ee6c
 def _detail(resp) -> str:
@@ -245,7 +337,7 @@ def _model(self: Server, model: str|None) -> ServedModel:
 def predict(self: Server, rows, model: str|None = None) -> list:
     "Predictions for `rows` from the server (classification: dicts with `label` and `probabilities`); `model` names one of several."
     path = self._model(model).path
-    r = self._http().post(path, json={"instances": _instances(rows)})
+    r = self._http().post(path, content=_request_body(rows), headers={"Content-Type": "application/json"})
     if r.status_code != 200:
         raise AimassError(f"{self.url}{path} answered {r.status_code}: {_detail(r)}")
     return r.json()["predictions"]
@@ -293,7 +385,9 @@ def logs(self: Server, n: int = 40) -> str:
 def _spawn(cfg: ServerConfig, api_key):
     "Start `python -m aimass.server_process` in a new session (its own process group), logging to the run folder."
     run_dir = Path(cfg.run_dir)
-    env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads), "PYTHONUNBUFFERED": "1", RUN_ENV: str(run_dir)}
+    # the resource tracker's note about the semaphores it cleans up after the server's exit is noise in its log (and panel)
+    env["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), "ignore::UserWarning:multiprocessing.resource_tracker"]))
     env.pop("AIMASS_SERVER_API_KEY", None)
     if api_key: env["AIMASS_SERVER_API_KEY"] = api_key  # not on the command line, where `ps` shows it
     cfg_path = run_dir/"config.json"
@@ -303,19 +397,37 @@ def _spawn(cfg: ServerConfig, api_key):
                                 stdin=subprocess.DEVNULL, start_new_session=True, env=env, cwd=run_dir)
 
 # %% ../nbs/08_launcher.ipynb #f7d2dbe1
+def _listens(pid: int, port: int) -> bool|None:
+    "Whether process `pid` or one of its descendants listens on TCP `port`; None when their sockets cannot be read."
+    import psutil
+    try: procs = [psutil.Process(pid)]; procs += procs[0].children(recursive=True)
+    except psutil.Error: return False
+    read = False
+    for p in procs:
+        try: conns = p.net_connections("inet") if hasattr(p, "net_connections") else p.connections("inet")
+        except psutil.Error: continue
+        read = True
+        if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in conns): return True
+    return False if read else None
+
+# %% ../nbs/08_launcher.ipynb #25fdb50e
 def _wait_healthy(proc, url, log_path, deadline, headers) -> None:
-    "Return once GET /health answers 200; an `AimassError` with the log's end when the server exits first or `deadline` passes."
+    """Return once GET /health answers 200 from this server; an `AimassError` with the log's end when it exits first or
+    `deadline` passes, or that the port is in use when another process answers there (it took the port first)."""
     import httpx
+    port = int(url.rsplit(":", 1)[1])
+    taken = AimassError(f"Port {port} is already in use: pick another port, or port=None for a free one.")
     with httpx.Client(timeout=1, headers=headers) as c:
         while True:
             if proc.poll() is not None:
                 tail = Path(log_path).read_text(errors="replace")[-3000:]
-                if "address already in use" in tail.lower():
-                    raise AimassError(f"Port {url.rsplit(':', 1)[1]} is already in use: pick another port, or port=None for a free one.")
+                if "address already in use" in tail.lower(): raise taken
                 raise AimassError(f"The server exited with status {proc.returncode} before it was ready. Its log ends:\n{tail}")
-            try:
-                if c.get(url + "/health").status_code == 200: return
-            except httpx.HTTPError: pass
+            try: healthy = c.get(url + "/health").status_code == 200
+            except httpx.HTTPError: healthy = False
+            if healthy:
+                if _listens(proc.pid, port) is not False: return
+                raise taken  # whoever answers, it is not this server: two started on one port at once, and the other won
             if time.monotonic() > deadline:
                 raise AimassError(f"The server did not answer /health in time. Its log ends:\n{Path(log_path).read_text(errors='replace')[-3000:]}")
             time.sleep(0.05)
@@ -345,7 +457,7 @@ def _model_entries(refs, backend: str, follow) -> list[tuple[ServedModel, ModelC
     reg, entries = Registry(), []
     for name, ref in _named_refs(refs):
         r, mv = parse_ref(ref), reg.get(ref)
-        name = check_name(name or r.name, "model path name")
+        name = check_name(r.name if name is None else name, "model path name")
         follows = r.alias is not None if follow is None else bool(follow)
         if follows and r.version is not None: raise AimassError(f"{ref} names a fixed version: only NAME@ALIAS or NAME can be followed.")
         entries.append((ServedModel(name=name, model_dir=str(mv.path), backend=pick_backend(mv.path, mv.card, backend), ref=str(r),
@@ -382,13 +494,35 @@ def _start(srv: Server, start_timeout: float = 60.0) -> Server:
     except BaseException:  # an interrupt too: nothing is left running
         _kill_process_group(srv.proc)
         raise
-    srv.started_at = time.time()
+    srv.started_at, srv._stop_asked, srv._final_stats = time.time(), False, None
     srv._stopped.clear()
     SERVERS[srv.name] = srv
     _record(srv)
     return srv
 
 # %% ../nbs/08_launcher.ipynb #39cb2603
+def _running_twin(models: list[ServedModel], asked: dict, api_key: str|None) -> Server|None:
+    """This process's running server of the same `models` (names, refs, backends, versions) on the port `asked` for, if
+    any; an `AimassError` when it runs with other settings than `asked`."""
+    same = lambda ms: [(m.name, m.ref, m.follow, m.backend, None if m.follow else m.version_ref) for m in ms]
+    port = asked.get("port")  # another port: another server, asked for
+    twin = next((s for s in SERVERS.values() if s.alive and same(s.models.values()) == same(models) and port in (None, s.port)), None)
+    if twin is None: return None
+    differ = [f"{k}={getattr(twin.config, k)!r} (not {v!r})" for k, v in asked.items() if v is not None and getattr(twin.config, k) != v]
+    if api_key is not None and api_key != twin.api_key: differ.append("another api_key")
+    if differ: raise AimassError(f"{twin.ref} is already served by this process at {twin.url} with {', '.join(differ)}: stop it first "
+                                 f"(stop({twin.name!r}) or %aimass stop {twin.name}), or pass new=True to start another server.")
+    print(f"{twin.ref} is already served by this process at {twin.url}: returning that server (new=True starts another).")
+    return twin
+
+# %% ../nbs/08_launcher.ipynb #36642a1c
+def _warn_if_exposed(cfg: ServerConfig, api_key: str|None):
+    "Say so, on one line, when a server listens on every interface with no API key: anyone who can reach it can use it."
+    if cfg.host in ("0.0.0.0", "::") and not api_key:
+        logging.getLogger("aimass").warning(f"aimass: WARNING: serving on {cfg.host} (every interface) with no api_key: anyone "
+                                            "on the network can use the model; pass api_key=... to require a key.")
+
+# %% ../nbs/08_launcher.ipynb #beb99469
 @with_options(ServerConfig, exclude=ServerConfig.internal)
 def serve(ref: str|list|dict,  # NAME, NAME:vN or NAME@ALIAS; several as a list (NAME=REF names them) or a {name: ref} dict
           *,
@@ -396,6 +530,7 @@ def serve(ref: str|list|dict,  # NAME, NAME:vN or NAME@ALIAS; several as a list 
           follow: bool|None = None,  # switch versions when a NAME@ALIAS moves (default: yes for NAME@ALIAS); True also follows a bare NAME
           api_key: str|None = None,  # require this X-API-Key header on every request but /health
           start_timeout: float = 60.0,  # seconds to wait for the server to answer GET /health
+          new: bool = False,  # start another server even when this process already serves these models
           **options) -> Server:
     """Serve registered models over HTTP in a process group of their own; return a `Server` once GET /health answers 200.
 
@@ -403,10 +538,13 @@ def serve(ref: str|list|dict,  # NAME, NAME:vN or NAME@ALIAS; several as a list 
     every `follow_interval` s: when it moves (promote, rollback) the server switches versions without dropping a request.
     The server stops with this process, or with `Server.stop()`, `stop(...)` or `%aimass stop`."""
     from aimass.registry import Registry
-    cfg = ServerConfig(**split_options(serve, options)[0])
-    cfg.host = "127.0.0.1" if cfg.host == "localhost" else cfg.host
-    cfg.validate()
+    asked = split_options(serve, options)[0]
+    if asked.get("host") == "localhost": asked["host"] = "127.0.0.1"
+    cfg = ServerConfig(**asked).validate()
     entries = _model_entries(ref, backend, follow)
+    twin = None if new else _running_twin([m for m, _ in entries], asked, api_key)
+    if twin: return twin
+    _warn_if_exposed(cfg, api_key)
     if cfg.port is None: cfg.port = free_port()
     elif port_in_use(cfg.port, cfg.host):
         raise AimassError(f"Port {cfg.port} is already in use: pick another port, or port=None for a free one.")
@@ -433,24 +571,24 @@ def _record(srv: Server):
         "started_at": datetime.fromtimestamp(srv.started_at, timezone.utc).isoformat(timespec="seconds")})
 
 # %% ../nbs/08_launcher.ipynb #f188dc5d
-def _is_aimass_server(pid: int) -> bool:
-    try: return b"aimass.server_process" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError: return False
+def _reap_stale(rec: dict):
+    "End what still runs of a dead owner's server (found by its run folder, never by a name) and drop the record."
+    if rec.get("run_dir"): _end_processes(_server_processes(rec["run_dir"]))
+    (_servers_dir()/f"{rec['name']}.json").unlink(missing_ok=True)
 
 # %% ../nbs/08_launcher.ipynb #9df8cd0e
-def _reap_stale(rec: dict):
-    "Kill a dead owner's server group (only when its leader is still an aimass server) and drop the record."
-    pid = rec.get("pid")
-    if pid and _is_aimass_server(pid):
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try: os.killpg(pid, sig)
-            except ProcessLookupError: break
-            time.sleep(0.2)
-    (_servers_dir()/f"{rec['name']}.json").unlink(missing_ok=True)
+def _leader_running(rec: dict) -> bool:
+    "Whether the leader of recorded server `rec` still runs: it exists, is no zombie, and is still that server's process."
+    import psutil
+    try:
+        p = psutil.Process(rec["pid"])
+        return p.status() != psutil.STATUS_ZOMBIE and _is_server_process(p, rec["run_dir"])
+    except (psutil.Error, KeyError): return False
 
 # %% ../nbs/08_launcher.ipynb #9a0cc27e
 def servers() -> pd.DataFrame:
-    "The model servers running on this machine: this process's and other live processes' (servers of dead owners are stopped)."
+    """The model servers started on this machine, by this process and other live ones: running, or crashed (what is left
+    of a crashed one, holding its port, is ended). The servers of owners that died are stopped and left out."""
     import pandas as pd
     rows = []
     for f in sorted(_servers_dir().glob("*.json")):
@@ -459,21 +597,39 @@ def servers() -> pd.DataFrame:
         if not pid_alive(rec.get("owner_pid", -1)): _reap_stale(rec); continue
         mine = rec["owner_pid"] == os.getpid()
         if mine and rec["name"] not in SERVERS: f.unlink(missing_ok=True); continue
-        alive = SERVERS[rec["name"]].alive if mine else pid_alive(rec["pid"])
+        status = SERVERS[rec["name"]].status if mine else ("running" if _leader_running(rec) else "crashed")
+        if status != "running": _end_processes(_server_processes(rec["run_dir"]))
         rows.append({"name": rec["name"], "ref": rec["ref"], "url": rec["url"], "backend": rec["backend"],
-                     "status": "running" if alive else "exited", "owner": "this process" if mine else rec["owner_pid"],
+                     "status": status, "owner": "this process" if mine else rec["owner_pid"],
                      "pid": rec["pid"], "started_at": rec["started_at"]})
     return pd.DataFrame(rows, columns=["name", "ref", "url", "backend", "status", "owner", "pid", "started_at"])
 
-# %% ../nbs/08_launcher.ipynb #d7700294
+# %% ../nbs/08_launcher.ipynb #bd2e6f96
+class Stopped(list):
+    "The names of the servers `stop` stopped (a list), shown as a table of what each served and how many requests it answered."
+    def __init__(self, servers=()):
+        super().__init__(s.name for s in servers)
+        self.rows = [(s.name, s.ref, s.url, (s._final_stats or {}).get("requests", 0)) for s in servers]
+
+    def __repr__(self):
+        if not self: return "No server was running: nothing to stop."
+        return "Stopped " + "; ".join(f"{n} ({ref} at {url}, {k:,} request{'s' * (k != 1)})" for n, ref, url, k in self.rows) + "."
+
+    def _repr_html_(self):
+        if not self: return f"<p>{html.escape(repr(self))}</p>"
+        cell = "<td style='text-align:left;padding-right:1em'>{}</td>".format
+        rows = "".join("<tr>" + "".join(cell(html.escape(f"{v:,}" if isinstance(v, int) else v)) for v in r) + "</tr>" for r in self.rows)
+        return "<table><tr>" + "".join(cell(f"<b>{h}</b>") for h in ("stopped", "ref", "url", "requests")) + f"</tr>{rows}</table>"
+
+# %% ../nbs/08_launcher.ipynb #3f2cbb42
 def stop(name_or_url: str|None = None,  # a server's name, URL, port or model; none: the only one running
          *,
          all: bool = False,  # every server this process started
-         ) -> list:
-    "Stop model servers this process started (they finish the requests in flight first); returns the names stopped."
+         ) -> Stopped:
+    "Stop model servers this process started (they finish the requests in flight first); returns the names stopped (a list)."
     if all: doomed = list(SERVERS.values())
     elif name_or_url is None:
-        if len(SERVERS) > 1: raise AimassError(f"{len(SERVERS)} servers are running ({', '.join(SERVERS)}): name one, or pass all=True.")
+        if len(SERVERS) > 1: raise AimassError(f"This process has {len(SERVERS)} servers ({', '.join(SERVERS)}): name one, or pass all=True.")
         doomed = list(SERVERS.values())
     else:
         key = str(name_or_url).rstrip("/")
@@ -482,7 +638,7 @@ def stop(name_or_url: str|None = None,  # a server's name, URL, port or model; n
             doomed = [s for s in SERVERS.values() if key in s.models or any(m.ref.split(":")[0].split("@")[0] == key for m in s.models.values())]
         if not doomed: raise AimassError(f"No server of this process matches {name_or_url!r}; running: {', '.join(SERVERS) or 'none'}.")
     for s in doomed: s.stop()
-    return [s.name for s in doomed]
+    return Stopped(doomed)
 
 # %% ../nbs/08_launcher.ipynb #e37810c1
 @atexit.register
@@ -493,10 +649,11 @@ def _stop_all_at_exit():
 
 # %% ../nbs/08_launcher.ipynb #41945b3d
 def _status_html(srv: Server, stats: dict|None = None, log_lines: int = 0) -> str:
-    "The panel as an HTML table: models, URL, status, counters and the log's last `log_lines` lines."
-    alive = srv.alive
-    st = stats if stats is not None else (srv.stats() if alive else None)
-    color = "#2e7d32" if alive else "#9e9e9e"
+    "The panel as an HTML table: models, URL, status, counters (the last ones, once stopped) and the log's last `log_lines` lines."
+    status = srv.status
+    alive = status == "running"
+    st = stats if stats is not None else (srv._final_stats or srv.stats())
+    color = {"running": "#2e7d32", "stopped": "#9e9e9e"}.get(status, "#c62828")  # crashed: red
     serving = srv.serving() if alive else {}
     def shown(name, m):
         now = serving.get(name)
@@ -504,22 +661,51 @@ def _status_html(srv: Server, stats: dict|None = None, log_lines: int = 0) -> st
         return html.escape(m.ref + (f" → {now}" if now and now != m.ref else "")) + (f" at <code>{m.path}</code>" if len(srv.models) > 1 else "")
     models = [("model", shown(n, m)) for n, m in srv.models.items()] or [("model", html.escape(srv.ref))]
     rows = models + [("url", f'<a href="{srv.url}/docs" target="_blank">{srv.url}</a>'),
-            ("backend", srv.backend), ("status", f'<b style="color:{color}">{"running" if alive else "stopped"}</b> (pid {srv.pid})')]
+            ("backend", srv.backend), ("status", f'<b style="color:{color}">{html.escape(status)}</b> (pid {srv.pid})')]
     if st:
         fmt = lambda v: "-" if v is None else f"{v:.1f} ms"
-        rows += [("requests", f"{st['requests']:,} ({st['rate']:.1f}/s)"), ("latency", f"p50 {fmt(st['p50_ms'])}, p99 {fmt(st['p99_ms'])}"),
+        rate = f" ({st['rate']:.1f}/s)" if alive else ""
+        rows += [("requests", f"{st['requests']:,}{rate}"), ("latency", f"p50 {fmt(st['p50_ms'])}, p99 {fmt(st['p99_ms'])}"),
                  ("errors", f"{st['errors']}" + (f" {st['errors_by_status']}" if st['errors'] else ""))]
     body = "".join(f"<tr><td style='text-align:left;padding-right:1em'><b>{k}</b></td><td style='text-align:left'>{v}</td></tr>" for k, v in rows)
     logs = f"<pre style='font-size:11px;max-height:12em;overflow:auto'>{html.escape(srv.logs(log_lines))}</pre>" if log_lines else ""
     return f"<table>{body}</table>{logs}"
 
 # %% ../nbs/08_launcher.ipynb #4358615f
+def _example_rows(m: ServedModel) -> list|None:
+    "One valid raw row for served model `m` (`example_rows` of its version), numbers rounded to read well; None without its card."
+    try: rows = example_rows(ModelCard.read(m.model_dir).preprocessing())
+    except Exception: return None  # a version folder that is gone: no example
+    short = lambda x: int(v) if (v := float(f"{float(x):.4g}")).is_integer() else v  # 45.03, and 0 rather than 0.0
+    return json.loads(json.dumps(rows), parse_float=short)
+
+# %% ../nbs/08_launcher.ipynb #59a1bfa7
+def _usage_html(srv: Server) -> str:
+    "How to call `srv`: the request and answer format, a ready-to-copy `curl` line per model (one example row), its API docs."
+    key = ' -H "X-API-Key: $AIMASS_API_KEY"' if srv.api_key else ""  # never the key itself: the notebook keeps its outputs
+    lines = []
+    for m in srv.models.values():
+        rows = _example_rows(m)
+        if rows is None: continue
+        body = json.dumps({"instances": rows}, separators=(",", ":"))
+        if len(body) > 600:  # an image's row: from a file, to keep the line short
+            (srv.run_dir/f"example-{m.name}.json").write_text(body)
+            body = "@" + str(srv.run_dir/f"example-{m.name}.json")
+        curl = f"curl -s {srv.url}{m.path} -H 'Content-Type: application/json'{key} -d {shlex.quote(body)}"
+        row = html.escape((m.info or {}).get("schema", {}).get("row", "one row of the model's input"))
+        lines.append(f"<div><code>POST {m.path}</code> <code>{{\"instances\": [row, ...]}}</code>, each row {row}; "
+                     f"answer <code>{{\"predictions\": [...]}}</code></div><pre style='white-space:pre-wrap;word-break:break-all;"
+                     f"user-select:all;margin:0.2em 0 0.5em 0'>{html.escape(curl)}</pre>")
+    docs = f"<div>API docs: <a href='{srv.url}/docs' target='_blank'>{srv.url}/docs</a></div>"
+    return f"<div style='font-size:12px'>{''.join(lines)}{docs}</div>"
+
+# %% ../nbs/08_launcher.ipynb #71c35fc3
 @patch
-def _repr_html_(self: Server): return _status_html(self)
+def _repr_html_(self: Server): return _status_html(self) + _usage_html(self)
 
 # %% ../nbs/08_launcher.ipynb #d506279b
 def _refresh(srv: Server, out, stop_button, interval: float):
-    "Redraw the panel every `interval` s while `srv` runs; once it stops, show it stopped and disable Stop."
+    "Redraw the panel every `interval` s while `srv` runs; once it stops (or crashes), show so and disable Stop."
     while srv.alive and not srv._stopped.wait(interval):
         try: out.value = _status_html(srv, log_lines=8)
         except Exception: pass  # a failed redraw (a log being replaced) waits for the next
@@ -529,14 +715,15 @@ def _refresh(srv: Server, out, stop_button, interval: float):
 # %% ../nbs/08_launcher.ipynb #7e834bcc
 @patch
 def widget(self: Server, interval: float = 1.0):
-    "A live ipywidgets panel with a Stop button, refreshed every `interval` s while the server runs."
+    """A live ipywidgets panel with a Stop button, refreshed every `interval` s while the server runs, and below it how
+    to call the server (never redrawn, so that its `curl` line can be selected and copied)."""
     import ipywidgets as W
     out, button = W.HTML(_status_html(self, log_lines=8)), W.Button(description="Stop", button_style="danger", icon="stop")
     def on_stop(_):
         button.disabled = True; self.stop(); out.value = _status_html(self, log_lines=8)
     button.on_click(on_stop)
     threading.Thread(target=_refresh, args=(self, out, button, interval), daemon=True, name=f"aimass-widget-{self.name}").start()
-    return W.VBox([out, button])
+    return W.VBox([out, button, W.HTML(_usage_html(self))])
 
 # %% ../nbs/08_launcher.ipynb #15a31bd3
 def _display_data(srv: Server, live: bool) -> dict:

@@ -47,25 +47,27 @@ def _takes_value(verb: str, option: str) -> bool:
     return f is None or not (f.is_bool and set(f.parts) <= {"bool", "None"})
 
 # %% ../nbs/21_magics.ipynb #bc1a86ad
-def _positional_at(verb: str, args: list) -> tuple:
-    "`(Flag, values of the positionals before it)` for the last of `args` (the words after the verb), or `(None, [])` when it is an option's value."
-    pos = [f for f in _declared(verb).values() if f.positional]
-    given, expect_value = [], False
+def _argument_at(verb: str, args: list) -> tuple:
+    "`(Flag, values of the positionals before it)` that the last of `args` (the words after the verb) gives: a positional, or an option's value; `(None, [])` when neither is known."
+    flags = _declared(verb)
+    pos = [f for f in flags.values() if f.positional]
+    given, option = [], None
     for w in args[:-1]:
-        if expect_value: expect_value = False
-        elif w.startswith("-"): expect_value = _takes_value(verb, w)
+        if option: option = None
+        elif w.startswith("-"): option = w if _takes_value(verb, w) else None
         else: given.append(w)
-    if expect_value or not pos: return None, []
+    if option: return flags.get(option.lstrip("-").replace("-", "_")), []
     if len(given) < len(pos): return pos[len(given)], given
-    return (pos[-1], given) if pos[-1].many else (None, [])
+    return (pos[-1], given) if pos and pos[-1].many else (None, [])
 
 # %% ../nbs/21_magics.ipynb #d2ac74cb
-def _refs_for(flag, given: list) -> list:
-    "The registered refs that can fill positional `flag` (`ref`, `name` or `version`), after the positionals `given`."
-    if flag.name not in ("ref", "name", "version"): return []  # a template, a server, a folder: no registry lookup
+def _values_for(verb: str, flag, given: list) -> list:
+    "What can fill argument `flag` of `verb` after the positionals `given`: registered refs, or the values its source spells out."
+    from aimass.commands import declared_values
+    if flag.name not in ("ref", "name", "version", "init_from"): return declared_values(verb, flag)  # no registry lookup
     from aimass.registry import model_refs
     refs = model_refs()
-    if flag.name == "ref": return refs
+    if flag.name in ("ref", "init_from"): return refs
     if flag.name == "name": return [r for r in refs if ":" not in r and "@" not in r]
     if flag.name == "version" and given: return [r.split(":", 1)[1] for r in refs if r.startswith(f"{given[-1]}:v")]
     return []
@@ -73,13 +75,13 @@ def _refs_for(flag, given: list) -> list:
 # %% ../nbs/21_magics.ipynb #7c36f36d
 @functools.lru_cache(maxsize=None)
 def _options(verb: str) -> list:
-    "Every option of `%aimass verb` (this imports the verb's layer, once)."
-    from aimass.commands import verb_parser
-    return [o for a in verb_parser(verb, "%aimass", notebook=True)._actions for o in a.option_strings]
+    "Every option of `%aimass verb`, from its source (nothing is imported)."
+    from aimass.commands import declared_options
+    return declared_options(verb)
 
 # %% ../nbs/21_magics.ipynb #45714bd2
 def complete_aimass(shell, event) -> list:
-    "IPython `complete_command` hook for `%aimass`: verbs, then the verb's flags, and registered refs where one goes."
+    "IPython `complete_command` hook for `%aimass`: verbs, then the verb's flags, and the values an argument takes."
     from aimass.commands import VERBS
     words = event.text_until_cursor.split()
     if event.text_until_cursor[-1:].isspace(): words.append("")
@@ -87,12 +89,13 @@ def complete_aimass(shell, event) -> list:
     if len(words) == 2: return [*VERBS, "--help", "--version"]
     verb, word = words[1], words[-1]
     if verb not in VERBS: return []
-    if word.startswith("-"): return _options(verb)
-    flag, given = _positional_at(verb, words[2:])
+    if word.startswith("-") and "=" in word: words[-1:] = word.split("=", 1)  # --data=di: the value of --data
+    elif word.startswith("-"): return _options(verb)
+    flag, given = _argument_at(verb, words[2:])
     if flag is None: return []
-    typed = word.split("=", 1)[-1] if flag.many else word  # serve NAME=REF
+    typed = words[-1].split("=", 1)[-1] if flag.many else words[-1]  # serve NAME=REF
     cut = len(typed) - len(event.symbol) if typed.endswith(event.symbol) else 0
-    return [r[cut:] for r in _refs_for(flag, given) if r.startswith(typed)]
+    return [r[cut:] for r in _values_for(verb, flag, given) if r.startswith(typed)]
 
 # %% ../nbs/21_magics.ipynb #799d6246
 def load_ipython_extension(ipython):

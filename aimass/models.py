@@ -12,7 +12,7 @@ import torch
 from torch import nn
 import lightning as L
 from fastcore.basics import patch
-from .core import AimassError
+from .core import AimassError, spec_hash
 
 # %% auto #0
 __all__ = ['TEMPLATES', 'mlp', 'cnn', 'linear', 'model_from_spec', 'resolve_model', 'TaskModule', 'Predictor', 'read_state_dict',
@@ -112,24 +112,46 @@ def class_spec(cls, kwargs: dict) -> dict:
     return spec
 
 # %% ../nbs/02_models.ipynb #88448e37
-def model_from_spec(spec: dict, input_shape=None, num_outputs=None) -> nn.Module:
-    "Rebuild an (untrained) model from its spec."
-    if "template" in spec:
-        return TEMPLATES[spec["template"]](tuple(input_shape), num_outputs, **spec.get("kwargs", {}))
-    mod, qual = spec["class"].split(":")
+def _check_code(spec: dict, code_hash: str|None, trust_code: bool):
+    "Refuse a class spec that is not the one the registry recorded (`code_hash`), unless `trust_code`."
+    if trust_code or spec_hash(spec) == code_hash: return
+    what = f"{spec.get('class')!r}" + (" with its stored source code (spec.source)" if spec.get("source") else "")
+    why = ("is not the code registered with this version: model.json was changed after the registry saved it" if code_hash else
+           "was not recorded by this registry when it saved the version (a version from elsewhere, or an index rebuilt from the cards)")
+    raise AimassError(f"The card's model class {what} {why}, so it is not run. Read that code in model.json; if you trust it, "
+                      "pass trust_code=True, or record it with `aimass doctor --trust NAME:vN`.")
+
+# %% ../nbs/02_models.ipynb #480217f3
+def _spec_class(spec: dict) -> type:
+    "The `nn.Module` class a spec names: defined by running its stored source, or imported."
+    mod, _, qual = str(spec.get("class", "")).partition(":")
+    if not mod or not qual: raise AimassError(f"A model spec names its class as MODULE:CLASS, not {spec.get('class')!r}.")
     if spec.get("source"):
         ns = {"__name__": "aimass_user_model"}
         try: exec(compile(_PRELUDE + spec["source"], "<aimass model source>", "exec"), ns)
         except Exception as e: raise AimassError(f"The stored source of {qual} does not run: {type(e).__name__}: {e}") from None
         cls = ns.get(qual.split(".")[0])
-        for part in qual.split(".")[1:]: cls = getattr(cls, part)
+        for part in qual.split(".")[1:]: cls = getattr(cls, part, None)
     else:
         import importlib
-        try: obj = importlib.import_module(mod)
+        try: cls = importlib.import_module(mod)
         except ImportError as e: raise AimassError(f"Cannot import {mod} to rebuild {qual}: {e}. Install or add it to sys.path.") from None
-        cls = obj
-        for part in qual.split("."): cls = getattr(cls, part)
-    return cls(**spec.get("kwargs", {}))
+        for part in qual.split("."): cls = getattr(cls, part, None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise AimassError(f"{spec['class']} is not an nn.Module class, so a model spec cannot name it.")
+    return cls
+
+# %% ../nbs/02_models.ipynb #0ed0f042
+def model_from_spec(spec: dict, input_shape=None, num_outputs=None,
+                    code_hash: str|None = None,  # what the registry recorded of a class spec when it saved the version (`spec_hash`)
+                    trust_code: bool = False,  # rebuild a class spec the registry did not record: only for code you have read
+                    ) -> nn.Module:
+    "Rebuild an (untrained) model from its spec; a class spec (code) only while it is the one the registry recorded, or with `trust_code`."
+    if "template" in spec:
+        if spec["template"] not in TEMPLATES: raise AimassError(f"Unknown model template {spec['template']!r}: use one of {', '.join(TEMPLATES)}.")
+        return TEMPLATES[spec["template"]](tuple(input_shape), num_outputs, **spec.get("kwargs", {}))
+    _check_code(spec, code_hash, trust_code)
+    return _spec_class(spec)(**spec.get("kwargs", {}))
 
 # %% ../nbs/02_models.ipynb #c8950ba5
 _IN_NAMES, _OUT_NAMES = ("input_shape", "in_shape"), ("num_classes", "num_outputs", "out_features", "n_outputs", "output_dim")

@@ -6,24 +6,25 @@ Docs: https://aimass.github.io/aimass/registry.html.md"""
 
 # %% ../nbs/03_registry.ipynb #dfece661
 from __future__ import annotations
-import contextlib, dataclasses, json, os, shutil, sqlite3, uuid
+import contextlib, dataclasses, html, json, os, shutil, sqlite3, textwrap, uuid, warnings
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from fastcore.basics import patch
-from .core import AimassError, Ref, aimass_home, atomic_write_json, check_name, parse_ref, pid_alive
+from fastcore.basics import GetAttr, patch
+from .core import AimassError, Ref, aimass_home, atomic_write_json, check_name, parse_ref, pid_alive, spec_hash
 
 # %% auto #0
-__all__ = ['Record', 'TargetInfo', 'ExportInfo', 'BenchInfo', 'ModelCard', 'ModelVersion', 'Registry', 'model_refs',
-           'LoadedModel', 'list_models', 'show', 'load', 'delete', 'set_alias', 'promote', 'rollback']
+__all__ = ['Record', 'TargetInfo', 'ExportInfo', 'BenchInfo', 'ModelCard', 'ModelVersion', 'Registry', 'ModelList', 'model_refs',
+           'LoadedModel', 'recorded_spec_hash', 'Checkup', 'rebuild', 'show', 'list_models', 'load', 'delete',
+           'set_alias', 'promote', 'rollback', 'doctor']
 
 # %% ../nbs/03_registry.ipynb #d1b252dc
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
     name TEXT NOT NULL, version INTEGER NOT NULL, created_at TEXT NOT NULL, task TEXT,
-    metrics TEXT, summary TEXT, deleted INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (name, version));
+    metrics TEXT, summary TEXT, deleted INTEGER NOT NULL DEFAULT 0, code_sha256 TEXT, PRIMARY KEY (name, version));
 CREATE TABLE IF NOT EXISTS aliases (
     name TEXT NOT NULL, alias TEXT NOT NULL, version INTEGER NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (name, alias));
 CREATE TABLE IF NOT EXISTS alias_history (
@@ -228,11 +229,12 @@ def onnx_variant(self: ModelCard) -> str|None:
 # %% ../nbs/03_registry.ipynb #6ffd7368
 @dataclass
 class ModelVersion:
-    "One registered version: its name, number, folder and card (`model.json`)."
+    "One registered version: its name, number, folder and card (`model.json`); it displays as its card."
     name: str
     version: int
     path: Path
     card: ModelCard
+    aliases: list|None = field(default=None, compare=False)  # its aliases, where the registry looked them up (`show`)
     @property
     def ref(self) -> str: return f"{self.name}:v{self.version}"
     @property
@@ -243,22 +245,160 @@ class ModelVersion:
         return f"ModelVersion({self.ref}, {self.card.task}, {self.card.created_at}{', ' + m if m else ''})"
 
 # %% ../nbs/03_registry.ipynb #85d5b238
+def _num(x) -> str:
+    "A number, short: 4 significant digits."
+    return f"{x:.4g}" if isinstance(x, (int, float)) and not isinstance(x, bool) else str(x)
+
+def _kv(d: dict, skip=()) -> str:
+    "`k=v k=v` for the plain values of `d`."
+    return " ".join(f"{k}={_num(v) if isinstance(v, float) else json.dumps(v) if isinstance(v, (list, dict)) else v}"
+                    for k, v in d.items() if k not in skip and v is not None and not isinstance(v, dict))
+
+# %% ../nbs/03_registry.ipynb #84723c80
+_SIZE_ARGS = ("input_shape", "in_shape", "in_features", "input_dim", "n_features", "num_features",
+              "num_classes", "num_outputs", "out_features", "n_outputs", "output_dim")  # filled in from the data: not a choice
+
+def _network(card: ModelCard) -> str:
+    "The network: a template or a class, with the arguments that were chosen."
+    sp, kw = card.spec or {}, _kv((card.spec or {}).get("kwargs") or {}, _SIZE_ARGS)
+    what = f"template {sp['template']}" if "template" in sp else f"class {sp['class']}" if "class" in sp else (card.model or "unknown")
+    return what + (f" ({kw})" if kw else "") + (", its source stored in the card" if sp.get("source") else "")
+
+# %% ../nbs/03_registry.ipynb #b9d7fe72
+def _predicts(card: ModelCard) -> str:
+    "What the model predicts."
+    if card.task == "classification":
+        cls = [str(c) for c in card.classes or []]
+        if not cls: return "classification"
+        return f"classification into {len(cls)} classes: {', '.join(cls[:12])}{', ...' if len(cls) > 12 else ''}"
+    return f"regression of {card.target.name or 'the target'}"
+
+def _metrics_text(card: ModelCard) -> str:
+    "Every split's metrics, test first."
+    splits = sorted(card.metrics, key=lambda k: k != "test")
+    return " · ".join(f"{k}: " + ", ".join(f"{m} {_num(v)}" for m, v in card.metrics[k].items())
+                      for k in splits if isinstance(card.metrics[k], dict) and card.metrics[k]) or "none recorded"
+
+# %% ../nbs/03_registry.ipynb #657772b5
+def _data_text(card: ModelCard) -> str:
+    "The data: its name, the rows of each split, the start of its fingerprint."
+    d, rows = card.data or {}, (card.data or {}).get("rows") or {}
+    parts = [str(d.get("name") or "unnamed data")]
+    if rows: parts.append(" / ".join(f"{v} {k}" for k, v in rows.items()) + " rows")
+    if d.get("fingerprint"): parts.append(f"fingerprint {str(d['fingerprint'])[:12]}")
+    return ", ".join(parts)
+
+def _training_text(card: ModelCard) -> str:
+    "The hyperparameters, then how training ended."
+    run = card.run or {}
+    end = ", ".join(p for p in (card.status, f"{run['epochs']} epochs run" if run.get("epochs") else "",
+                                f"{run['duration_s']} s" if run.get("duration_s") else "") if p)
+    return (_kv(card.hparams) or "not recorded") + (f" ({end})" if end else "")
+
+# %% ../nbs/03_registry.ipynb #5762b0c2
+def _export_text(card: ModelCard) -> str:
+    "What export made, and which variants passed their checks."
+    e = card.export
+    if e is None: return "not exported (aimass.export)"
+    failed = [v for v in e.files if v not in e.usable]
+    checks = f" ({', '.join(failed)} failed its check)" if failed else ", checks passed"
+    return f"{e.format} {', '.join(e.files) or 'no files'}{checks}; takes {e.inputs} inputs"
+
+def _bench_text(card: ModelCard) -> str:
+    "The benchmark's pick and its latency for one row."
+    b = card.bench
+    if b is None: return "not benchmarked (aimass.bench)"
+    p50 = (b.p50_ms.get(b.best_backend) or {}) if b.best_backend else {}
+    one = p50.get("1", p50.get(1))
+    return f"best backend {b.best_backend or 'none'}" + (f", {_num(one)} ms for one row (p50)" if one is not None else "")
+
+# %% ../nbs/03_registry.ipynb #94bfd1c4
+def _card_facts(mv: ModelVersion) -> list:
+    "`(label, text)` for each fact a version's display shows."
+    c = mv.card
+    facts = [("predicts", _predicts(c)), ("network", _network(c)), ("metrics", _metrics_text(c)),
+             ("training", _training_text(c)), ("data", _data_text(c)),
+             ("input", f"{(c.preprocessor or {}).get('kind', 'unknown')} rows, shape {c.input_shape}"),
+             ("export", _export_text(c)), ("bench", _bench_text(c))]
+    if mv.aliases is not None: facts.append(("aliases", ", ".join(mv.aliases) or "none"))
+    return facts + [("created", str(c.created_at)), ("folder", str(mv.path))]
+
+# %% ../nbs/03_registry.ipynb #42d99165
+@patch
+def __str__(self: ModelVersion) -> str:
+    "The card, as lines of text no wider than 110 characters."
+    facts = _card_facts(self)
+    w = max(len(k) for k, _ in facts)
+    fill = lambda k, v: textwrap.fill(v, 110, initial_indent=f"  {k:<{w}}  ", subsequent_indent=" " * (w + 4),
+                                      break_on_hyphens=False, break_long_words=False)
+    return "\n".join([f"{self.ref} ({self.card.task})"] + [fill(k, v) for k, v in facts])
+
+# %% ../nbs/03_registry.ipynb #440736da
+@patch
+def _repr_html_(self: ModelVersion) -> str:
+    "The card, as a small table."
+    rows = "".join(f'<tr><th style="text-align:left;vertical-align:top;padding-right:1em">{k}</th>'
+                   f'<td style="text-align:left;white-space:normal">{html.escape(v)}</td></tr>' for k, v in _card_facts(self))
+    return f'<div style="margin-top:0.8em"><b>{html.escape(self.ref)}</b><table style="font-size:0.9em">{rows}</table></div>'
+
+# %% ../nbs/03_registry.ipynb #a85daced
+def _index_error(reg, e: sqlite3.DatabaseError) -> str|None:
+    "What to tell the user of an error from the index: damaged, or not openable; None for others (a lock held too long)."
+    if type(e) is sqlite3.DatabaseError or "malformed" in str(e):  # "file is not a database", "disk image is malformed"
+        return (f"The registry index {reg.db_path} cannot be read ({e}): it is damaged. The model folders in {reg.models_dir} "
+                "are untouched: rebuild the index from their cards with aimass.registry.rebuild() or `aimass doctor --rebuild` "
+                "(the damaged file is kept beside it).")
+    if any(w in str(e) for w in ("unable to open", "readonly", "disk I/O")):
+        return (f"aimass cannot open its registry index {reg.db_path} ({e}): make {reg.root} writable, "
+                "or set AIMASS_HOME to a folder you can write to.")
+    return None
+
+# %% ../nbs/03_registry.ipynb #6f1ffc30
+def _folder_versions(model_dir: Path) -> set:
+    "The numbers of the `vN` folders in a model's folder."
+    if not model_dir.is_dir(): return set()
+    return {int(p.name[1:]) for p in model_dir.iterdir() if p.name[:1] == "v" and p.name[1:].isdigit() and p.is_dir()}
+
+def _version_folders(models_dir: Path) -> dict:
+    "`{(name, version): folder}` of every version folder on disk: `models/NAME/vN` holding a `model.json`."
+    found = {}
+    for d in sorted(models_dir.iterdir()) if models_dir.is_dir() else []:
+        if d.name.startswith(".") or not d.is_dir(): continue
+        found.update({(d.name, v): d/f"v{v}" for v in sorted(_folder_versions(d)) if (d/f"v{v}"/"model.json").exists()})
+    return found
+
+# %% ../nbs/03_registry.ipynb #90ec7fbb
+def _empty_index_error(reg, found: dict) -> str:
+    "Why a registry whose index lists nothing, while `found` version folders are on disk, is not opened."
+    refs = [f"{n}:v{v}" for n, v in found]
+    shown = ", ".join(refs[:5]) + (f" and {len(refs) - 5} more" if len(refs) > 5 else "")
+    return (f"The registry index {reg.db_path} lists no versions, but {reg.models_dir} holds {len(refs)} ({shown}): the index was "
+            "emptied, replaced or deleted. aimass will not write to it, so nothing on disk gets overwritten. Rebuild the index from "
+            "the model cards with aimass.registry.rebuild() or `aimass doctor --rebuild`.")
+
+# %% ../nbs/03_registry.ipynb #66027277
 class Registry:
-    "The model store under `root` (default `$AIMASS_HOME`)."
-    def __init__(self, root=None):
+    "The model store under `root` (default `$AIMASS_HOME`); `check=False` opens a damaged one (for `doctor`)."
+    def __init__(self, root=None, check: bool = True):
         self.root = Path(root) if root else aimass_home()
         self.models_dir = self.root/"models"
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.root/"registry.db"
-        with self._connect() as db: db.executescript(_SCHEMA)
+        if check: self.check()
 
     @contextlib.contextmanager
     def _connect(self):
-        db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+        "A connection to the index; a damaged or unopenable index is an `AimassError` that names the file and the fix."
         try:
-            db.execute("PRAGMA journal_mode=WAL"); db.execute("PRAGMA synchronous=FULL")
-            yield db
-        finally: db.close()
+            db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL"); db.execute("PRAGMA synchronous=FULL")
+                yield db
+            finally: db.close()
+        except sqlite3.DatabaseError as e:
+            msg = _index_error(self, e)
+            if msg is None: raise
+            raise AimassError(msg) from None
 
     @contextlib.contextmanager
     def _write(self):
@@ -270,6 +410,36 @@ class Registry:
             else: db.execute("COMMIT")
 
     def __repr__(self): return f"Registry({self.root})"
+
+# %% ../nbs/03_registry.ipynb #71019dc4
+def _columns(db) -> list: return [r[1] for r in db.execute("PRAGMA table_info(versions)")]
+
+def _migrate(db, models_dir: Path):
+    "Add `code_sha256` to an index from before it: the specs of the versions it holds are recorded as they are now."
+    if "code_sha256" in _columns(db): return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if "code_sha256" not in _columns(db):  # another process may have added it meanwhile
+            db.execute("ALTER TABLE versions ADD COLUMN code_sha256 TEXT")
+            for name, v in db.execute("SELECT name, version FROM versions WHERE deleted=0").fetchall():
+                with contextlib.suppress(AimassError):  # an unreadable card: nothing to record; load says why
+                    db.execute("UPDATE versions SET code_sha256=? WHERE name=? AND version=?",
+                               (spec_hash(ModelCard.read(models_dir/name/f"v{v}").spec), name, v))
+    except BaseException: db.execute("ROLLBACK"); raise
+    else: db.execute("COMMIT")
+
+# %% ../nbs/03_registry.ipynb #e008e532
+@patch
+def check(self: Registry):
+    "Make the index ready (its tables and columns), or raise an `AimassError` that says what is wrong with it and how to rebuild it."
+    with self._connect() as db:
+        made = db.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name='versions'").fetchone()
+        if not made or "code_sha256" not in made[0]:  # a new index, or one from before code_sha256
+            db.executescript(_SCHEMA)
+            _migrate(db, self.models_dir)
+        if db.execute("SELECT 1 FROM versions LIMIT 1").fetchone(): return
+    found = _version_folders(self.models_dir)
+    if found: raise AimassError(_empty_index_error(self, found))
 
 # %% ../nbs/03_registry.ipynb #442a56e4
 def _fsync_dir(path):
@@ -294,38 +464,56 @@ def _save_weights(path: Path, state_dict):
     with open(path, "rb") as f: os.fsync(f.fileno())
 
 # %% ../nbs/03_registry.ipynb #87dd56a6
-def _clean_leftovers(model_dir: Path, known: set):
-    "Remove staging folders of dead processes and version folders no index row points to."
+def _clean_leftovers(model_dir: Path):
+    "Remove staging folders of dead processes, and what an interrupted `delete` left in the bin; never a version folder."
     if not model_dir.exists(): return
     for p in model_dir.iterdir():
         if p.name.startswith(".staging-"):
             pid = p.name.split("-")[1]
             if not (pid.isdigit() and pid_alive(int(pid))): shutil.rmtree(p, ignore_errors=True)
-        elif p.name.startswith("v") and p.name[1:].isdigit() and int(p.name[1:]) not in known:
-            shutil.rmtree(p, ignore_errors=True)
+        elif p.name.startswith(".deleted-"): shutil.rmtree(p, ignore_errors=True)
 
 # %% ../nbs/03_registry.ipynb #ecdf45f9
-@patch
-def _insert_version(self: Registry, db, card: ModelCard):
-    "The index row of a new version, with what `list` shows of it."
-    summary = {k: v for k, v in (("model", card.model), ("data_name", card.data_name), ("status", card.status)) if v is not None}
-    db.execute("INSERT INTO versions (name, version, created_at, task, metrics, summary) VALUES (?, ?, ?, ?, ?, ?)",
-               (card.name, card.version, card.created_at, card.task, json.dumps(card.test_metrics), json.dumps(summary)))
+def _stray_warning(name: str, strays: list, model_dir: Path, version: int) -> str:
+    "What a save says of version folders on disk that the index does not know."
+    listed = ", ".join(f"v{v}" for v in strays)
+    return (f"{name}: {listed} {'is' if len(strays) == 1 else 'are'} on disk in {model_dir} but not in the index (a save killed "
+            f"before it was recorded, or an index restored from an older copy); left as {'it is' if len(strays) == 1 else 'they are'}, "
+            f"and the new version is v{version}. `aimass doctor` lists such folders; `aimass doctor --rebuild` indexes them.")
 
 # %% ../nbs/03_registry.ipynb #b7913f52
+_KEY_HPARAMS = ("epochs", "lr", "batch_size")  # what a listing shows of how a version was trained
+
+def _key_hparams(card: ModelCard) -> dict:
+    "The hyperparameters a listing shows: epochs, learning rate, batch size, and the network's chosen arguments."
+    kw = {k: v for k, v in ((card.spec or {}).get("kwargs") or {}).items() if k not in _SIZE_ARGS and not isinstance(v, dict)}
+    return {**{k: card.hparams[k] for k in _KEY_HPARAMS if card.hparams.get(k) is not None}, **({"kwargs": kw} if kw else {})}
+
+# %% ../nbs/03_registry.ipynb #897e3e02
+@patch
+def _insert_version(self: Registry, db, card: ModelCard, code_sha256: str|None = None):
+    "The index row of a new version: what `list` shows of it, and the hash of its spec when that is code."
+    summary = {k: v for k, v in (("model", card.model), ("data_name", card.data_name), ("status", card.status)) if v is not None}
+    db.execute("INSERT INTO versions (name, version, created_at, task, metrics, summary, code_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
+               (card.name, card.version, card.created_at, card.task, json.dumps(card.test_metrics),
+                json.dumps({**summary, "hparams": _key_hparams(card)}), code_sha256))
+
+# %% ../nbs/03_registry.ipynb #936c8cfd
 @patch
 def _commit_version(self: Registry, db, name: str, staging: Path, card: ModelCard) -> ModelCard:
     "Inside `save`'s write transaction: take the next version number, write the card, move the folder into place, record it."
     model_dir = self.models_dir/name
-    rows = db.execute("SELECT version, deleted FROM versions WHERE name=?", (name,)).fetchall()
-    _clean_leftovers(model_dir, {v for v, d in rows if not d})
-    version = max([v for v, _ in rows], default=0) + 1
+    known = {v for (v,) in db.execute("SELECT version FROM versions WHERE name=?", (name,))}
+    _clean_leftovers(model_dir)
+    on_disk = _folder_versions(model_dir)
+    version = max(known | on_disk, default=0) + 1  # above every folder on disk too: none is ever replaced
+    if strays := sorted(on_disk - known): warnings.warn(_stray_warning(name, strays, model_dir, version), stacklevel=4)
     card = replace(card, name=name, version=version, created_at=card.created_at or _now())
     atomic_write_json(staging/"model.json", card.to_dict())
     _fsync_dir(staging)
     os.rename(staging, model_dir/f"v{version}")
     _fsync_dir(model_dir)
-    self._insert_version(db, card)
+    self._insert_version(db, card, spec_hash(card.spec))
     return card
 
 # %% ../nbs/03_registry.ipynb #21ae0410
@@ -389,26 +577,127 @@ def get(self: Registry, ref) -> ModelVersion:
     return ModelVersion(r.name, r.version, path, card)
 
 # %% ../nbs/03_registry.ipynb #b46765f7
+_EMPTY_COLUMNS = ["name", "version", "aliases", "task", "created_at"]
+
+def _blank(v) -> bool: return v is None or (isinstance(v, float) and v != v)  # None or NaN
+
+def _cell(v) -> str: return "" if _blank(v) else _num(v) if isinstance(v, float) else str(v)
+
+# %% ../nbs/03_registry.ipynb #c2c941b8
+def _version_row(r: dict, metrics: list) -> tuple:
+    "`(cells, hyperparameters)` of one version in a task's table."
+    status = "" if _blank(r.get("status")) or r.get("status") == "completed" else f" ({r['status']})"
+    cells = [r["name"], r["version"] + status, _cell(r.get("aliases")), _cell(r.get("model")), _cell(r.get("data_name")),
+             *[_cell(r.get(m)) for m in metrics], _cell(r.get("created_at"))[:16].replace("T", " ")]
+    hp = " ".join(p for p in (_kv({k: r.get(k) for k in _KEY_HPARAMS if not _blank(r.get(k))}), _cell(r.get("model_kwargs"))) if p)
+    return cells, hp
+
+def _task_tables(frame: pd.DataFrame) -> list:
+    "`(task, header, rows, hyperparameters)` for each task in `frame`, with the metric columns of that task only."
+    out = []
+    for task, sub in frame.groupby("task", sort=True):
+        metrics = [c for c in sub.columns if c.startswith("test_") and sub[c].notna().any()]
+        rows, hps = zip(*[_version_row(r, metrics) for r in sub.to_dict("records")])
+        header = ["name", "version", "aliases", "model", "data", *[m[5:] for m in metrics], "created"]
+        out.append((task, header, list(rows), list(hps)))
+    return out
+
+# %% ../nbs/03_registry.ipynb #6c232d32
+def _text_table(header: list, rows: list, notes: list) -> list:
+    "Lines of an aligned text table; each row's note (its hyperparameters) on an indented line below it."
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda r: "  " + "  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip()
+    out = [line(header)]
+    for r, note in zip(rows, notes): out += [line(r)] + ([f"      {note[:100]}"] if note else [])
+    return out
+
+def _html_table(header: list, rows: list) -> str:
+    "A small HTML table; only its last column (the hyperparameters) wraps, so it fits a notebook's width."
+    cell = lambda i, x, tag: (f'<{tag} style="text-align:left;white-space:{"normal" if i == len(header) - 1 else "nowrap"}">'
+                              f'{html.escape(str(x))}</{tag}>')
+    trs = ["<tr>" + "".join(cell(i, x, tag) for i, x in enumerate(r)) + "</tr>"
+           for r, tag in [(header, "th")] + [(r, "td") for r in rows]]
+    return f'<table style="font-size:0.9em">{"".join(trs)}</table>'
+
+# %% ../nbs/03_registry.ipynb #8f7a48d6
+class ModelList:
+    "Registered versions: `frame`, a DataFrame with one row each, for code; a compact table per task to read."
+    def __init__(self, frame: pd.DataFrame, aliases: dict|None = None, card: ModelVersion|None = None):
+        self.frame, self._aliases, self._card = frame, aliases, card  # for one model (`list_models(NAME)`): its aliases and a card
+    def __getattr__(self, name):  # .version, .empty, .iloc, .to_string(): the frame's
+        if name.startswith("_") or name == "frame": raise AttributeError(name)
+        return getattr(self.frame, name)
+    def __dir__(self): return sorted({*super().__dir__(), *(a for a in dir(self.frame) if not a.startswith("_"))})
+    def __getitem__(self, key): return self.frame[key]
+    def __len__(self): return len(self.frame)
+    def __iter__(self):
+        "Each version as a dict of its non-empty fields."
+        return iter([{k: v for k, v in r.items() if not _blank(v)} for r in self.frame.to_dict("records")])
+    def __repr__(self): return str(self)
+
+# %% ../nbs/03_registry.ipynb #7b8321cf
 @patch
-def list(self: Registry, name: str|None = None) -> pd.DataFrame:
-    "A table of registered versions (of `name`, or of every model), with their aliases and test metrics."
+def _title(self: ModelList) -> str|None:
+    "For one model: its name, number of versions and aliases."
+    if self._aliases is None or self.frame.empty: return None
+    al = ", ".join(f"{a} -> v{v}" for a, v in self._aliases.items())
+    return f"{self.frame.name.iloc[0]}: {len(self.frame)} version{'s' * (len(self.frame) != 1)}; aliases: {al or 'none'}"
+
+# %% ../nbs/03_registry.ipynb #2b29bdf7
+@patch
+def __str__(self: ModelList) -> str:
+    "The versions as text: one table per task, each version's hyperparameters below it, then the card of one model."
+    if self.frame.empty: return "No models registered yet: train one with aimass.train(...) or %aimass train."
+    lines = [self._title()] if self._title() else []
+    for task, header, rows, hps in _task_tables(self.frame):
+        lines += [f"{task}: {len(rows)} version{'s' * (len(rows) != 1)}", *_text_table(header, rows, hps)]
+    if self._card is not None: lines += ["", str(self._card)]
+    return "\n".join(lines)
+
+# %% ../nbs/03_registry.ipynb #60a0542b
+@patch
+def _repr_html_(self: ModelList) -> str:
+    "The versions as HTML: one table per task, with a hyperparameters column that wraps, then the card of one model."
+    if self.frame.empty: return f"<p>{html.escape(str(self))}</p>"
+    parts = [f"<p><b>{html.escape(self._title())}</b></p>"] if self._title() else []
+    for task, header, rows, hps in _task_tables(self.frame):
+        parts.append(f'<p style="margin:0.8em 0 0.2em"><b>{task}</b>: {len(rows)} version{"s" * (len(rows) != 1)}</p>'
+                     + _html_table(header + ["hyperparameters"], [r + [h] for r, h in zip(rows, hps)]))
+    if self._card is not None: parts.append(self._card._repr_html_())
+    return "<div>" + "".join(parts) + "</div>"
+
+# %% ../nbs/03_registry.ipynb #47cb6778
+@patch
+def _list_row(self: Registry, n, v, created, task, metrics, summary, aliases: dict) -> dict:
+    "One version's row of `list`: what the index holds of it (an index from before 0.2 has no hyperparameters: read from the card)."
+    s = json.loads(summary or "{}")
+    hp = s.pop("hparams", None)
+    if hp is None:
+        try: hp = _key_hparams(ModelCard.read(self.models_dir/n/f"v{v}"))
+        except AimassError: hp = {}
+    kw = hp.pop("kwargs", {})
+    test = {f"test_{k}": round(x, 4) for k, x in json.loads(metrics or "{}").items()}
+    return {"name": n, "version": f"v{v}", "aliases": ", ".join(aliases.get((n, v), [])), "task": task, **s, **hp,
+            **({"model_kwargs": _kv(kw)} if kw else {}), **test, "created_at": created}
+
+# %% ../nbs/03_registry.ipynb #fd4bf9cd
+@patch
+def list(self: Registry, name: str|None = None) -> ModelList:
+    "The registered versions (of `name`, or of every model) with their aliases, key hyperparameters and test metrics."
     q = "SELECT name, version, created_at, task, metrics, summary FROM versions WHERE deleted=0" + (" AND name=?" if name else "")
     with self._connect() as db:
         rows = db.execute(q + " ORDER BY name, version", (name,) if name else ()).fetchall()
         aliases = {}
         for n, a, v in db.execute("SELECT name, alias, version FROM aliases ORDER BY alias"):
             aliases.setdefault((n, v), []).append(a)
-    recs = []
-    for n, v, created, task, metrics, summary in rows:
-        test = {f"test_{k}": round(x, 4) for k, x in json.loads(metrics or "{}").items()}
-        recs.append({"name": n, "version": f"v{v}", "aliases": ", ".join(aliases.get((n, v), [])), "task": task,
-                     **json.loads(summary or "{}"), **test, "created_at": created})
-    return pd.DataFrame(recs, columns=None if recs else ["name", "version", "aliases", "task", "created_at"])
+    recs = [self._list_row(*row, aliases) for row in rows]
+    return ModelList(pd.DataFrame(recs, columns=None if recs else _EMPTY_COLUMNS))
 
 # %% ../nbs/03_registry.ipynb #335b6a28
 def model_refs(root=None) -> list[str]:
     "Every registered name, then every NAME:vN and NAME@ALIAS, read from the index under `root` (default `$AIMASS_HOME`)."
-    path = (Path(root) if root else aimass_home())/"registry.db"
+    try: path = (Path(root) if root else aimass_home())/"registry.db"
+    except AimassError: return []  # no usable home: nothing to complete
     if not path.exists(): return []
     try:
         with contextlib.closing(sqlite3.connect(path, timeout=1)) as db:
@@ -467,6 +756,14 @@ def alias_history(self: Registry, name: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["alias", "action", "from_version", "to_version", "at"])
 
 # %% ../nbs/03_registry.ipynb #4f0c1d74
+def _remove_version(folder: Path):
+    "Remove a deleted version's folder: renamed into the bin first, so an interrupted removal leaves no `vN` folder behind."
+    gone = folder.with_name(f".deleted-{folder.name}-{uuid.uuid4().hex[:8]}")
+    try: os.rename(folder, gone)
+    except OSError: gone = folder  # gone already, or cannot be renamed: remove what can be
+    shutil.rmtree(gone, ignore_errors=True)
+
+# %% ../nbs/03_registry.ipynb #939e6c51
 @patch
 def delete(self: Registry, ref) -> list:
     "Delete one version (`name:vN`, `name@alias`) or, for a bare `name`, all its versions. Returns the refs deleted."
@@ -484,7 +781,7 @@ def delete(self: Registry, ref) -> list:
         for v in doomed:
             db.execute("UPDATE versions SET deleted=1 WHERE name=? AND version=?", (r.name, v))
             db.execute("DELETE FROM aliases WHERE name=? AND version=?", (r.name, v))
-    for v in doomed: shutil.rmtree(self.models_dir/r.name/f"v{v}", ignore_errors=True)
+    for v in doomed: _remove_version(self.models_dir/r.name/f"v{v}")
     return [f"{r.name}:v{v}" for v in doomed]
 
 # %% ../nbs/03_registry.ipynb #a94f3f39
@@ -539,39 +836,250 @@ class LoadedModel:
     def __repr__(self): return f"LoadedModel({self.ref}, {self.task}, input {self.preprocessor.schema['kind']})"
 
 # %% ../nbs/03_registry.ipynb #17ba6857
+def recorded_spec_hash(model_dir) -> str|None:
+    "What the registry holding version folder `model_dir` recorded of its spec when it saved it (`spec_hash`); None when none did."
+    d = Path(os.path.abspath(model_dir))
+    db = d.parent.parent.parent/"registry.db"
+    if not (d.name[:1] == "v" and d.name[1:].isdigit() and d.parent.parent.name == "models" and db.exists()): return None
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=10)) as con:
+            row = con.execute("SELECT code_sha256 FROM versions WHERE name=? AND version=? AND deleted=0",
+                              (d.parent.name, int(d.name[1:]))).fetchone()
+    except sqlite3.Error: return None
+    return row[0] if row else None
+
+# %% ../nbs/03_registry.ipynb #704795ab
 @patch
-def load(self: Registry, ref) -> LoadedModel:
-    "Rebuild the model `ref` points to, with its weights and preprocessing."
+def load(self: Registry, ref,
+         trust_code: bool = False,  # run the card's code (its class and source) even where this registry did not record it
+         ) -> LoadedModel:
+    "Rebuild the model `ref` points to, with its weights and preprocessing; code in its card runs only as the registry recorded it."
     from aimass.models import model_from_spec, load_weights, read_state_dict
     mv = self.get(ref)
     c = mv.card
     if not c.spec: raise AimassError(f"{mv.ref}'s card says nothing of how to rebuild its network (no spec): it cannot be loaded.")
-    net = model_from_spec(c.spec, c.input_shape, c.num_outputs)
+    try: net = model_from_spec(c.spec, c.input_shape, c.num_outputs, recorded_spec_hash(mv.path), trust_code)
+    except AimassError as e: raise AimassError(f"{mv.ref}: {str(e).replace('NAME:vN', mv.ref)}") from None
     load_weights(net, read_state_dict(mv.file("weights.safetensors")))
     return LoadedModel(mv, net, c.preprocessing())
 
-# %% ../nbs/03_registry.ipynb #a20dcab0
-def list_models(ref: str|None = None,  # NAME: its versions; NAME:vN or NAME@ALIAS: that version; none: every model
-                ) -> pd.DataFrame:
-    "A table of registered versions with their aliases and test metrics."
-    reg = Registry()
-    if ref is None: return reg.list()
-    r = parse_ref(ref)
-    table = reg.list(reg.resolve(r).name)
-    if r.version is None and r.alias is None: return table
-    return table[table.version == f"v{reg.resolve(r).version}"].reset_index(drop=True)
+# %% ../nbs/03_registry.ipynb #23d3fe97
+@patch
+def trust(self: Registry, ref) -> list:
+    "Record the code in the cards of `ref` (NAME:vN, NAME@ALIAS, or NAME: all its versions) as this registry's, so it loads."
+    p, r = parse_ref(ref), self.resolve(ref)
+    with self._connect() as db: versions = self._versions(db, r.name) if p.version is None and p.alias is None else [r.version]
+    with self._write() as db:
+        for v in versions:
+            h = spec_hash(ModelCard.read(self.models_dir/r.name/f"v{v}").spec)
+            db.execute("UPDATE versions SET code_sha256=? WHERE name=? AND version=?", (h, r.name, v))
+    return [f"{r.name}:v{v}" for v in versions]
 
-# %% ../nbs/03_registry.ipynb #5f16db68
+# %% ../nbs/03_registry.ipynb #27cb3e59
+@dataclass
+class Checkup:
+    "What `doctor` found in a registry: its problems (each says what to do), notes, and whether the index was rebuilt."
+    root: Path
+    models: int = 0  # names with live versions
+    versions: int = 0  # live versions
+    problems: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    rebuilt: bool = False
+    @property
+    def ok(self) -> bool: return not self.problems
+    def __repr__(self): return str(self)
+
+# %% ../nbs/03_registry.ipynb #38bb1b7f
+@patch
+def __str__(self: Checkup) -> str:
+    "The summary line, then a line for each problem and note."
+    head = (f"Registry {self.root}: {self.models} model{'s' * (self.models != 1)}, {self.versions} version{'s' * (self.versions != 1)}"
+            + (", index rebuilt from the cards" if self.rebuilt else ""))
+    if self.ok: head += ", no problems."
+    else: head += f"; {len(self.problems)} problem{'s' * (len(self.problems) != 1)}:"
+    notes = ["notes:"] + [f"  - {n}" for n in self.notes] if self.notes else []
+    return "\n".join([head] + [f"  - {p}" for p in self.problems] + notes)
+
+# %% ../nbs/03_registry.ipynb #dd09dfc5
+@patch
+def _repr_markdown_(self: Checkup) -> str: return str(self).replace("\n  - ", "\n- ").replace("\nnotes:", "\n\n**notes:**\n")
+
+# %% ../nbs/03_registry.ipynb #992efa74
+def _index_rows(reg) -> tuple:
+    "`({(name, version): (deleted, code_sha256)}, [(name, alias, version)])` from the index; an `AimassError` when it cannot be read."
+    with reg._connect() as db:
+        db.executescript(_SCHEMA)
+        _migrate(db, reg.models_dir)
+        rows = {(n, v): (d, h) for n, v, d, h in db.execute("SELECT name, version, deleted, code_sha256 FROM versions")}
+        return rows, db.execute("SELECT name, alias, version FROM aliases ORDER BY name, alias").fetchall()
+
+# %% ../nbs/03_registry.ipynb #dd3f78ef
+def _disk_problems(reg, rows: dict, found: dict) -> tuple:
+    "`(problems, notes)` where index and folders disagree: folders it does not know, its versions whose folder is gone."
+    if not rows and found: return [_empty_index_error(reg, found)], []
+    live, gone = {k for k, (d, _) in rows.items() if not d}, {k for k, (d, _) in rows.items() if d}
+    problems = [f"{n}:v{v} is on disk ({found[n, v]}) but not in the index: `aimass doctor --rebuild` indexes it."
+                for n, v in sorted(set(found) - set(rows))]
+    problems += [f"{n}:v{v} is in the index but its folder or card is gone: remove it with aimass.delete('{n}:v{v}')."
+                 for n, v in sorted(live - set(found))]
+    notes = [f"{n}:v{v} was deleted, but its folder {found[n, v]} is still on disk: remove it when you no longer need it."
+             for n, v in sorted(gone & set(found))]
+    return problems, notes
+
+# %% ../nbs/03_registry.ipynb #337fe6e6
+def _code_problems(rows: dict, found: dict) -> list:
+    "Live versions whose card names code (a class of the user's) other than what the index recorded, or that it never recorded."
+    out = []
+    for (n, v), (deleted, recorded) in sorted(rows.items()):
+        if deleted or (n, v) not in found: continue
+        try: spec = ModelCard.read(found[n, v]).spec
+        except AimassError as e: out.append(f"{n}:v{v}: {e}"); continue
+        if spec_hash(spec) in (None, recorded): continue
+        why = ("changed since the registry saved it" if recorded else
+               "not recorded by this registry (a version from elsewhere, or an index rebuilt from the cards)")
+        out.append(f"{n}:v{v} holds code ({spec.get('class')}{' and its source' if spec.get('source') else ''}) {why}, so load, "
+                   f"predict and serve refuse it: read the spec in {found[n, v]/'model.json'}, and if you trust it, "
+                   f"`aimass doctor --trust {n}:v{v}`.")
+    return out
+
+# %% ../nbs/03_registry.ipynb #3d6358f6
+def _diagnose(reg) -> Checkup:
+    "Check the index against the version folders on disk and the code their cards hold."
+    found = _version_folders(reg.models_dir)
+    try: rows, _ = _index_rows(reg)
+    except AimassError as e: return Checkup(reg.root, problems=[str(e)])
+    problems, notes = _disk_problems(reg, rows, found)
+    live = [k for k, (d, _) in rows.items() if not d]
+    return Checkup(reg.root, len({n for n, _ in live}), len(live), problems + _code_problems(rows, found), notes)
+
+# %% ../nbs/03_registry.ipynb #06bb658d
+_NO_INDEX = {"versions": [], "aliases": [], "history": []}
+
+def _old_index(reg) -> dict|None:
+    "Everything a readable index holds (versions with every column, aliases, alias history); None when it cannot be read."
+    if not reg.db_path.exists(): return _NO_INDEX
+    try:
+        with reg._connect() as db:
+            db.executescript(_SCHEMA)
+            _migrate(db, reg.models_dir)
+            q = {"versions": "SELECT name, version, created_at, task, metrics, summary, deleted, code_sha256 FROM versions",
+                 "aliases": "SELECT name, alias, version, updated_at FROM aliases",
+                 "history": "SELECT name, alias, version, previous, action, at FROM alias_history ORDER BY id"}
+            return {k: db.execute(sql).fetchall() for k, sql in q.items()}
+    except AimassError: return None
+
+# %% ../nbs/03_registry.ipynb #034d39e3
+def _new_rows(old: dict, found: dict) -> tuple:
+    "`(live, deleted, notes)` of a new index: a card on disk for each live version, with what the old index knew of it."
+    known, live, notes = {(r[0], r[1]): r for r in old["versions"]}, [], []
+    for (n, v), folder in found.items():
+        row = known.get((n, v))
+        if row and row[6]:
+            notes.append(f"{n}:v{v} stays deleted, as the index said, though its folder {folder} is still on disk."); continue
+        try: card = ModelCard.read(folder)
+        except AimassError as e: notes.append(f"{n}:v{v} was left out of the index: {e}"); continue
+        live.append((replace(card, name=n, version=v, created_at=card.created_at or _now()), row[7] if row else None))
+    deleted = [(*r[:6], 1, r[7]) for k, r in known.items() if r[6] or k not in found]  # numbers never handed out again
+    notes += [f"{n}:v{v} was in the index but its folder is gone: recorded as deleted."
+              for (n, v), r in known.items() if not r[6] and (n, v) not in found]
+    return live, deleted, notes
+
+# %% ../nbs/03_registry.ipynb #811559d5
+def _write_index(reg, path: Path, live: list, deleted: list, aliases: list, history: list):
+    "A new index at `path`: the `live` versions `(card, code_sha256)`, the `deleted` rows as they were, aliases and their history."
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.executescript(_SCHEMA)
+        db.execute("BEGIN")
+        for card, code in live: reg._insert_version(db, card, code)
+        db.executemany("INSERT INTO versions (name, version, created_at, task, metrics, summary, deleted, code_sha256) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", deleted)
+        db.executemany("INSERT INTO aliases VALUES (?, ?, ?, ?)", aliases)
+        db.executemany("INSERT INTO alias_history (name, alias, version, previous, action, at) VALUES (?, ?, ?, ?, ?, ?)", history)
+        db.execute("COMMIT")
+    with open(path, "rb") as f: os.fsync(f.fileno())
+
+# %% ../nbs/03_registry.ipynb #60f3b74f
+def _swap_index(reg, new: Path, damaged: bool) -> Path|None:
+    "Put index file `new` in place; the old one (with its WAL files) is kept beside it. Returns where it was kept."
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    kept = reg.db_path.with_name(f"registry.db.{'damaged' if damaged else 'before-rebuild'}-{stamp}")
+    moved = [os.replace(f"{reg.db_path}{x}", f"{kept}{x}") for x in ("", "-wal", "-shm") if Path(f"{reg.db_path}{x}").exists()]
+    os.replace(new, reg.db_path)
+    _fsync_dir(reg.root)
+    return kept if moved else None
+
+# %% ../nbs/03_registry.ipynb #b4c65a90
+def _alias_notes(old: dict|None, aliases: list) -> list:
+    "What a rebuild could keep of the aliases: they are in the old index only, never in the cards."
+    if not old or not old["versions"]:
+        return ["Aliases and their history are not in the model cards, so they cannot be recovered: point them again with "
+                "aimass.promote(NAME, VERSION, ALIAS)."]
+    if not aliases: return []
+    return [f"Kept {len(aliases)} alias{'es' * (len(aliases) != 1)} ({', '.join(f'{n}@{a}' for n, a, *_ in aliases)}) "
+            "and their history from the old index."]
+
+# %% ../nbs/03_registry.ipynb #4374fb8b
+def _rebuild(root=None) -> list:
+    "Write the index of the registry at `root` again from the cards on disk; returns notes on what was done."
+    reg = Registry(root, check=False)
+    old = _old_index(reg)
+    live, deleted, notes = _new_rows(old or _NO_INDEX, _version_folders(reg.models_dir))
+    refs = {(c.name, c.version) for c, _ in live}
+    aliases = [a for a in (old or _NO_INDEX)["aliases"] if (a[0], a[2]) in refs]
+    tmp = reg.root/f".registry.db.rebuild-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try: _write_index(reg, tmp, live, deleted, aliases, (old or _NO_INDEX)["history"])
+    except BaseException: tmp.unlink(missing_ok=True); raise
+    kept = _swap_index(reg, tmp, damaged=old is None)
+    shown = ", ".join(c.ref for c, _ in live[:10]) + (f" and {len(live) - 10} more" if len(live) > 10 else "")
+    return ([f"Indexed {len(live)} version{'s' * (len(live) != 1)} from their cards{': ' + shown if live else ''}."]
+            + ([f"The old index is kept as {kept}."] if kept else []) + _alias_notes(old, aliases) + notes)
+
+# %% ../nbs/03_registry.ipynb #75ee802d
+def rebuild(root=None,  # the registry's folder (default: $AIMASS_HOME)
+            ) -> Checkup:
+    "Rebuild the registry's index from the model cards on disk (the old index file is kept beside it); returns what `doctor` finds."
+    notes = _rebuild(root)
+    report = _diagnose(Registry(root, check=False))
+    return replace(report, notes=notes + report.notes, rebuilt=True)
+
+# %% ../nbs/03_registry.ipynb #a20dcab0
+@patch
+def aliases_of(self: Registry, name: str) -> dict:
+    "`{alias: version}` of model `name`."
+    with self._connect() as db:
+        return dict(db.execute("SELECT alias, version FROM aliases WHERE name=? ORDER BY alias", (name,)).fetchall())
+
+# %% ../nbs/03_registry.ipynb #1ab3f3de
 def show(ref: str,  # NAME (its latest version), NAME:vN or NAME@ALIAS
          ) -> ModelVersion:
-    "One registered version: its folder and its card."
-    return Registry().get(ref)
+    """One registered version: its folder and its card.
 
-# %% ../nbs/03_registry.ipynb #ce6c6335
+    It shows as its card's facts: what it predicts, its network, metrics, training, data, export, bench and aliases."""
+    reg = Registry()
+    mv = reg.get(ref)
+    mv.aliases = [a for a, v in reg.aliases_of(mv.name).items() if v == mv.version]
+    return mv
+
+# %% ../nbs/03_registry.ipynb #74ccebb8
+def list_models(ref: str|None = None,  # NAME: its versions, aliases and card; NAME:vN or NAME@ALIAS: that version; none: every model
+                ) -> ModelList:
+    """A table of registered versions with their aliases and test metrics.
+
+    One table per task (each with its own metrics) with each version's key hyperparameters; for one model, its
+    aliases and card too. `.frame` is the DataFrame behind it, and the result reads as one (`.version`, `["name"]`)."""
+    reg = Registry()
+    if ref is None: return reg.list()
+    p, r = parse_ref(ref), reg.resolve(ref)
+    frame = reg.list(r.name).frame
+    if p.version is not None or p.alias: frame = frame[frame.version == f"v{r.version}"].reset_index(drop=True)
+    return ModelList(frame, reg.aliases_of(r.name), show(str(r)))
+
+# %% ../nbs/03_registry.ipynb #5f16db68
 def load(ref: str,  # NAME (its latest version), NAME:vN or NAME@ALIAS
+         trust_code: bool = False,  # run code in its card that this registry did not record (from elsewhere): code you have read
          ) -> LoadedModel:
     "The model `ref` points to, rebuilt with its weights and preprocessing: `predict(rows)` takes raw rows."
-    return Registry().load(ref)
+    return Registry().load(ref, trust_code)
 
 # %% ../nbs/03_registry.ipynb #993534c3
 def delete(ref: str,  # NAME:vN or NAME@ALIAS: that version; NAME: every version (with all_versions)
@@ -606,3 +1114,13 @@ def rollback(name: str,  # the model's name
              ) -> Ref:
     "Move `name@alias` back to the version it pointed to before its last move."
     return Registry().rollback(name, alias)
+
+# %% ../nbs/03_registry.ipynb #230b9ae3
+def doctor(*, rebuild: bool = False,  # rebuild the index from the model cards on disk (the old index file is kept beside it)
+           trust: str|None = None,  # NAME:vN (NAME: all its versions) whose code in model.json you have read: let load and serve run it
+           ) -> Checkup:
+    "Check the registry's index against the model folders and the code in their cards; rebuild the index, trust code."
+    notes = _rebuild() if rebuild else []
+    if trust: notes.append(f"Recorded the code of {', '.join(Registry().trust(trust))} as trusted: load, predict and serve run it.")
+    report = _diagnose(Registry(check=False))
+    return replace(report, notes=notes + report.notes, rebuilt=rebuild)

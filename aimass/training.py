@@ -6,7 +6,7 @@ Docs: https://aimass.github.io/aimass/training.html.md"""
 
 # %% ../nbs/04_training.ipynb #1c077e5c
 from __future__ import annotations
-import contextlib, json, math, os, random, signal, threading, time, uuid, warnings
+import contextlib, functools, inspect, json, math, os, random, signal, threading, time, uuid, warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
@@ -20,9 +20,9 @@ from fastcore.basics import patch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Checkpoint
 from .core import AimassError, aimass_home, atomic_write_bytes, atomic_write_json, check_name, in_notebook
-from .data import Dataset, Preprocessor, load_data, score, split
+from .data import BUILTIN_DATASETS, Dataset, Preprocessor, load_data, score, split
 from .models import (TEMPLATES, Predictor, TaskModule, batched_outputs, lightning_step_needs, load_weights,
-                           overridden_hooks, read_state_dict, resolve_model)
+                           model_from_spec, overridden_hooks, read_state_dict, resolve_model)
 from .registry import LoadedModel, ModelCard, Record, Registry, TargetInfo
 
 # %% auto #0
@@ -128,6 +128,7 @@ def _quiet_lightning():
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # resuming into the run's own folder
         warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
         warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*")  # aimass validates
+        warnings.filterwarnings("ignore", message=r".*lr_scheduler.step\(\)` before `optimizer.step\(\)`.*")  # a resumed schedule catching up
         try: yield
         finally:
             for l, lv in zip(loggers, levels): l.setLevel(lv)
@@ -230,12 +231,40 @@ class AimassCallback(L.Callback):
         if getattr(pl_module, "chunked", False): pl_module.after_step = lambda loss, n: self._after_step(trainer)
 
 # %% ../nbs/04_training.ipynb #0d8ea0cd
+def _stretch_cosine(trainer, module):
+    """A resumed `TaskModule` run with another number of epochs: its cosine schedule (restored with the old length)
+    decays to 0 over the new total instead, continuing from the epoch reached."""
+    if not isinstance(module, TaskModule): return
+    total = max(1, module.hparams.max_epochs)
+    for cfg in trainer.lr_scheduler_configs:
+        s = cfg.scheduler
+        if not isinstance(s, torch.optim.lr_scheduler.CosineAnnealingLR) or s.T_max == total: continue
+        s.T_max = total  # the closed form at the epoch reached; the scheduler's next steps follow it from there
+        s._last_lr = [s.eta_min + (lr - s.eta_min)*(1 + math.cos(math.pi*s.last_epoch/total))/2 for lr in s.base_lrs]
+        for group, lr in zip(s.optimizer.param_groups, s._last_lr): group["lr"] = lr
+
+# %% ../nbs/04_training.ipynb #0f867b39
+@patch
+def _history_before(self: AimassCallback, epoch: int) -> list:
+    """The rows of `history.jsonl` up to `epoch`: a resumed run's history. Later rows (an epoch whose checkpoint was
+    never written) are dropped from the file, as the run does that epoch again."""
+    f = self.run_dir/"history.jsonl"
+    if not f.exists(): return []
+    rows = [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
+    kept = [r for r in rows if r.get("epoch", 0) <= epoch]
+    if len(kept) < len(rows): f.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return kept
+
+# %% ../nbs/04_training.ipynb #1b0a45ee
 @patch
 def on_train_start(self: AimassCallback, trainer, pl_module):
-    "Start the progress display at the epoch a resumed run continues from."
-    if self.progress and trainer.is_global_zero:
+    "Fit a resumed schedule to the run's epochs; start the progress display where the run continues, with its history."
+    _stretch_cosine(trainer, pl_module)
+    if not trainer.is_global_zero: return
+    history = self._history_before(trainer.current_epoch)
+    if self.progress:
         steps = self.sampler.steps_per_epoch if self.sampler is not None else trainer.num_training_batches
-        self.progress.start(trainer.max_epochs, steps, first_epoch=trainer.current_epoch)
+        self.progress.start(trainer.max_epochs, steps, first_epoch=trainer.current_epoch, history=history)
 
 # %% ../nbs/04_training.ipynb #12bc3217
 @patch
@@ -299,7 +328,7 @@ def on_train_epoch_end(self: AimassCallback, trainer, pl_module):
 # %% ../nbs/04_training.ipynb #ff8b90a2
 class TerminalProgress:
     "A plain progress bar for terminals and scripts."
-    def start(self, epochs, steps_per_epoch, first_epoch=0):
+    def start(self, epochs, steps_per_epoch, first_epoch=0, history=None):
         from tqdm.auto import tqdm
         self.bar = tqdm(total=epochs*steps_per_epoch, initial=first_epoch*steps_per_epoch, unit="step",
                         desc="training", dynamic_ncols=True, mininterval=0.25)
@@ -525,12 +554,122 @@ def _resume_checkpoint(resume, name: str) -> Path:
     raise AimassError(f"Nothing to resume from {resume!r}: not a run id of {name!r}, a run folder or a checkpoint file.")
 
 # %% ../nbs/04_training.ipynb #76c7e1c6
-def _run_folder(resume, name: str) -> tuple:
-    "`(name, run folder, checkpoint to resume from)`: a new folder and None, or the resumed run's folder and last checkpoint."
-    name = check_name(name)
-    ckpt_path = _resume_checkpoint(resume, name) if resume else None
-    if ckpt_path is not None and ckpt_path.parent.name == "checkpoints": return name, ckpt_path.parent.parent, ckpt_path
-    return name, _new_run_dir(name), ckpt_path
+_FIXED_ON_RESUME = ("model", "data", "target", "task", "seed", "val_size", "test_size", "batch_size", "lr", "weight_decay",
+                    "optimizer", "scheduler", "precision", "init_from")  # the checkpoint depends on these
+_FREE_ON_RESUME = ("epochs", "early_stopping", "batches_per_step", "deterministic")  # these may change when a run resumes
+
+@dataclass
+class RunSpec(Record):
+    "What a run was started with, saved as `run.json` in its folder: `resume=` reads the model, data and settings back."
+    name: str  # the registry name
+    model: dict  # the model's spec (aimass.models.model_from_spec)
+    data: dict  # {"dataset": name}, {"path": file}, or {"memory": kind} for data given in memory, which cannot be read again
+    fingerprint: str  # of the data (aimass.data.Dataset.fingerprint): resume checks it
+    target: str|None = None
+    task: str|None = None
+    seed: int|None = None
+    val_size: float|None = None
+    test_size: float|None = None
+    batch_size: int|None = None
+    lr: float|None = None
+    weight_decay: float|None = None
+    optimizer: str|None = None
+    scheduler: str|None = None
+    precision: str|None = None
+    init_from: str|None = None
+    epochs: int|None = None
+    early_stopping: int|None = None
+    batches_per_step: int|str|None = None
+    deterministic: bool|None = None
+
+# %% ../nbs/04_training.ipynb #d5a40ae1
+def _data_ref(data) -> dict:
+    "How a run's data can be found again: a built-in dataset's name or a file's path; for data held in memory, its kind."
+    if isinstance(data, (str, Path)):
+        return {"dataset": str(data)} if str(data) in BUILTIN_DATASETS else {"path": str(Path(data).resolve())}
+    return {"memory": type(data).__name__}
+
+# %% ../nbs/04_training.ipynb #1566725a
+def _same(a, b) -> bool:
+    "Equal as settings: numbers by value (1 and 1.0), sequences as lists, anything else as its JSON."
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    if number(a) and number(b): return a == b
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+# %% ../nbs/04_training.ipynb #8cd39466
+def _class_id(model) -> str:
+    "`module:qualname` of a model class, or of an instance's class: what a spec's `class` holds."
+    cls = model if isinstance(model, type) else type(model)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+# %% ../nbs/04_training.ipynb #84801105
+def _resumed_model(saved: dict, model, kwargs: dict, default: str) -> tuple:
+    """`(model, model_kwargs, differences)` for resuming a run whose model spec is `saved`: the spec itself for a
+    template name or the default, the class or instance given for the same class; what differs, as `name=value` notes."""
+    saved_id, stored = saved.get("template") or saved.get("class"), saved.get("kwargs", {})
+    differ = [f"{k}={v!r} (the run's: {stored.get(k)!r})" for k, v in kwargs.items() if not _same(v, stored.get(k))]
+    given_id = model if isinstance(model, str) else _class_id(model)
+    if given_id != saved_id and not (isinstance(model, str) and model == default):
+        differ.insert(0, f"model={given_id} (the run's: {saved_id})")
+    if isinstance(model, str): return saved, {}, differ  # prepare builds the spec: its template and arguments
+    return model, (stored if isinstance(model, type) else {}), differ
+
+# %% ../nbs/04_training.ipynb #d800d29e
+def _resumed_data(saved: RunSpec, data, default, run: str):
+    "The data to resume with: the run's (a dataset name or a file) when `data` is left at its default."
+    if not (isinstance(data, str) and data == default): return data
+    if "memory" in saved.data:
+        raise AimassError(f"Run {run} trained on a {saved.data['memory']} given in memory, which cannot be read again: "
+                          "pass the same data again (data=...) to resume it.")
+    return saved.data.get("dataset") or saved.data["path"]
+
+# %% ../nbs/04_training.ipynb #16f1bd43
+def _refuse(run: str, differ: list):
+    "The one-line error for resuming `run` with settings that contradict it."
+    raise AimassError(f"Cannot resume run {run} with other settings: {'; '.join(differ)}. A resumed run keeps its model, data, "
+                      f"split, seed, batch size and optimizer; only {', '.join(_FREE_ON_RESUME)} (and where it runs) may change. "
+                      "Leave the others out to take the run's, or train a new run without resume.")
+
+# %% ../nbs/04_training.ipynb #73b966a2
+def _resume_args(saved: RunSpec, args: dict, defaults: dict, run: str) -> dict:
+    """`train`'s arguments `args` for resuming the run `saved`: those left at their `defaults` take the run's values;
+    those given with other values that may not change are refused, all in one line."""
+    args, differ = dict(args), []
+    args["model"], args["model_kwargs"], differ = _resumed_model(saved.model, args["model"], args["model_kwargs"], defaults["model"])
+    args["data"] = _resumed_data(saved, args["data"], defaults["data"], run)
+    for k in (*_FIXED_ON_RESUME, *_FREE_ON_RESUME):
+        if k in ("model", "data"): continue
+        if _same(args[k], defaults[k]): args[k] = getattr(saved, k)
+        elif k in _FIXED_ON_RESUME and not _same(args[k], getattr(saved, k)): differ.append(f"{k}={args[k]!r} (the run's: {getattr(saved, k)!r})")
+    if differ: _refuse(run, differ)
+    if isinstance(args["model"], dict) and "template" not in args["model"]:  # code: run only where the registry recorded it
+        raise AimassError(f"Run {run} trained the class {saved.model['class']}, whose code is not run from a run folder: pass "
+                          "the same class again (model=..., or the %%aimass train cell that defines it) to resume it.")
+    return args
+
+# %% ../nbs/04_training.ipynb #f94f057b
+def _epochs_done(ckpt_path: Path) -> int:
+    "How many epochs a checkpoint has completed."
+    ck = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    progress = ck.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    return int(progress.get("processed", ck.get("epoch", 0)))
+
+# %% ../nbs/04_training.ipynb #4b77141a
+def _resumed_run(resume, name: str|None, default_name) -> tuple:
+    """`(name, run folder or None, checkpoint, saved RunSpec or None)` of the run `resume=` names; `default_name()`
+    gives the name when none is given and `resume` names no run folder."""
+    ckpt = _resume_checkpoint(resume, check_name(default_name() if name is None else name))
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
+    saved = RunSpec.from_dict(json.loads((run_dir/"run.json").read_text())) if run_dir and (run_dir/"run.json").exists() else None
+    return check_name(name if name is not None else saved.name if saved else default_name()), run_dir, ckpt, saved
+
+# %% ../nbs/04_training.ipynb #8fd837f7
+def _check_resumed(p, saved: RunSpec, run: str):
+    "The prepared model and data are the run's: the same class and arguments, and data with the same fingerprint."
+    model = lambda spec: (spec.get("template") or spec.get("class"), json.dumps(spec.get("kwargs", {}), sort_keys=True, default=str))
+    differ = [] if model(p.spec) == model(saved.model) else [f"model {' '.join(model(p.spec))} (the run's: {' '.join(model(saved.model))})"]
+    if p.fingerprint != saved.fingerprint: differ.append(f"data {p.ds.name!r} with fingerprint {p.fingerprint} (the run's: {saved.fingerprint})")
+    if differ: _refuse(run, differ)
 
 # %% ../nbs/04_training.ipynb #73817019
 @dataclass
@@ -539,12 +678,24 @@ class Prepared:
     ds: Dataset; splits: object; pre: Preprocessor; module: L.LightningModule; net: torch.nn.Module; spec: dict
     tensors: dict; target_mean: float; target_std: float; model_label: str
 
+    @functools.cached_property
+    def fingerprint(self) -> str: return self.ds.fingerprint()  # run.json, resume's check and the card: hashed once
+
 # %% ../nbs/04_training.ipynb #0ae5a719
-def _default_name(model, ds):
-    label = model if isinstance(model, str) else (model.__name__ if isinstance(model, type) else type(model).__name__)
-    return f"{ds.name}-{label}".replace(" ", "-").replace("_", "-").lower().strip("-.")
+def _data_label(data) -> str:
+    "The data's part of a default name: a built-in dataset's name, a file's stem, or the kind of data held in memory."
+    if isinstance(data, (str, Path)): return str(data) if str(data) in BUILTIN_DATASETS else Path(data).stem
+    if isinstance(data, Dataset): return data.name
+    return "the DataFrame" if isinstance(data, pd.DataFrame) else "arrays"
 
 # %% ../nbs/04_training.ipynb #57d65c5c
+def _default_name(model, data) -> str:
+    "DATA-MODEL, a run's name when none is given: `penguins-mlp` for the mlp template on penguins.csv."
+    if isinstance(model, dict): label = model.get("template") or model["class"].split(":")[-1]
+    else: label = model if isinstance(model, str) else (model.__name__ if isinstance(model, type) else type(model).__name__)
+    return f"{_data_label(data)}-{label}".replace(" ", "-").replace("_", "-").lower().strip("-.")
+
+# %% ../nbs/04_training.ipynb #9a7af56d
 def prepare(model, data, target=None, task=None, val_size=0.15, test_size=0.15, seed=0, model_kwargs=None,
             lr=1e-3, weight_decay=0.0, optimizer="adamw", scheduler="cosine", epochs=10, init_from=None) -> Prepared:
     "Load and split `data`, fit the preprocessing, build the model (and its `TaskModule`), and make the tensors."
@@ -559,14 +710,15 @@ def prepare(model, data, target=None, task=None, val_size=0.15, test_size=0.15, 
     n_out = ds.num_classes if ds.task == "classification" else 1
     with torch.random.fork_rng():
         torch.manual_seed(seed)  # the same seed gives the same initial weights
-        net, spec = resolve_model(model, pre.input_shape, n_out, model_kwargs)
+        if isinstance(model, dict): net, spec = model_from_spec(model, pre.input_shape, n_out), model  # a resumed run's spec
+        else: net, spec = resolve_model(model, pre.input_shape, n_out, model_kwargs)
     if init_from is not None:
         sd = read_state_dict(Registry().get(init_from).file("weights.safetensors")) if not Path(str(init_from)).exists() else read_state_dict(init_from)
         load_weights(net, sd)
     if isinstance(net, L.LightningModule): module = net
     else: module = TaskModule(net, ds.task, n_out, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
                               scheduler=scheduler, max_epochs=epochs, target_mean=tm, target_std=ts)
-    label = model if isinstance(model, str) else spec["class"].split(":")[-1]
+    label = model if isinstance(model, str) else spec.get("template") or spec["class"].split(":")[-1]
     return Prepared(ds, sp, pre, module, net, spec, {k: tensors(getattr(sp, k)) for k in ("train", "val", "test")}, tm, ts, label)
 
 # %% ../nbs/04_training.ipynb #c8a60245
@@ -625,6 +777,10 @@ def _run_fit(trainer, p: Prepared, loaders, ckpt_path, stop: StopSignal, display
                               f"(lr={p.module.hparams.get('lr', '?') if hasattr(p.module, 'hparams') else '?'}) or check the data for extreme values. {kept}") from None
         except StopRequested: pass
         except (SystemExit, KeyboardInterrupt): status = "interrupted"  # Lightning exits after a KeyboardInterrupt (a second Ctrl-C)
+        except RuntimeError as e:  # a run from before run.json, resumed with other settings than its own
+            if ckpt_path is None or "state_dict" not in str(e): raise
+            raise AimassError(f"The checkpoint {ckpt_path} does not fit this model ({str(e).splitlines()[-1].strip()}): "
+                              "resume with the model, data and settings the run was started with.") from None
         finally:
             if getattr(p.module, "chunked", False): p.module.chunked, p.module.after_step = False, None  # an ordinary module again
     return status
@@ -668,14 +824,16 @@ def _finish(p: Prepared, name, run_dir, status, ckpt, trainer, loop, t0, hparams
     hist_file, duration = run_dir/"history.jsonl", time.perf_counter() - t0
     history = pd.DataFrame([json.loads(l) for l in hist_file.read_text().splitlines()]) if hist_file.exists() else pd.DataFrame()
     card = ModelCard(task=p.ds.task, classes=p.ds.classes, model=p.model_label, spec=p.spec,
-                     target=TargetInfo(p.ds.target, p.target_mean, p.target_std), input_shape=list(p.pre.input_shape),
+                     target=TargetInfo(p.ds.target, *((p.target_mean, p.target_std) if p.ds.task == "regression" else (None, None))),
+                     input_shape=list(p.pre.input_shape),
                      num_outputs=p.ds.num_classes or 1, preprocessor=p.pre.to_dict(), schema=p.pre.schema,
                      metrics={"test": test_m, "val": val_m}, hparams=hparams, status=status,
-                     data={"name": p.ds.name, "fingerprint": p.ds.fingerprint(),
+                     data={"name": p.ds.name, "fingerprint": p.fingerprint,
                            "rows": {k: len(getattr(p.splits, k)) for k in ("train", "val", "test")}},
                      run={"dir": str(run_dir), "checkpoint": str(best), "epochs": len(history), "duration_s": round(duration, 2)})
     buf = io.BytesIO(); np.savez(buf, x=xt, y=p.splits.test.y)
     mv = Registry().save(name, card, net.state_dict(), files={"heldout.npz": buf.getvalue(), "history.json": history.to_json(orient="records")})
+    mv.card = ModelCard.read(mv.path)  # as loading it gives it: a classification's card stores no target mean and std
     cm = _confusion(out_t, p.splits.test.y, p.ds.num_classes) if p.ds.task == "classification" else None
     return Run(name, run_dir, status, history, test_m, val_m, mv, LoadedModel(mv, net, p.pre), p.ds.task,
                p.ds.classes, cm, duration, best, loop)
@@ -683,13 +841,48 @@ def _finish(p: Prepared, name, run_dir, status, ckpt, trainer, loop, t0, hparams
 # %% ../nbs/04_training.ipynb #b4eb4a34
 _HPARAMS = ("epochs", "lr", "batch_size", "seed", "optimizer", "weight_decay", "scheduler", "val_size", "test_size",
             "precision", "early_stopping", "devices", "batches_per_step")  # what the card records of train's arguments
+_FIT_ARGS = ("epochs", "batch_size", "seed", "accelerator", "devices", "strategy", "precision", "deterministic", "early_stopping",
+             "progress", "callbacks", "batches_per_step")  # what `_fit` takes of them
 
 def _check_args(epochs, batch_size, batches_per_step):
-    if epochs < 1 or batch_size < 1: raise AimassError(f"epochs and batch_size must be at least 1 (got {epochs}, {batch_size}).")
+    for name, v in (("epochs", epochs), ("batch_size", batch_size)):  # one line naming the one bad value
+        if v < 1: raise AimassError(f"{name} must be at least 1, not {v}.")
     if batches_per_step != "auto" and (type(batches_per_step) is not int or batches_per_step < 1):
         raise AimassError(f"batches_per_step must be 'auto' or a whole number of at least 1 (got {batches_per_step!r}).")
 
 # %% ../nbs/04_training.ipynb #1c906bca
+def _resolve(args: dict) -> tuple:
+    """`(name, run folder, checkpoint, saved RunSpec, arguments)`: all None but `args` for a new run; for `resume=`, the
+    run's, its settings merged into `args` (`_resume_args`), and an error when it has done `epochs` already."""
+    if not args["resume"]: return args["name"], None, None, None, args
+    name, run_dir, ckpt, saved = _resumed_run(args["resume"], args["name"], lambda: _default_name(args["model"], args["data"]))
+    run = f"{name}/{run_dir.name}" if run_dir else str(ckpt)
+    if saved is not None: args = _resume_args(saved, args, {k: v.default for k, v in inspect.signature(train).parameters.items()}, run)
+    if args["epochs"] <= (done := _epochs_done(ckpt)):
+        raise AimassError(f"Run {run} has trained {done} epochs already (epochs={args['epochs']}): pass epochs above {done} to train it longer.")
+    return name, run_dir, ckpt, saved, args
+
+# %% ../nbs/04_training.ipynb #5d4c1a5e
+def _run_spec(name: str, p: Prepared, args: dict) -> RunSpec:
+    "What a run is started (or resumed) with, for its `run.json`."
+    keep = {k: args[k] for k in (*_FIXED_ON_RESUME, *_FREE_ON_RESUME) if k not in ("model", "data", "task")}
+    return RunSpec(name, p.spec, _data_ref(args["data"]), p.fingerprint, task=p.ds.task, **keep)
+
+# %% ../nbs/04_training.ipynb #21abc5e1
+def _train_run(a: dict, t0: float) -> Run|None:
+    "`train` with its arguments `a`: find the run to resume, prepare, save `run.json`, fit, and register the result."
+    name, run_dir, ckpt_path, saved, a = _resolve(a)
+    L.seed_everything(a["seed"], workers=True, verbose=False)
+    p = prepare(**{k: a[k] for k in inspect.signature(prepare).parameters if k != "init_from"},
+                init_from=None if ckpt_path else a["init_from"])  # a resumed run's weights come from its checkpoint
+    if saved is not None: _check_resumed(p, saved, f"{name}/{run_dir.name}")
+    name = check_name(_default_name(a["model"], a["data"]) if name is None else name)
+    run_dir = run_dir or _new_run_dir(name)
+    atomic_write_json(run_dir/"run.json", _run_spec(name, p, a).to_dict())
+    status, trainer, ckpt, loop = _fit(p, run_dir, ckpt_path, **{k: a[k] for k in _FIT_ARGS})
+    return _finish(p, name, run_dir, status, ckpt, trainer, loop, t0, {k: a[k] for k in _HPARAMS})
+
+# %% ../nbs/04_training.ipynb #c3d0e45e
 def train(model: str|type|nn.Module = "mlp",  # a template (mlp, cnn, linear), or an nn.Module or LightningModule class or instance
           data: str|Path|pd.DataFrame|tuple|Dataset = "digits",  # a built-in dataset, a CSV/TSV/Parquet file, a DataFrame, or (X, y)
           *,
@@ -712,23 +905,17 @@ def train(model: str|type|nn.Module = "mlp",  # a template (mlp, cnn, linear), o
           early_stopping: int|None = None,  # stop after this many epochs without a better validation loss
           batches_per_step: int|Literal["auto"] = "auto",  # batches per Lightning training_step, each its own optimizer step: auto (up to 16 on one device, unless a callback needs per-batch hooks), or 1 for Lightning's own loops
           name: str|None = None,  # the registry name (default: DATA-MODEL)
-          resume: bool|str|None = None,  # continue the newest run of `name`, or a run id, run folder or checkpoint
+          resume: bool|str|None = None,  # continue the newest run of `name` (or a run id, folder or checkpoint) with its model, data and settings; a larger epochs trains longer
           init_from: str|None = None,  # start from a registered version's weights (a ref), or a weights file
           progress: bool|str = "auto",  # auto: a dashboard in a notebook, a progress bar elsewhere; False: neither
           callbacks: list[L.Callback]|None = None,  # Lightning callbacks, added to aimass's own
           model_kwargs: dict|None = None,  # arguments for the model's constructor (also as keywords: hidden=..., dropout=...)
           **template_kwargs) -> Run:
     "Train `model` on `data` with Lightning, register the result as a new version, and return its `Run`."
-    t0, hparams = time.perf_counter(), {k: v for k, v in locals().items() if k in _HPARAMS}
+    a = {**{k: v for k, v in locals().items() if k != "template_kwargs"}, "model_kwargs": {**(model_kwargs or {}), **template_kwargs}}
+    t0 = time.perf_counter()
     _check_args(epochs, batch_size, batches_per_step)
-    with isolated_global_state():
-        L.seed_everything(seed, workers=True, verbose=False)
-        p = prepare(model, data, target, task, val_size, test_size, seed, {**(model_kwargs or {}), **template_kwargs},
-                    lr, weight_decay, optimizer, scheduler, epochs, init_from)
-        name, run_dir, ckpt_path = _run_folder(resume, name or _default_name(model, p.ds))
-        status, trainer, ckpt, loop = _fit(p, run_dir, ckpt_path, epochs, batch_size, seed, accelerator, devices, strategy,
-                                           precision, deterministic, early_stopping, progress, callbacks, batches_per_step)
-        return _finish(p, name, run_dir, status, ckpt, trainer, loop, t0, hparams)
+    with isolated_global_state(): return _train_run(a, t0)
 
 # %% ../nbs/04_training.ipynb #e3edf7f1
 train.__kwargs_from__ = lambda: list(TEMPLATES.values())  # the templates' own arguments are flags of `%aimass train` too

@@ -6,7 +6,7 @@ Docs: https://aimass.github.io/aimass/widgets.html.md"""
 
 # %% ../nbs/23_widgets.ipynb #0077eb00
 from __future__ import annotations
-import html, time
+import html, math, re, time
 from fastcore.basics import patch
 
 # %% auto #0
@@ -16,45 +16,82 @@ __all__ = ['TrainingDashboard']
 _COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]  # matplotlib's first six, as in its plots
 
 # %% ../nbs/23_widgets.ipynb #474edda2
-def svg_lines(series: dict, width=300, height=150, title="") -> str:
-    "An SVG line chart of `{label: [values]}` against epoch, with axis bounds and a legend."
-    pad_l, pad_r, pad_t, pad_b = 42, 8, 18, 20
-    vals = [v for s in series.values() for v in s if v == v]
+def _fmt(v: float) -> str:
+    "A value in an axis label, legend, tooltip or speed: 3 significant digits, thousands in full."
+    return f"{v:,.0f}" if 1e3 <= abs(v) < 1e6 else f"{v:.3g}"
+
+# %% ../nbs/23_widgets.ipynb #5e27d27c
+def _scale(vals: list) -> tuple:
+    "`(lo, hi)` of a chart's y axis: the values' range, widened when they are all equal."
+    lo, hi = min(vals), max(vals)
+    if hi == lo: lo, hi = lo - (abs(lo)*0.05 or 0.5), hi + (abs(hi)*0.05 or 0.5)
+    return lo, hi
+
+# %% ../nbs/23_widgets.ipynb #94c30920
+def _thin(n: int, most: int) -> list:
+    "Indices of at most about `most` of `n` points, evenly spaced, the last always kept: a long run's curve stays small."
+    if n <= most: return list(range(n))
+    return sorted(set(range(0, n, math.ceil(n/most))) | {n - 1})
+
+# %% ../nbs/23_widgets.ipynb #e2972471
+def _curve(label: str, values: list, xs: list, X, Y, color: str, legend_at: tuple) -> list:
+    "One series: its line, its last point, and its legend entry, each with the real values (tooltips and legend)."
+    keep = [i for i in _thin(len(values), 300) if values[i] == values[i]]  # NaN: not drawn
+    if not keep: return []
+    pts, last = " ".join(f"{X(xs[i]):.1f},{Y(values[i]):.1f}" for i in keep), keep[-1]
+    tip = html.escape(f"{label}: {_fmt(values[last])} at epoch {xs[last]}")
+    return [f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="1.8"><title>{tip}</title></polyline>',
+            f'<circle cx="{X(xs[last]):.1f}" cy="{Y(values[last]):.1f}" r="2.5" fill="{color}"><title>{tip}</title></circle>',
+            f'<text x="{legend_at[0]}" y="{legend_at[1]}" fill="{color}">{html.escape(label)} {_fmt(values[last])}</text>']
+
+# %% ../nbs/23_widgets.ipynb #bc328bed
+def _best_marker(x: float, top: float, height: float, epoch: int) -> str:
+    "A dashed vertical line at the best epoch, labelled on its left, inside the chart (the last epoch's label is not cut off)."
+    return (f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + height}" stroke="#888" stroke-dasharray="3,2">'
+            f'<title>best epoch {epoch}</title></line><text x="{x - 3:.1f}" y="{top + 10}" text-anchor="end" fill="#888">best</text>')
+
+# %% ../nbs/23_widgets.ipynb #c8ababf1
+def svg_lines(series: dict, epochs: list|None = None, width=240, height=150, title="", best=None) -> str:
+    """An SVG line chart of `{label: [values]}` against `epochs` (default 1, 2, ...) on the values' own scale, with
+    y labels that fit, legends that give the last values, and a dashed line at epoch `best`."""
     n = max((len(s) for s in series.values()), default=0)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" style="font:10px sans-serif">',
-             f'<text x="{pad_l}" y="12" font-weight="bold">{html.escape(title)}</text>']
-    if vals and n:
-        lo, hi = min(vals), max(vals)
-        if hi == lo: hi, lo = hi + 1e-9 + abs(hi)*0.05, lo - abs(lo)*0.05
-        W, H = width - pad_l - pad_r, height - pad_t - pad_b
-        X = lambda i: pad_l + (W*i/(n-1) if n > 1 else W/2)
-        Y = lambda v: pad_t + H*(1 - (v - lo)/(hi - lo))
-        parts += [f'<rect x="{pad_l}" y="{pad_t}" width="{W}" height="{H}" fill="none" stroke="#ccc"/>',
-                  f'<text x="{pad_l-3}" y="{pad_t+8}" text-anchor="end">{hi:.3g}</text>',
-                  f'<text x="{pad_l-3}" y="{pad_t+H}" text-anchor="end">{lo:.3g}</text>',
-                  f'<text x="{pad_l+W}" y="{height-6}" text-anchor="end">epoch {n}</text>']
-        for k, (label, s) in enumerate(series.items()):
-            c = _COLORS[k % len(_COLORS)]
-            pts = " ".join(f"{X(i):.1f},{Y(v):.1f}" for i, v in enumerate(s) if v == v)
-            parts.append(f'<polyline points="{pts}" fill="none" stroke="{c}" stroke-width="1.8"/>')
-            parts.append(f'<text x="{pad_l + 4 + 70*k}" y="{height-6}" fill="{c}">{html.escape(label)}</text>')
+    xs = list(epochs) if epochs is not None else list(range(1, n + 1))
+    vals = [v for s in series.values() for v in s if v == v]
+    head = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" style="font:10px sans-serif">'
+            f'<text x="4" y="11" font-weight="bold">{html.escape(title)}</text>')
+    if not vals or not n: return head + "</svg>"
+    lo, hi = _scale(vals)
+    ticks = [hi, (lo + hi)/2, lo]
+    pad_l, pad_r, pad_t, pad_b = 8 + 6*max(len(_fmt(t)) for t in ticks), 8, 24, 30  # room for the longest y label
+    W, H = width - pad_l - pad_r, height - pad_t - pad_b
+    X = lambda e: pad_l + (W*(e - xs[0])/(xs[-1] - xs[0]) if xs[-1] > xs[0] else W/2)
+    Y = lambda v: pad_t + H*(hi - v)/(hi - lo)
+    parts = [head, f'<rect x="{pad_l}" y="{pad_t}" width="{W}" height="{H}" fill="none" stroke="#ccc"/>']
+    parts += [f'<text x="{pad_l - 3}" y="{Y(t) + 3:.1f}" text-anchor="end">{_fmt(t)}</text>' for t in ticks]
+    parts += [f'<text x="{pad_l}" y="{pad_t + H + 11}">{xs[0]}</text>',
+              f'<text x="{pad_l + W}" y="{pad_t + H + 11}" text-anchor="end">epoch {xs[-1]}</text>']
+    if best is not None and xs[0] <= best <= xs[-1]: parts.append(_best_marker(X(best), pad_t, H, best))
+    for k, (label, s) in enumerate(series.items()):
+        parts += _curve(label, s, xs, X, Y, _COLORS[k % len(_COLORS)], (pad_l + 100*k, height - 4))
     return "".join(parts) + "</svg>"
 
 # %% ../nbs/23_widgets.ipynb #b0d03e21
 class TrainingDashboard:
-    "Progress, metrics, live curves and a Stop button for a training run in a notebook."
+    "Progress, speed and time left, metrics, live curves and a Stop button for a training run in a notebook."
     def __init__(self, title="training"):
         import ipywidgets as w
         self.title, self.rows, self.stop_signal = title, [], None
-        self.bar = w.IntProgress(value=0, min=0, max=1, description="", layout=w.Layout(width="60%"))
+        self.bar = w.IntProgress(value=0, min=0, max=1, description="", layout=w.Layout(width="50%"))
+        self.timing = w.HTML("", layout=w.Layout(flex="0 0 auto"))  # epochs per second and the time left, on one line
         self.status = w.HTML(f"<b>{html.escape(title)}</b>: starting")
         self.stop_button = w.Button(description="Stop", button_style="warning", icon="stop", tooltip="End training after this batch; the best checkpoint is kept")
         self.stop_button.on_click(self._on_stop)
         self._watch_clicks_off_main_thread()
         self.charts = w.HTML()
-        self.widget = w.VBox([w.HBox([self.bar, self.stop_button]), self.status, self.charts])
+        self.widget = w.VBox([w.HBox([self.bar, self.stop_button, self.timing]), self.status, self.charts])
         self.widget.add_class("aimass-dashboard")
-        self._steps, self._last_draw, self._shown = 0, 0.0, False
+        self.epochs, self.steps_per_epoch, self._handle = 0, 1, None
+        self._steps, self._first_step, self._t0, self._last_draw, self._last_timing, self._shown = 0, 0, None, 0.0, 0.0, False
 
     def _on_stop(self, _):
         if self.stop_signal is not None: self.stop_signal.set("stopped")
@@ -73,28 +110,77 @@ class TrainingDashboard:
         comm._reply_subshell_for = route
 
 # %% ../nbs/23_widgets.ipynb #0d1b1cd1
+_BAR_COLORS = {"success": "#4caf50", "warning": "#ff9800", "danger": "#f44336"}  # the progress bar's styles, as ipywidgets draws them
+
+# %% ../nbs/23_widgets.ipynb #f4f8925c
+@patch
+def _repr_html_(self: TrainingDashboard) -> str:
+    "The dashboard as it is now, as static HTML: progress, speed, status line and curves."
+    done, color = 100*self.bar.value/max(1, self.bar.max), _BAR_COLORS.get(self.bar.bar_style, "#2196f3")
+    bar = (f'<div style="display:flex;align-items:center;gap:10px"><div style="width:50%;height:12px;background:#eee">'
+           f'<div style="width:{done:.1f}%;height:100%;background:{color}"></div></div><span>{self.timing.value}</span></div>')
+    return f'<div class="aimass-dashboard-static" style="font-family:sans-serif">{bar}<div>{self.status.value}</div>{self.charts.value}</div>'
+
+# %% ../nbs/23_widgets.ipynb #d7d6527e
+@patch
+def _display_data(self: TrainingDashboard, live: bool = True) -> dict:
+    """What the dashboard displays: the widget (`live`), and its state as HTML for pages rendered without a kernel,
+    which have no widget state (front ends that run widgets show the widget)."""
+    text = html.unescape(re.sub(r"<[^>]+>", " ", self.status.value))
+    data = {"text/plain": " ".join(text.split()), "text/html": self._repr_html_()}
+    return {**self.widget._repr_mimebundle_(), **data} if live else data
+
+# %% ../nbs/23_widgets.ipynb #41482ac5
 @patch
 def _ipython_display_(self: TrainingDashboard):
+    from IPython import get_ipython
     from IPython.display import display
-    display(self.widget); self._shown = True
+    if get_ipython() is not None: self._handle = display(self._display_data(), raw=True, display_id=True)  # else nowhere to show it
+    self._shown = True
 
 # %% ../nbs/23_widgets.ipynb #73bc2441
-@patch
-def start(self: TrainingDashboard, epochs, steps_per_epoch, first_epoch=0):
-    "Show the dashboard (once) for `epochs` of `steps_per_epoch` batches, from `first_epoch` when a run resumes."
-    self.epochs, self.bar.max = epochs, max(1, epochs*steps_per_epoch)
-    self._steps = first_epoch*steps_per_epoch
-    self.bar.value = self._steps
-    if not self._shown: self._ipython_display_()
-    self.status.value = f"<b>{html.escape(self.title)}</b>: epoch {first_epoch + 1}/{epochs}"
+def _clock(seconds: float) -> str:
+    "`m:ss`, or `h:mm:ss` from an hour on."
+    s = int(round(seconds)); h, m = divmod(s // 60, 60)
+    return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m}:{s % 60:02d}"
 
 # %% ../nbs/23_widgets.ipynb #85f01e68
 @patch
+def start(self: TrainingDashboard, epochs, steps_per_epoch, first_epoch=0, history=None):
+    """Show the dashboard (once) for `epochs` of `steps_per_epoch` batches, from `first_epoch` when a run resumes,
+    with the rows of the epochs it did before (`history`)."""
+    self.epochs, self.steps_per_epoch, self.bar.max = epochs, max(1, steps_per_epoch), max(1, epochs*steps_per_epoch)
+    self._steps = self._first_step = first_epoch*steps_per_epoch
+    self._t0, self.bar.value, self.rows = time.monotonic(), self._steps, list(history or [])
+    if not self._shown: self._ipython_display_()
+    resumed = f" (resumed after epoch {first_epoch})" if first_epoch else ""
+    self.status.value = f"<b>{html.escape(self.title)}</b>: epoch {first_epoch + 1}/{epochs}{resumed}"
+    if self.rows: self.charts.value = self._charts()
+
+# %% ../nbs/23_widgets.ipynb #e4ada57c
+@patch
+def _speed(self: TrainingDashboard, now: float) -> float|None:
+    "Batches per second since `start`, or None before the first."
+    done, spent = self._steps - self._first_step, now - (self._t0 or now)
+    return done/spent if done > 0 and spent > 0 else None
+
+# %% ../nbs/23_widgets.ipynb #3e4a460d
+@patch
+def _timing(self: TrainingDashboard, now: float) -> str:
+    "Epochs per second and the time left."
+    per_s = self._speed(now)
+    if per_s is None: return ""
+    return f"{_fmt(per_s/self.steps_per_epoch)} epochs/s · ETA {_clock((self.bar.max - self._steps)/per_s)}"
+
+# %% ../nbs/23_widgets.ipynb #e1b09b3a
+@patch
 def step(self: TrainingDashboard):
-    "One batch done: the bar moves at most every 0.1 s (one comm message each)."
+    "One batch done: the bar moves at most every 0.1 s, speed and time left every second (a comm message each)."
     self._steps += 1
     now = time.monotonic()
-    if now - self._last_draw > 0.1: self.bar.value, self._last_draw = self._steps, now  # one comm message per 0.1 s
+    if now - self._last_draw > 0.1:
+        self.bar.value, self._last_draw = self._steps, now
+        if now - self._last_timing > 1: self.timing.value, self._last_timing = self._timing(now), now
 
 # %% ../nbs/23_widgets.ipynb #f15f3a4e
 def _kernel_polls() -> bool:
@@ -118,29 +204,55 @@ def poll(self: TrainingDashboard):
 
 # %% ../nbs/23_widgets.ipynb #890b77bc
 @patch
-def _charts(self: TrainingDashboard) -> str:
-    "The loss curves and the validation metrics' curves, side by side."
-    keys = [k for k in self.rows[-1] if k != "epoch"]
-    col = lambda k: [r.get(k, float("nan")) for r in self.rows]
-    losses = {k.replace("_loss", ""): col(k) for k in keys if k.endswith("loss")}
-    metrics = {k.replace("val_", ""): col(k) for k in keys if not k.endswith("loss")}
-    charts = [svg_lines(losses, title="loss")] + ([svg_lines(metrics, title="validation metrics")] if metrics else [])
-    return '<div style="display:flex;gap:12px">' + "".join(charts) + "</div>"
+def _best(self: TrainingDashboard) -> tuple|None:
+    "`(epoch, val_loss)` of the lowest validation loss so far, the earliest on ties (the checkpoint that is registered)."
+    scored = [(r["val_loss"], r["epoch"]) for r in self.rows if isinstance(r.get("val_loss"), (int, float)) and math.isfinite(r["val_loss"])]
+    return min(scored)[::-1] if scored else None
 
 # %% ../nbs/23_widgets.ipynb #4a618535
 @patch
-def epoch(self: TrainingDashboard, row: dict):
-    "One epoch done, with its metrics `row` (`epoch`, `train_loss`, `val_loss`, `val_...`): status line and curves."
-    self.rows.append(row); self.bar.value = self._steps
-    last = " · ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch")
-    self.status.value = f"<b>{html.escape(self.title)}</b>: epoch {row['epoch']}/{self.epochs} · {html.escape(last)}"
-    self.charts.value = self._charts()
+def _charts(self: TrainingDashboard) -> str:
+    "The loss curves, then each validation metric on a chart and scale of its own; the best epoch marked on each."
+    keys = list(dict.fromkeys(k for r in self.rows for k in r if k != "epoch"))
+    epochs, best = [r.get("epoch", i + 1) for i, r in enumerate(self.rows)], self._best()
+    col = lambda k: [r.get(k, float("nan")) for r in self.rows]
+    mark = best[0] if best else None
+    charts = [svg_lines({k.removesuffix("_loss"): col(k) for k in keys if k.endswith("loss")}, epochs, title="loss", best=mark)]
+    charts += [svg_lines({k.removeprefix("val_"): col(k)}, epochs, title=k.replace("_", " "), best=mark) for k in keys if not k.endswith("loss")]
+    return '<div style="display:flex;flex-wrap:wrap;gap:12px">' + "".join(charts) + "</div>"
 
 # %% ../nbs/23_widgets.ipynb #0c2caf1b
 @patch
+def epoch(self: TrainingDashboard, row: dict):
+    "One epoch done, with its metrics `row` (`epoch`, `train_loss`, `val_loss`, `val_...`): status line, best epoch, curves."
+    self.rows.append(row); self.bar.value = self._steps
+    last = " · ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch")
+    best = self._best()
+    note = f"<br><small>best epoch {best[0]}: val_loss {best[1]:.4g}</small>" if best else ""
+    self.status.value = f"<b>{html.escape(self.title)}</b>: epoch {row['epoch']}/{self.epochs} · {html.escape(last)}{note}"
+    self.timing.value, self._last_timing = self._timing(time.monotonic()), time.monotonic()
+    self.charts.value = self._charts()
+
+# %% ../nbs/23_widgets.ipynb #7ce87d23
+_ENDED = {"completed": "check", "early-stopped": "check", "stopped": "pause", "interrupted": "pause", "diverged": "times"}  # the button's icon
+
+@patch
+def _end_button(self: TrainingDashboard, status: str):
+    "The Stop button once the run is over: disabled, no longer styled as a warning, and saying how the run ended."
+    b = self.stop_button
+    b.disabled, b.button_style, b.icon, b.description = True, "", _ENDED.get(status, "check"), f"Run {status}"
+    b.tooltip = f"The run is over ({status})" + ("; resume=True continues it" if status in ("stopped", "interrupted") else "")
+
+# %% ../nbs/23_widgets.ipynb #a4b52512
+@patch
 def close(self: TrainingDashboard, status):
-    "The run ended with `status` (completed, stopped, interrupted, early-stopped, diverged): bar, button and status say so."
+    """The run ended with `status` (completed, stopped, interrupted, early-stopped, diverged): bar, button, status
+    and timing say so, and the output becomes the final state (the widget, and its HTML for pages without a kernel)."""
     self.bar.value = self.bar.max if status == "completed" else self._steps
-    self.bar.bar_style = "success" if status == "completed" else "warning" if status != "diverged" else "danger"
-    self.stop_button.disabled = True; self.stop_button.description = status.capitalize()
+    self.bar.bar_style = {"completed": "success", "diverged": "danger"}.get(status, "warning")
+    self._end_button(status)
     self.status.value = self.status.value.replace(": epoch", f": {html.escape(status)} · epoch", 1)
+    if self._t0 is not None:
+        now = time.monotonic(); per_s = self._speed(now)
+        self.timing.value = f"{status} after {_clock(now - self._t0)}" + (f" · {_fmt(per_s/self.steps_per_epoch)} epochs/s" if per_s else "")
+    if self._handle is not None: self._handle.update(self._display_data(), raw=True)

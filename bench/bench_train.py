@@ -93,8 +93,8 @@ def main():
     print(f"digits, mlp 64-256-128-10, {a.epochs} epochs, batch {a.batch_size}, progress={a.progress}, callback={a.callback}, "
           f"torch threads={torch.get_num_threads()}")
     print("medians: " + ", ".join(f"{k} {v:.3f}s" for k, v in med.items()))
-    print(f"ratio aimass.train / hand-written DataLoader loop: {med['aimass.training']/med['dataloader loop']:.3f}  (target <= 1.15)")
-    print(f"ratio aimass.train / tight index-slicing loop:    {med['aimass.training']/med['tight loop']:.3f}")
+    print(f"ratio aimass.train / hand-written DataLoader loop: {med['aimass.train']/med['dataloader loop']:.3f}  (target <= 1.15)")
+    print(f"ratio aimass.train / tight index-slicing loop:    {med['aimass.train']/med['tight loop']:.3f}")
     # This machine's neighbours come and go; ratios within one repeat (seconds apart) show how much that moved.
     paired = sorted(a/b for a, b in zip(times["aimass.train"], times["dataloader loop"]))
     print(f"per-repeat ratios to the DataLoader loop: median {statistics.median(paired):.3f}, range {paired[0]:.3f} to {paired[-1]:.3f}")

@@ -10,7 +10,7 @@ AIMASS_HOME shared by a module's (or the session's) tests.
         make_version("cnn", name="digits-cnn", epochs=2)  # AIMASS_HOME is `folder` while this runs
         return {"rows": ...}                              # more keys of the fixture's value, beside "dir" (= folder)
 """
-import io, sys
+import io, sys, textwrap
 from pathlib import Path
 import numpy as np
 import pytest
@@ -33,7 +33,7 @@ def make_version(model="mlp",    # a template name (mlp, cnn, linear); ignored w
     nout = ds.num_classes or 1
     torch.manual_seed(seed)
     if spec is None: net, spec = resolve_model(model, pre.input_shape, nout, model_kwargs)
-    else: net = model_from_spec(spec, pre.input_shape, nout)
+    else: net = model_from_spec(spec, pre.input_shape, nout, trust_code=True)  # the test's own code
     xtr, ytr = torch.from_numpy(pre.transform(sp.train.X)), torch.from_numpy(sp.train.y)
     ymean, ystd = (float(ytr.mean()), float(ytr.std())) if ds.task == "regression" else (0.0, 1.0)
     if any(p.requires_grad for p in net.parameters()):
@@ -76,3 +76,26 @@ def shared_home(scope="module"):  # "module" or "session": how long the home and
         home.__doc__ = fill.__doc__
         return pytest.fixture(scope=scope, autouse=True, name="home")(home)
     return decorate
+
+
+# A user model (stored as source, like a class defined in a notebook) whose forward misbehaves on magic inputs: a first
+# raw pixel of 1e6 sleeps 2.5 s, -1e6 kills the worker process; each call logs its row count to $AIMASS_FAULTS_LOG
+# when set. Served by the torch backend.
+QUIRKY_SOURCE = textwrap.dedent('''
+    import os, time
+    class Quirky(nn.Module):
+        def __init__(self, in_features=64, num_outputs=10):
+            super().__init__()
+            self.in_features, self.num_outputs = in_features, num_outputs
+            self.lin = nn.Linear(in_features, num_outputs)
+        def forward(self, x):
+            x = x.reshape(len(x), -1)
+            log = os.environ.get("AIMASS_FAULTS_LOG")
+            if log:
+                with open(log, "a") as f: f.write(f"{len(x)}\\n")
+            if len(x) and float(x[:, 0].max()) > 1000: time.sleep(2.5)
+            if len(x) and float(x[:, 0].min()) < -1000: os._exit(3)
+            return self.lin(x)
+''')
+QUIRKY_SPEC = {"class": "aimass_user_model:Quirky", "kwargs": {"in_features": 64, "num_outputs": 10}, "lightning": False,
+               "source": QUIRKY_SOURCE}

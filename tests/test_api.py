@@ -59,6 +59,18 @@ def test_train_help_agrees_with_the_signature():
     assert "mlp: sizes of the hidden layers (default: 256,128)" in text
 
 
+@pytest.mark.parametrize("verb", list(VERBS))
+def test_tab_completion_reads_the_flags_the_parser_has(verb):
+    "Tab reads a verb's flags from its source (no import); they are the flags its parser takes."
+    from aimass.commands import declared_options
+    assert declared_options(verb) == [o for a in verb_parser(verb, "%aimass", notebook=True)._actions for o in a.option_strings]
+
+
+def test_refs_read_as_refs():
+    from aimass.core import Ref, parse_ref
+    assert repr(parse_ref("digits:v1")) == "digits:v1" and repr(Ref("digits", alias="production")) == "digits@production"
+
+
 def test_a_new_parameter_is_a_new_flag():
     def verb(ref: str,  # the model
              *, fresh: int = 3,  # a parameter added today

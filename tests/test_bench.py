@@ -1,6 +1,6 @@
 "Benchmarks: table shape and columns, results in the card, thread settings restored, skipped backends."
 import json
-import pytest
+import numpy as np, pandas as pd, pytest
 import torch
 
 from aimass.core import AimassError, atomic_write_json
@@ -8,7 +8,7 @@ from aimass.registry import Registry
 import aimass.benchmark as bm
 from factory import make_version
 
-COLUMNS = ["backend", "batch_size", "p50_ms", "p90_ms", "p99_ms", "throughput", "peak_mem_mb", "metric"]
+COLUMNS = ["backend", "batch_size", "p50_ms", "p90_ms", "p99_ms", "rows_per_s", "peak_mem_mb", "metric"]
 
 
 def test_bench_exports_first_and_stores_results():
@@ -19,7 +19,8 @@ def test_bench_exports_first_and_stores_results():
     assert list(rep.table.columns) == COLUMNS and len(rep.table) == 6
     assert set(rep.table.backend) == {"torch", "onnx", "onnx-int8"} and set(rep.table.batch_size) == {1, 4}
     t = rep.table
-    assert (t.p50_ms > 0).all() and (t.p50_ms <= t.p90_ms).all() and (t.p90_ms <= t.p99_ms).all() and (t.throughput > 0).all()
+    assert (t.p50_ms > 0).all() and (t.p50_ms <= t.p90_ms).all() and (t.p90_ms <= t.p99_ms).all() and (t.rows_per_s > 0).all()
+    assert (t[t.backend == "torch"].peak_mem_mb > 0).all() and (t.peak_mem_mb >= 0).all()  # torch: at least its weights
     acc = t.groupby("backend").metric.first()
     assert abs(acc["onnx"] - acc["torch"]) < 1e-9 and acc["torch"] - acc["onnx-int8"] <= 0.01
     card = Registry().get(mv.ref).card
@@ -60,8 +61,51 @@ def test_failing_int8_is_not_picked():
     assert Registry().get(mv.ref).card.bench.best_backend == "torch"
 
 
+def test_peak_memory_sees_what_a_call_holds_while_it_runs(monkeypatch):
+    "A backend that needs 32 MB during each call (freed before it returns) shows at least that: the peak, not what is left."
+    mv = make_version("linear")
+    real = bm.make_backend
+    def hungry(name, lm, threads=1):
+        run = real(name, lm, threads)
+        def call(x):
+            scratch = np.ones(4 * 2**20)  # 32 MB of float64, touched
+            return run(x) + 0 * scratch[0]
+        return call
+    monkeypatch.setattr(bm, "make_backend", hungry)
+    rep = bm.bench(mv.ref, backends=("torch",), batch_sizes=(1,), warmup=2, repeats=3, save=False)  # (no export needed)
+    assert (rep.table.peak_mem_mb >= 30).all(), rep.table  # was 0: RSS sampled after the warm-up, the 32 MB long gone
+
+
+def _report():
+    "A report by hand: one p99 well above its p50, throughputs from tens to hundreds of thousands of rows/s."
+    rows = [{"backend": b, "batch_size": bs, "p50_ms": p, "p90_ms": 1.5 * p, "p99_ms": 3 * p, "rows_per_s": bs / p * 1e3,
+             "peak_mem_mb": mb, "metric": 0.97} for b, mb, ps in (("torch", 0.21, (0.031, 0.2)), ("onnx", 0.74, (0.0096, 0.13)))
+            for bs, p in zip((1, 64), ps)]
+    return bm.BenchReport("digits-mlp:v1", pd.DataFrame(rows), 1, "accuracy", eligible=["torch", "onnx"])
+
+
+def test_the_table_shows_units_and_plain_numbers():
+    text = repr(_report())
+    assert "throughput (rows/s)" in text and "p50 (ms)" in text and "peak memory (MB)" in text
+    assert "e+" not in text and "e-" not in text  # no scientific notation
+    assert "104,000" in text and "492,000" in text and "0.0096" in text  # thousands separated; small latencies in full
+    assert "throughput (rows/s)" in _report()._repr_html_() and "| 32,300 |" in _report()._repr_markdown_()
+
+
+def test_the_plot_shows_the_tail_and_keeps_the_legend_off_the_data():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    fig = _report().plot(); FigureCanvasAgg(fig).draw()
+    ax = fig.axes[0]
+    bars = ax.containers
+    assert len(bars) == 2  # p50 with a bar up to p99, per backend
+    tops = sorted(float(y) for b in bars for seg in b.lines[2][0].get_segments() for y in [seg[1][1]])
+    assert tops == sorted(3 * p for p in (0.031, 0.2, 0.0096, 0.13))
+    assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1  # beside the axes, not over the lines
+
+
 def test_bad_arguments():
     mv = make_version("linear")
     with pytest.raises(AimassError, match="Unknown backend"): bm.bench(mv.ref, backends=("tensorrt",))
-    with pytest.raises(AimassError, match="batch_sizes"): bm.bench(mv.ref, batch_sizes=(0,))
+    with pytest.raises(AimassError, match="^batch_sizes must be at least 1, not 0.$"): bm.bench(mv.ref, batch_sizes=(0,))
+    with pytest.raises(AimassError, match="^threads must be at least 1, not 0.$"): bm.bench(mv.ref, threads=0)
     with pytest.raises(AimassError, match="No model named"): bm.bench("nope")

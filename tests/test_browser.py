@@ -125,8 +125,12 @@ def test_quickstart_in_jupyterlab(jupyterlab):
             page.screenshot(path=str(ARTIFACTS/"02-stopped.png"), full_page=True)
             seen = {int(m.group(1)) for i, t in page.evaluate("() => window.__seen") if i == 0 for m in [re.search(r"epoch (\d+)/2000", t)] if m}
             assert len(seen) >= 3, f"dashboard epochs seen: {sorted(seen)}"
-            assert "stopped" in page.locator(".aimass-dashboard").first.inner_text().lower()
+            dashboard = page.locator(".aimass-dashboard").first
+            assert "stopped" in dashboard.inner_text().lower() and "best epoch" in dashboard.inner_text()
             assert page.locator(".aimass-dashboard svg polyline").count() >= 2
+            button = dashboard.locator("button").first  # no longer styled as Stop once the run is over
+            assert "Run stopped" in button.inner_text() and "mod-warning" not in button.get_attribute("class") and button.is_disabled()
+            assert any("epochs/s · ETA" in t for i, t in page.evaluate("() => window.__seen") if i == 0), "no speed or time left shown"
             for i in range(2, len(CELLS)): run_cell(i)
             page.wait_for_timeout(500)
             page.screenshot(path=str(ARTIFACTS/"03-all-cells.png"), full_page=True)

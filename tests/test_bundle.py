@@ -139,10 +139,13 @@ def test_fresh_venv_serves_the_bundle(home, fresh_venv, tmpdirs):
             assert bad.status_code == 400 and "age" in bad.json()["detail"]
             assert c.post("/predict", json={"rows": ROWS}).status_code == 422
             assert c.post("/predict", content=b"not json", headers={"Content-Type": "application/json"}).status_code == 422
+            latin1 = c.post("/predict", content='{"instances": [{"age": 3, "city": "forlì", "income": 1}]}'.encode("latin-1"),
+                            headers={"Content-Type": "application/json"})
+            assert latin1.status_code == 400 and "UTF-8" in latin1.json()["detail"], latin1.text
             assert c.post("/predict", json={"instances": ROWS[:1]}).status_code == 200  # still serving
             end = time.monotonic() + 5  # each HTTP process saves its counters every 0.25 s
-            while c.get("/stats").json()["requests"] < 6 and time.monotonic() < end: time.sleep(0.1)
-            assert c.get("/stats").json()["by_status"] == {"200": 3, "400": 1, "422": 2}
+            while c.get("/stats").json()["requests"] < 7 and time.monotonic() < end: time.sleep(0.1)
+            assert c.get("/stats").json()["by_status"] == {"200": 3, "400": 2, "422": 2}
             assert c.get("/docs").status_code == 200
         assert f"serving {b.path/'model'} with onnx" in srv.log.read_text()
     finally:

@@ -17,6 +17,8 @@ def test_train_then_list():
     assert "cli-iris:v1" in r.stdout and "accuracy" in r.stdout
     r = sh("models")
     assert r.returncode == 0 and "cli-iris" in r.stdout
+    r = sh("promote", "cli-iris", "v1")
+    assert r.returncode == 0 and r.stdout.strip() == "cli-iris@production: set to v1"  # what moved, not a Ref's fields
 
 
 def test_bad_input_exits_2_with_a_message():
@@ -24,6 +26,10 @@ def test_bad_input_exits_2_with_a_message():
     assert r.returncode == 2 and "Unknown dataset 'nowhere'" in r.stderr and "Traceback" not in r.stderr
     r = sh("train", "--bogus")
     assert r.returncode == 2 and "unrecognized arguments: --bogus" in r.stderr
+    r = sh("train", "mlp", "--epoks", "3")
+    assert r.returncode == 2 and r.stderr.startswith("aimass: unrecognized arguments: --epoks 3; did you mean --epochs?\nusage: aimass train")
+    r = sh("train", "mlp", "--epochs", "-1")
+    assert r.returncode == 2 and r.stderr == "aimass: --epochs must be at least 1, not -1.\n"
     assert sh("--help").returncode == 0
 
 

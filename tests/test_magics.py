@@ -1,5 +1,5 @@
 "The %aimass magics through a real IPython shell: verbs, -o, variables, cell magic, and clear UsageErrors."
-import subprocess, sys, time
+import os, subprocess, sys, time
 import numpy as np, pandas as pd, pytest
 from IPython.core.error import UsageError
 from conftest import PYTHON
@@ -45,6 +45,8 @@ def test_cell_magic_trains_the_class_the_cell_defines(ip):
 
 @pytest.mark.parametrize("line, message", [
     ("fly", "Unknown verb 'fly'"),
+    ("trian mlp", "Unknown verb 'trian': did you mean train\\?"),
+    ("train mlp --epoks 3", "^unrecognized arguments: --epoks 3; did you mean --epochs\\?\nusage: %aimass train "),
     ("train mlp --epochs ten", "--epochs: expected a whole number, not 'ten'"),
     ("train mlp --learning-rate 3", "unrecognized arguments"),
     ("train mlp --data nowhere", "Unknown dataset 'nowhere'"),
@@ -58,6 +60,22 @@ def test_cell_magic_trains_the_class_the_cell_defines(ip):
 def test_bad_lines_raise_usage_errors_and_the_shell_survives(ip, line, message):
     with pytest.raises(UsageError, match=message): ip.run_line_magic("aimass", line)
     assert ip.run_cell("1 + 1").result == 2
+
+
+@pytest.mark.parametrize("line, message", [
+    ("train mlp --epochs -1", "--epochs must be at least 1, not -1."),
+    ("train mlp --batch-size 0", "--batch-size must be at least 1, not 0."),
+    ("bench m --threads 0", "--threads must be at least 1, not 0."),
+    ("bench m --batch-sizes -1,8", "--batch-sizes must be at least 1, not -1."),  # argparse alone takes -1,8 for an option
+])
+def test_a_bad_value_is_one_line_naming_the_flag(ip, line, message):
+    with pytest.raises(UsageError) as e: ip.run_line_magic("aimass", line)
+    assert str(e.value) == message
+
+
+def test_a_missing_file_names_the_working_directory(ip):
+    with pytest.raises(UsageError) as e: ip.run_line_magic("aimass", "train mlp --data ./missing.csv --target y")
+    assert "missing.csv" in str(e.value) and os.getcwd() in str(e.value)
 
 
 def test_cell_magic_errors(ip):
@@ -86,11 +104,29 @@ def test_tab_completion(ip):
     assert complete("%aimass serve a=digits-mlp@pro") == ["production"]
     assert complete("%aimass promote digits-mlp v") == ["v1", "v2"]
     assert "digits-mlp" not in complete("%aimass predict digits-mlp --data d")  # the value of --data, not a ref
+    assert complete("%aimass train ") == ["mlp", "cnn", "linear"]  # templates where a model goes
+    assert complete("%aimass train c") == ["cnn"]
+    assert complete("%aimass train mlp --data d") == ["digits", "diabetes"]  # built-in datasets after --data
+    assert complete("%aimass train mlp --data=w") == ["wine"]
+    assert complete("%aimass train --init-from digits-mlp@") == ["production"]  # a ref
+    assert complete("%aimass serve x --backend ") == ["auto", "onnx", "torch"]  # choices
     from IPython.core.completer import provisionalcompleter
     line = "%aimass show digits-mlp:v"
     with provisionalcompleter():  # the API Jupyter's frontends use: each completion replaces the piece after the ':'
         found = {(c.start, c.text) for c in ip.Completer.completions(line, len(line))}
     assert {(len(line) - 1, "v1"), (len(line) - 1, "v2")} <= found
+
+
+def test_completing_flags_and_templates_imports_nothing_heavy():
+    "Tab after `%aimass train --` answers from the source at once: the training layer (torch) is not imported."
+    code = ("import sys, time; from IPython.core.interactiveshell import InteractiveShell; ip = InteractiveShell.instance();"
+            "ip.run_line_magic('load_ext', 'aimass'); c = lambda line: ip.Completer.complete('', line, len(line))[1];"
+            "t = time.perf_counter(); flags = c('%aimass train --ep'); dt = time.perf_counter() - t;"
+            "print(dt, flags, c('%aimass train --hid'), c('%aimass serve m --max-b'), c('%aimass train '), c('%aimass train mlp --data ir'),"
+            "[m for m in ('torch', 'lightning', 'onnx') if m in sys.modules])")
+    out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, check=True).stdout.split(maxsplit=1)
+    assert out[1].strip() == "['--epochs'] ['--hidden'] ['--max-batch-size'] ['mlp', 'cnn', 'linear'] ['iris'] []"
+    assert float(out[0]) < 1.0  # it was 3 s and more, importing torch
 
 
 def test_completing_refs_imports_no_torch():
@@ -102,10 +138,35 @@ def test_completing_refs_imports_no_torch():
     assert out.strip() == "['m', 'm:v1'] ['--quantize'] []"
 
 
+def test_resume_needs_only_the_name(ip):
+    ip.run_line_magic("aimass", "train linear --data iris --epochs 2 --batch-size 16 --lr 0.05 --no-progress --name iris-r")
+    r = ip.run_line_magic("aimass", "train --name iris-r --resume --epochs 4 --no-progress")
+    assert (r.ref, list(r.history.epoch), r.version.card.hparams["batch_size"]) == ("iris-r:v2", [1, 2, 3, 4], 16)
+    with pytest.raises(UsageError, match=r"^Cannot resume run iris-r/\S+ with other settings: batch_size=64 \(the run's: 16\)\. "):
+        ip.run_line_magic("aimass", "train --name iris-r --resume --batch-size 64 --epochs 6")
+
+
+def test_the_dashboard_leaves_its_final_state_as_html(ip):
+    # A page rendered without a kernel has no widget state: the output's last update carries the final dashboard as HTML.
+    from IPython.core.displaypub import CapturingDisplayPublisher
+    shown, ip.display_pub = ip.display_pub, CapturingDisplayPublisher()
+    try: ip.run_line_magic("aimass", "train linear --data iris --epochs 3 --progress dashboard --name dash")
+    finally: outputs, ip.display_pub = ip.display_pub.outputs, shown
+    first, last = outputs[0], outputs[-1]
+    assert last["update"] and last["transient"]["display_id"] == first["transient"]["display_id"]
+    assert "application/vnd.jupyter.widget-view+json" in last["data"]  # the live widget stays where the front end runs it
+    page = last["data"]["text/html"]
+    assert page.count("<svg") == 3 and "<polyline" in page  # loss, val acc, val f1
+    assert "completed · epoch 3/3" in page and "best epoch" in page and "epochs/s" in page
+
+
 def test_promote_rollback(ip):
     for _ in range(2): ip.run_line_magic("aimass", "train linear --data iris --epochs 1 --no-progress --name pr")
-    ip.run_line_magic("aimass", "promote pr v1"); ip.run_line_magic("aimass", "promote pr v2")
-    assert ip.run_line_magic("aimass", "rollback pr").version == 1
+    assert repr(ip.run_line_magic("aimass", "promote pr v1")) == "pr@production: set to v1"
+    assert repr(ip.run_line_magic("aimass", "promote pr v2")) == "pr@production: v1 -> v2"
+    moved = ip.run_line_magic("aimass", "rollback pr")
+    assert repr(moved) == "pr@production: v2 -> v1" and moved.version == 1  # says what moved, not Ref(name=..., ...)
+    assert repr(ip.run_line_magic("aimass", "promote pr v2 --alias staging")) == "pr@staging: set to v2"
     assert ip.run_line_magic("aimass", "show pr@production").version == 1
 
 

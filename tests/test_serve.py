@@ -14,25 +14,7 @@ from aimass.models import resolve_model
 from aimass.registry import Registry
 from aimass import launcher as S
 from aimass.loadtesting import loadtest
-from factory import make_version, shared_home
-
-# A user model (stored as source, like a class defined in a notebook) whose forward misbehaves on magic inputs:
-# a first raw pixel of 1e6 sleeps 2.5 s, -1e6 kills the worker process. Served by the torch backend.
-QUIRKY_SOURCE = textwrap.dedent('''
-    import os, time
-    class Quirky(nn.Module):
-        def __init__(self, in_features=64, num_outputs=10):
-            super().__init__()
-            self.in_features, self.num_outputs = in_features, num_outputs
-            self.lin = nn.Linear(in_features, num_outputs)
-        def forward(self, x):
-            x = x.reshape(len(x), -1)
-            first = float(x[:, 0].max()) if len(x) else 0.0
-            low = float(x[:, 0].min()) if len(x) else 0.0
-            if first > 1000: time.sleep(2.5)
-            if low < -1000: os._exit(3)
-            return self.lin(x)
-''')
+from factory import QUIRKY_SPEC, make_version, shared_home
 
 
 @shared_home(scope="module")
@@ -41,9 +23,7 @@ def home(folder):
     from aimass.exporting import export
     make_version("cnn", name="digits-cnn", epochs=2)
     export("digits-cnn")
-    spec_q = {"class": "aimass_user_model:Quirky", "kwargs": {"in_features": 64, "num_outputs": 10}, "lightning": False,
-              "source": QUIRKY_SOURCE}
-    make_version(spec=spec_q, name="quirky", epochs=1)
+    make_version(spec=QUIRKY_SPEC, name="quirky", epochs=1)
     return {"test_x": split(load_data("digits"), seed=0).test.X}
 
 
@@ -216,7 +196,7 @@ def _server_processes():
 
 
 def test_stop_frees_port_and_lists(home):
-    srv = S.serve("digits-cnn", backend="onnx")
+    srv = S.serve("digits-cnn", backend="onnx", new=True)
     table = S.servers()
     assert srv.name in set(table.name) and table.set_index("name").loc[srv.name, "status"] == "running"
     assert "running" in repr(srv) and srv.url in srv._repr_html_()
@@ -230,7 +210,7 @@ def test_stop_frees_port_and_lists(home):
 
 @pytest.mark.slow
 def test_restart_keeps_url(home):
-    srv = S.serve("digits-cnn", backend="onnx")
+    srv = S.serve("digits-cnn", backend="onnx", new=True)
     try:
         url, old = srv.url, srv.pid
         srv.restart()
@@ -272,7 +252,7 @@ def test_server_dies_with_its_owner(home, tmp_path):
 def test_stop_lets_requests_in_flight_finish(home):
     # stop() (and docker stop, which sends the same SIGTERM to a bundle's server) drains: the HTTP process stops
     # accepting, answers what it holds, then the whole group ends
-    srv = S.serve("quirky", backend="torch", max_batch_size=1, timeout=10)
+    srv = S.serve("quirky", backend="torch", max_batch_size=1, timeout=10, new=True)
     slow = {"instances": [[1e6] + [0.0] * 63]}  # the quirky model sleeps 2.5 s on this row
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(httpx.post, srv.url + "/predict", json=slow, timeout=30)
@@ -285,19 +265,21 @@ def test_stop_lets_requests_in_flight_finish(home):
     assert 1.0 < took < 12, took
     assert not S._group_alive(srv.pid) and not S.port_in_use(srv.port)
     with pytest.raises(httpx.ConnectError): httpx.get(srv.url + "/health", timeout=2)
-    idle = S.serve("quirky", backend="torch")
+    idle = S.serve("quirky", backend="torch", new=True)
     t0 = time.monotonic(); idle.stop()
     assert time.monotonic() - t0 < 3, "an idle server stops at once"
     assert not S._group_alive(idle.pid)
 
 
-def test_stale_record_of_dead_owner_is_cleaned(home):
+def test_stale_record_of_dead_owner_is_cleaned(home, tmp_path):
     # an owner that died while its server's watchdogs could not act: servers() kills the group and drops the record
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "aimass.server_process"], start_new_session=True)
+    import psutil
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "aimass.server_process", str(tmp_path/"config.json")],
+                            start_new_session=True)
     deadline = time.monotonic() + 10  # /proc/PID/cmdline reads empty until the exec has finished
-    while not S._is_aimass_server(proc.pid) and time.monotonic() < deadline: time.sleep(0.01)
+    while not S._is_server_process(psutil.Process(proc.pid), tmp_path) and time.monotonic() < deadline: time.sleep(0.01)
     rec = {"name": "ghost-v1-1", "ref": "ghost:v1", "url": "http://127.0.0.1:1", "pid": proc.pid, "owner_pid": 2**22 + 12345,
-           "backend": "onnx", "run_dir": "/nonexistent", "log": "", "started_at": ""}
+           "backend": "onnx", "run_dir": str(tmp_path), "log": "", "started_at": ""}
     (Path(home["dir"])/"servers").mkdir(parents=True, exist_ok=True)
     (Path(home["dir"])/"servers"/"ghost-v1-1.json").write_text(json.dumps(rec))
     try:
@@ -329,11 +311,11 @@ def _owned_by_me(pid):
 
 def test_widget_shows_and_stops(home):
     pytest.importorskip("ipywidgets")
-    srv = S.serve("digits-cnn", backend="onnx")
+    srv = S.serve("digits-cnn", backend="onnx", new=True)
     try:
         box = srv.widget(interval=0.2)
-        html, button = box.children
+        html, button, usage = box.children
         assert srv.url in html.value and "running" in html.value
         button.click()
-        assert not srv.alive and "stopped" in html.value and button.disabled
+        assert not srv.alive and "stopped" in html.value and button.disabled and "curl" in usage.value
     finally: srv.stop()

@@ -1,11 +1,12 @@
 "Training: resume, interrupts, NaN losses, global state, CSV data, init_from, several processes, the loop's choice."
-import os, signal, subprocess, sys, textwrap, warnings
+import json, math, os, re, signal, subprocess, sys, textwrap, warnings
 import numpy as np, pandas as pd, pytest, torch
 from torch import nn
 import lightning as L
 from conftest import PYTHON, ROOT
 from aimass.core import AimassError
 from aimass.registry import Registry, load
+from aimass import training
 from aimass.training import LoopChoice, train
 from aimass.models import read_state_dict
 
@@ -67,6 +68,96 @@ def test_resume_with_nothing_to_resume_is_an_error(tmp_path):
     with pytest.raises(AimassError, match="Nothing to resume"): train("linear", "iris", resume=str(tmp_path/"nope"), name="fresh")
 
 
+def penguins(n=150, seed=0) -> pd.DataFrame:
+    "A small table with a numeric, a categorical and a class column, like penguins.csv."
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"bill": rng.normal(40, 5, n), "flipper": rng.normal(200, 10, n), "island": rng.choice(["a", "b", "c"], n)})
+    df["species"] = np.where(df.bill + 0.1*df.flipper > 60, "gentoo", "adelie")
+    return df
+
+
+def test_resume_takes_the_runs_model_data_and_settings(tmp_path):
+    # `%aimass train --name X --resume --epochs 4` passes only these: the run's model, data, target and settings are
+    # read back from its run.json (it used to build the default mlp on digits and die in a size-mismatch traceback).
+    csv = tmp_path/"penguins.csv"; penguins().to_csv(csv, index=False)
+    first = train("linear", str(csv), target="species", epochs=2, batch_size=16, lr=0.05, seed=4, name="pengs", progress=False)
+    more = train(name="pengs", resume=True, epochs=4, progress=False)
+    assert (more.ref, more.run_dir, more.status, list(more.history.epoch)) == ("pengs:v2", first.run_dir, "completed", [1, 2, 3, 4])
+    a, b = first.version.card, more.version.card
+    assert b.spec == a.spec == {"template": "linear", "kwargs": {}} and b.data == a.data and b.target.name == "species"
+    assert {k: b.hparams[k] for k in ("batch_size", "lr", "seed", "epochs")} == {"batch_size": 16, "lr": 0.05, "seed": 4, "epochs": 4}
+    # training longer: the cosine schedule decays over the new total (restored as it was, it would climb back up)
+    ck = torch.load(more.run_dir/"checkpoints"/"last.ckpt", weights_only=True)
+    sch, lr = ck["lr_schedulers"][0], ck["optimizer_states"][0]["param_groups"][0]["lr"]
+    assert sch["T_max"] == 4 and lr == pytest.approx(0.05*(1 + math.cos(math.pi*sch["last_epoch"]/4))/2)
+    assert json.loads((first.run_dir/"run.json").read_text())["epochs"] == 4
+
+
+def test_resume_refuses_settings_that_contradict_the_run_in_one_line(tmp_path):
+    csv = tmp_path/"penguins.csv"; penguins().to_csv(csv, index=False)
+    train("linear", str(csv), target="species", epochs=2, batch_size=16, name="pengs", progress=False)
+    with pytest.raises(AimassError) as e:
+        train("cnn", str(csv), target="species", name="pengs", resume=True, batch_size=64, epochs=4, hidden=8)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("Cannot resume run pengs/")
+    assert "model=cnn (the run's: linear); hidden=8 (the run's: None); batch_size=64 (the run's: 16)" in msg
+    for args, says in [({}, "has trained 2 epochs already (epochs=2)"), ({"epochs": 2}, "pass epochs above 2")]:
+        with pytest.raises(AimassError, match=re.escape(says)): train(name="pengs", resume=True, **args)
+    penguins(seed=1).to_csv(csv, index=False)  # the file changed since
+    with pytest.raises(AimassError, match=r"data 'penguins.csv' with fingerprint \w+ \(the run's: \w+\)"):
+        train(name="pengs", resume=True, epochs=4)
+    assert list(Registry().list().version) == ["v1"]  # nothing was trained
+
+
+def test_resume_of_data_given_in_memory_needs_the_same_data():
+    df = penguins()
+    train("linear", df, target="species", epochs=1, name="mem", progress=False)
+    with pytest.raises(AimassError, match="trained on a DataFrame given in memory.*pass the same data again"):
+        train(name="mem", resume=True, epochs=2)
+    with pytest.raises(AimassError, match="fingerprint"): train(data=df.assign(bill=df.bill + 1), name="mem", resume=True, epochs=2)
+    run = train(data=df, name="mem", resume=True, epochs=2, progress=False)  # the target comes from the run
+    assert list(run.history.epoch) == [1, 2] and run.version.card.target.name == "species"
+
+
+def test_resuming_a_run_without_run_json_with_other_settings_fails_in_one_line():
+    # runs of an earlier aimass have no run.json: the arguments are taken as given, and a model that does not fit
+    # the checkpoint is one line, not Lightning's size-mismatch traceback
+    first = train("linear", "iris", epochs=1, name="old", progress=False)
+    (first.run_dir/"run.json").unlink(missing_ok=True)
+    with pytest.raises(AimassError, match=r"^The checkpoint .*last.ckpt does not fit this model \(.*\): resume with the model") as e:
+        train("mlp", "digits", name="old", resume=True, epochs=2)
+    assert "\n" not in str(e.value)
+
+
+class RecordProgress:
+    "A progress display that records what training tells it."
+    def start(self, epochs, steps_per_epoch, first_epoch=0, history=None):
+        self.started, self.epochs = (epochs, first_epoch, [r["epoch"] for r in history or []]), []
+    def step(self): pass
+    def poll(self): pass
+    def epoch(self, row): self.epochs.append(row["epoch"])
+    def close(self, status): self.status = status
+
+
+def test_a_resumed_runs_display_gets_the_history_before_it(monkeypatch):
+    train("linear", "iris", epochs=2, name="shown", progress=False)
+    shown = RecordProgress()
+    monkeypatch.setattr(training, "_progress", lambda progress, devices: shown)
+    train("linear", "iris", epochs=4, name="shown", resume=True)
+    assert (shown.started, shown.epochs, shown.status) == ((4, 2, [1, 2]), [3, 4], "completed")
+
+
+def test_default_name_of_a_file_is_its_stem_and_a_classification_card_has_no_target_scale(tmp_path):
+    csv = tmp_path/"penguins.csv"; penguins().to_csv(csv, index=False)
+    run = train("linear", str(csv), target="species", epochs=1, progress=False)
+    assert run.ref == "penguins-linear:v1"  # not penguins.csv-linear
+    assert json.loads((run.version.path/"model.json").read_text())["target"] == {"name": "species"}
+    assert list(load("penguins-linear").predict(penguins().head(3))) == list(run.model.predict(penguins().head(3)))
+    reg = train("linear", "diabetes", epochs=1, progress=False)
+    target = json.loads((reg.version.path/"model.json").read_text())["target"]
+    assert target["name"] == "progression" and target["std"] > 1 and target["mean"] > 1  # regression: the scale the network predicts in
+
+
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_finite_checkpoint(aimass_home):
     with pytest.raises(AimassError, match="NaN or infinite at epoch 2") as e:
         train(Explodes, "digits", epochs=5, name="explodes", progress=False)
@@ -105,7 +196,9 @@ def test_csv_with_categories_and_missing_values_predicts_the_same_from_raw_rows(
     rows = raw.head(5).astype(object).where(raw.head(5).notna(), None).to_dict("records")  # JSON-like rows, nulls included
     assert list(loaded.predict(rows)) == list(run.model.predict(raw.head(5)))
     with pytest.raises(AimassError, match="Missing column"): loaded.predict(raw.drop(columns=["plan"]))
-    assert list(loaded.outputs([{"tenure": 3}])[0]) == list(loaded.outputs([{"tenure": 3, "plan": None, "spend": None}])[0])
+    # plan had missing values in training, so a row may leave it out; spend had none, so it must be sent (null is imputed)
+    assert list(loaded.outputs([{"tenure": 3, "spend": None}])[0]) == list(loaded.outputs([{"tenure": 3, "plan": None, "spend": None}])[0])
+    with pytest.raises(AimassError, match=r"missing column\(s\) 'spend'"): loaded.predict([{"tenure": 3}])
 
 
 def test_second_run_registers_v2_and_init_from_starts_from_weights():
