@@ -15,9 +15,12 @@ _API = {
     # the registry and its records
     "load": "registry", "show": "registry", "set_alias": "registry", "Registry": "registry", "ModelCard": "registry",
     # data, and the objects the verbs return
-    "load_data": "data", "Run": "training", "ExportReport": "exporting", "BenchReport": "benchmark",
+    "load_data": "data", "load_images": "images", "open_image": "images", "ImageProcessing": "images",
+    "Run": "training", "ExportReport": "exporting", "BenchReport": "benchmark",
     "Predictions": "inference", "Server": "launcher", "ServerConfig": "launcher", "LoadTestReport": "loadtesting",
     "Bundle": "deployment",
+    # image models: pixels in (PixelInput first), pretrained backbones with a new head
+    "PixelInput": "models", "pixel_net": "models", "freeze": "models",
 }
 __all__ = list(_API)
 

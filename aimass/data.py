@@ -172,9 +172,14 @@ def _from_arrays(X, y, task) -> Dataset:
     return Dataset(X, yt, task or ("classification" if classes is not None else "regression"), classes, name="arrays", dropped=dropped)
 
 # %% ../nbs/01_data.ipynb #4fe4bc0e
-def load_data(data, target: str|None = None, task: str|None = None) -> Dataset:
-    "Load `data`: a built-in dataset name, a CSV/Parquet path, a DataFrame, an `(X, y)` pair, or a `Dataset`."
+def load_data(data, target: str|None = None, task: str|None = None,
+              image: str|None = None,  # a table's column of image paths: its rows are images (aimass.images.load_images)
+              ) -> Dataset:
+    "Load `data`: a built-in dataset name, a CSV/Parquet path, a DataFrame, an `(X, y)` pair, a `Dataset`, or image files."
     if isinstance(data, Dataset): return data
+    if image is not None or (isinstance(data, (str, Path)) and str(data) not in BUILTIN_DATASETS and Path(data).expanduser().is_dir()):
+        from aimass.images import load_images  # a folder of class subfolders, or a table of image paths
+        return load_images(data, image=image, target=target, task=task)
     if isinstance(data, (str, Path)):
         s = str(data)
         if s in BUILTIN_DATASETS: ds = _builtin(s)
@@ -185,7 +190,7 @@ def load_data(data, target: str|None = None, task: str|None = None) -> Dataset:
     if isinstance(data, pd.DataFrame): return _from_frame(data, target, task, "the DataFrame")
     if isinstance(data, (tuple, list)) and len(data) == 2: return _from_arrays(data[0], data[1], task)
     raise AimassError(f"Cannot use {type(data).__name__} as data: pass a dataset name ({', '.join(BUILTIN_DATASETS)}), "
-                      "a .csv/.parquet path, a DataFrame with target=, or (X, y).")
+                      "a .csv/.parquet path, a DataFrame with target=, (X, y), or a folder of images.")
 
 # %% ../nbs/01_data.ipynb #c485d02d
 @dataclass
@@ -203,12 +208,19 @@ def split(ds: Dataset, val_size: float = 0.15, test_size: float = 0.15, seed: in
     if not (0 < val_size < 1 and 0 < test_size < 1 and val_size + test_size < 1):
         raise AimassError(f"val_size and test_size must be between 0 and 1 and leave rows for training (got {val_size}, {test_size}).")
     idx = np.arange(len(ds))
-    strat = ds.y if ds.task == "classification" and np.bincount(ds.y).min() >= 3 else None
+    counts = np.bincount(ds.y, minlength=ds.num_classes) if ds.task == "classification" else None
+    if counts is not None and counts.min() < 3 and getattr(ds, "root", None) is not None:  # images: name the class to fill
+        k = int(counts.argmin())
+        raise AimassError(f"Class {ds.classes[k]!r} has {counts[k]} image(s): each class needs at least 3 to split into "
+                          "train, validation and test. Add images to it, or remove it.")
+    strat = ds.y if counts is not None and counts.min() >= 3 else None
     try:
         rest, test = train_test_split(idx, test_size=test_size, random_state=seed, stratify=strat)
         strat_rest = ds.y[rest] if strat is not None else None
         train, val = train_test_split(rest, test_size=val_size/(1-test_size), random_state=seed, stratify=strat_rest)
-    except ValueError as e: raise AimassError(f"Cannot split {len(ds)} rows into train/val/test: {e}") from None
+    except ValueError as e:
+        few = f" (the smallest class, {ds.classes[int(counts.argmin())]!r}, has {counts.min()})" if counts is not None and ds.classes else ""
+        raise AimassError(f"Cannot split {len(ds)} rows into train/val/test{few}: {e}") from None
     return Splits(ds.subset(np.sort(train)), ds.subset(np.sort(val)), ds.subset(np.sort(test)))
 
 # %% ../nbs/01_data.ipynb #5479e223
@@ -231,26 +243,40 @@ class Preprocessor:
     @classmethod
     def fit(cls, ds: Dataset) -> Preprocessor:
         "Learn how to encode `ds`'s raw inputs (pass the training split only)."
+        if getattr(ds, "root", None) is not None:  # an ImageDataset: resize to the data's typical size
+            from aimass.images import ImageProcessing, _typical_size
+            return cls.for_images(ImageProcessing.default(_typical_size(ds)))
         if not ds.tabular:
             X = ds.X.astype(np.float64)
             return cls({"kind": "tensor", "shape": list(ds.X.shape[1:]), "mean": float(X.mean()), "std": float(X.std() or 1.0)})
         return cls({"kind": "tabular", "columns": [_fit_column(c, ds.X[c]) for c in ds.X.columns]})
+
+    @classmethod
+    def for_images(cls, processing) -> Preprocessor:
+        "Image rows -> uint8 pixels `(N, H, W, 3)`, by an `aimass.images.ImageProcessing`."
+        return cls({"kind": "image", "processing": processing.to_dict()})
 
     @property
     def kind(self): return self.state["kind"]
     @property
     def columns(self): return [c["name"] for c in self.state.get("columns", [])]
     @property
-    def numeric_only(self): return self.kind == "tensor" or all(c["kind"] == "number" for c in self.state["columns"])
+    def numeric_only(self): return self.kind == "tensor" or (self.kind == "tabular" and all(c["kind"] == "number" for c in self.state["columns"]))
     @property
     def input_shape(self) -> tuple:
         "Shape of one transformed row."
         if self.kind == "tensor": return tuple(self.state["shape"])
+        if self.kind == "image": return (*self.processing.output_shape,)
         return (sum(1 if c["kind"] == "number" else len(c["categories"]) for c in self.state["columns"]),)
     @property
     def raw_width(self) -> int:
         "Number of raw values in one row."
-        return int(np.prod(self.state["shape"])) if self.kind == "tensor" else len(self.state["columns"])
+        return int(np.prod(self.state["shape"])) if self.kind == "tensor" else 1 if self.kind == "image" else len(self.state["columns"])
+    @property
+    def processing(self):
+        "The `aimass.images.ImageProcessing` of an image preprocessor."
+        from aimass.images import ImageProcessing
+        return ImageProcessing.from_dict(self.state["processing"])
 
 
     def to_dict(self): return self.state
@@ -258,6 +284,9 @@ class Preprocessor:
     def from_dict(cls, d): return cls(d)
     def __repr__(self):
         if self.kind == "tensor": return f"Preprocessor(tensor {tuple(self.state['shape'])}, mean={self.state['mean']:.3g}, std={self.state['std']:.3g})"
+        if self.kind == "image":
+            p = self.processing
+            return f"Preprocessor(image -> {'x'.join(map(str, p.output_shape))} uint8 pixels, resize {p.size}, crop {p.crop}, {p.source})"
         n = sum(c['kind'] == 'number' for c in self.state['columns'])
         return f"Preprocessor(tabular: {n} numeric, {len(self.state['columns'])-n} categorical columns -> {self.input_shape[0]} features)"
 
@@ -265,6 +294,9 @@ class Preprocessor:
 @patch(as_prop=True)
 def schema(self: Preprocessor) -> dict:
     "The raw input schema: what one row must look like."
+    if self.kind == "image":
+        from aimass.images import _image_schema
+        return _image_schema(self.state)
     if self.kind == "tensor":
         return {"kind": "tensor", "shape": self.state["shape"], "dtype": "float32",
                 "row": f"a list of {self.raw_width} numbers (or nested lists of shape {self.state['shape']})"}
@@ -433,7 +465,10 @@ def _transform_tabular(st, X, unseen: UnseenCategories|None = None) -> np.ndarra
 def transform(self: Preprocessor, X,  # rows: a DataFrame, a list of dicts or lists, an array
               unseen: UnseenCategories|None = None,  # count categories not seen in training here, instead of a warning
               ) -> np.ndarray:
-    "Raw rows -> float32 array `(N, *input_shape)`, checked by the rules of *What a row may hold*."
+    "Raw rows -> float32 array `(N, *input_shape)` (uint8 pixels for images), checked by the rules of *What a row may hold*."
+    if self.kind == "image":
+        from aimass.images import _transform_images
+        return _transform_images(self.state, X)
     return _transform_tensor(self.state, X) if self.kind == "tensor" else _transform_tabular(self.state, X, unseen)
 
 # %% ../nbs/01_data.ipynb #09b9320d

@@ -103,9 +103,12 @@ def pinned_requirements(roots=RUNTIME_REQUIREMENTS) -> list:
     return sorted(pins.values(), key=str.lower)
 
 # %% ../nbs/13_deployment.ipynb #c47d594c
-def _runtime_requirements() -> list:
-    "`pinned_requirements()`, refused when they pull in a distribution of the training side."
-    requirements = pinned_requirements()
+IMAGE_REQUIREMENTS = ("pillow",)  # an image model's server decodes JPEG, PNG, WebP, ... with Pillow
+
+def _runtime_requirements(card: ModelCard|None = None) -> list:
+    "`pinned_requirements()` (with Pillow for an image model), refused when they pull in a distribution of the training side."
+    images = card is not None and card.preprocessor.get("kind") == "image"
+    requirements = pinned_requirements(RUNTIME_REQUIREMENTS + (IMAGE_REQUIREMENTS if images else ()))
     heavy = [r for r in requirements if training_only(r.split("==")[0])]
     if heavy: raise AimassError(f"The serving runtime's requirements pull in {', '.join(heavy)}: this is an aimass bug, please report it.")
     return requirements
@@ -165,6 +168,12 @@ def example_request(pre) -> dict:
 def _schema_md(card: ModelCard) -> str:
     "The README's description of a row: a table of columns, or the tensor's shape."
     sch = card.schema or card.preprocessing().schema
+    if sch["kind"] == "image":
+        h, w, _ = card.input_shape
+        return ('Each row is one image, base64-encoded: `{"image": {"b64": "<base64 of a JPEG, PNG, WebP, BMP, ... file>"}}`. '
+                f"The server decodes it (any mode to RGB, EXIF orientation applied), resizes and crops it to {h}x{w} exactly "
+                "as evaluation did. One image can also be the raw body, with `Content-Type: image/jpeg` (any `image/*`):\n\n"
+                "```bash\ncurl -s localhost:$PORT/predict -H 'Content-Type: image/jpeg' --data-binary @photo.jpg\n```\n")
     if sch["kind"] == "tensor":
         return f"Each row is {sch['row']}: `float32` values, shape `{sch['shape']}` per row.\n"
     lines = ["Each row is " + sch["row"] + ":", "", "| column | type | values |", "|---|---|---|"]
@@ -177,8 +186,10 @@ def _schema_md(card: ModelCard) -> str:
 def _output_md(card: ModelCard) -> str:
     "The README's description of a prediction."
     if card.task == "classification":
+        top = (" plus `\"top_k\": [{\"label\", \"probability\"}, ...]`, the most likely classes first"
+               if card.preprocessor.get("kind") == "image" else "")
         return (f"Classification into {len(card.classes)} classes: " + ", ".join(f"`{c}`" for c in card.classes)
-                + ". Each prediction is `{\"label\": class, \"probabilities\": {class: p, ...}}`.")
+                + ". Each prediction is `{\"label\": class, \"probabilities\": {class: p, ...}}`" + top + ".")
     tgt = card.target.name or "the target"
     return f"Regression of `{tgt}`. Each prediction is a number."
 
@@ -497,7 +508,7 @@ def bundle(ref: str,  # NAME, NAME:vN or NAME@ALIAS (resolved once, to the versi
     dest = Path(dir).expanduser().resolve()
     _check_destination(dest, overwrite)
     mv, notes = _version_to_bundle(ref, registry or Registry())
-    requirements = _runtime_requirements()
+    requirements = _runtime_requirements(mv.card)
     dest.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.building-", dir=dest.parent))
     try:

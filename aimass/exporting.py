@@ -23,7 +23,12 @@ __all__ = ['check_external_data', 'load_onnx', 'ExportReport', 'export', 'onnx_p
 
 # %% ../nbs/05_exporting.ipynb #3377627d
 def input_spec(pre: Preprocessor, card: ModelCard) -> dict:
-    "What the exported graph takes: `raw` rows (preprocessing inside) or `preprocessed` features."
+    "What the exported graph takes: `pixels` (images), `raw` rows (preprocessing inside) or `preprocessed` features."
+    if pre.kind == "image":
+        h, w, c = pre.input_shape
+        return {"inputs": "pixels", "input_name": "pixels", "input_shape": [None, h, w, c], "dtype": "uint8", "layout": "NHWC",
+                "note": f"uint8 RGB pixels (N, {h}, {w}, {c}), channels last, as the card's ImageProcessing.prepare gives them "
+                        "(resized and cropped); the conversion to float and the mean/std normalisation are inside the graph"}
     if pre.numeric_only:
         return {"inputs": "raw", "input_name": "input", "input_shape": [None, pre.raw_width], "dtype": "float32",
                 "note": f"raw rows: {pre.raw_width} numbers each" + (" (NaN = missing, imputed in the graph)" if pre.kind == "tabular" else "")}
@@ -34,11 +39,21 @@ def input_spec(pre: Preprocessor, card: ModelCard) -> dict:
 def output_name(task: str) -> str: return "probs" if task == "classification" else "value"
 
 # %% ../nbs/05_exporting.ipynb #08320afd
+def heldout_pixels(mv, pre: Preprocessor, x: np.ndarray) -> np.ndarray:
+    "An image version's held-out images as uint8 pixels: its files (paths) decoded by its own Preprocessor, or stored pixels."
+    if x.dtype == np.uint8: return x
+    try: return pre.transform(x.tolist())
+    except AimassError as e:
+        raise AimassError(f"{mv.ref}: cannot read its held-out images ({e}); they are files of the data it was trained on: "
+                          "put them back where they were, or retrain.") from None
+
+# %% ../nbs/05_exporting.ipynb #ca00b348
 def heldout_inputs(mv, pre: Preprocessor, inputs: str):
-    "Held-out `(x, y)` in the form the exported graph takes (`raw` rows or `preprocessed` features)."
+    "Held-out `(x, y)` in the form the exported graph takes (`pixels`, `raw` rows or `preprocessed` features)."
     f = mv.file("heldout.npz")
     if not f.exists(): raise AimassError(f"{mv.ref} has no heldout.npz (held-out test rows); retrain it with aimass.train to export and check it.")
-    with np.load(f) as d: x, y = d["x"], d["y"]
+    with np.load(f) as d: x, y = d["paths"] if "paths" in d else d["x"], d["y"]
+    if pre.kind == "image": return heldout_pixels(mv, pre, x), y
     if inputs == "preprocessed": return x.astype(np.float32), y
     st = pre.state
     if pre.kind == "tensor": raw = x.astype(np.float64) * st["std"] + st["mean"]
@@ -50,7 +65,7 @@ def graph_module(predictor, pre: Preprocessor):
     "A torch module computing `predictor(preprocess(raw))` when the preprocessing is numeric, else `predictor` itself."
     import torch
     from torch import nn
-    if not pre.numeric_only: return predictor.eval()
+    if pre.kind == "image" or not pre.numeric_only: return predictor.eval()  # an image net normalises its pixels itself
     st = pre.state
     class WithPreprocessing(nn.Module):
         def __init__(self):
@@ -240,26 +255,30 @@ def _run_rows(sess, x, batch: int|None = None):
     return np.concatenate([sess.run(None, {name: x[i:i+batch]})[0] for i in range(0, len(x), batch)])
 
 # %% ../nbs/05_exporting.ipynb #6dbeba3e
-def _eager(lm, x, inputs):
-    "The production path's outputs: numpy preprocessing (for raw inputs), then the eager `Predictor`."
+def _eager(lm, x, inputs, batch: int|None = None):
+    "The production path's outputs: numpy preprocessing (for raw inputs), then the eager `Predictor`, `batch` rows at a time."
     import torch
     xp = lm.preprocessor.transform(x) if inputs == "raw" else x
-    with torch.inference_mode(): return lm.predictor(torch.from_numpy(xp)).numpy()
+    step = batch or max(len(xp), 1)
+    with torch.inference_mode():
+        return np.concatenate([lm.predictor(torch.from_numpy(xp[i:i+step])).numpy() for i in range(0, len(xp), step)])
 
 # %% ../nbs/05_exporting.ipynb #d6bdce8d
+IMAGE_BATCH = 16  # images: the held-out set runs in batches of 16 (one batch of hundreds of images would take GBs)
+
 def check_parity(sessions: dict, lm, x, y, inputs: str, out_name: str, dynamic_batch=True, n_single=8) -> tuple:
     "Parity table (variant, output, batch_size, rows, max_abs, max_rel) and test metrics per variant (plus eager `torch`)."
-    rows_1 = x[:n_single].copy()
+    rows_1, batch = x[:n_single].copy(), IMAGE_BATCH if inputs == "pixels" else None
     if inputs == "raw" and lm.preprocessor.kind == "tabular" and rows_1.size:
         rows_1[np.arange(len(rows_1)), np.arange(len(rows_1)) % rows_1.shape[1]] = np.nan  # exercise in-graph imputation
-    ref_1, ref_all = _eager(lm, rows_1, inputs), _eager(lm, x, inputs)
+    ref_1, ref_all = _eager(lm, rows_1, inputs), _eager(lm, x, inputs, batch)
     recs, metrics = [], {"torch": score(lm.task, ref_all, y)}
     for variant, sess in sessions.items():
         out_1 = _run_rows(sess, rows_1, batch=1)
         recs.append({"variant": variant, "output": out_name, "batch_size": 1, "rows": len(rows_1), **_errors(out_1, ref_1)})
-        out_all = _run_rows(sess, x) if dynamic_batch else _run_rows(sess, x, batch=1)
+        out_all = _run_rows(sess, x, batch) if dynamic_batch else _run_rows(sess, x, batch=1)
         if dynamic_batch:
-            recs.append({"variant": variant, "output": out_name, "batch_size": len(x), "rows": len(x), **_errors(out_all, ref_all)})
+            recs.append({"variant": variant, "output": out_name, "batch_size": batch or len(x), "rows": len(x), **_errors(out_all, ref_all)})
         metrics[variant] = score(lm.task, out_all, y)
     return pd.DataFrame(recs), metrics
 
@@ -280,8 +299,9 @@ def _judge(parity: pd.DataFrame, metrics: dict, task: str, target_std: float = 1
         if v == "torch": continue
         if v == "int8":
             drop = metrics["fp32"][key] - metrics[v][key]
-            checks[v] = {"passed": bool(drop <= INT8_MAX_DROP + 1e-12),
-                         "why": f"int8 {key} {metrics[v][key]:.4f} vs fp32 {metrics['fp32'][key]:.4f} (drop {drop:+.4f}, limit {INT8_MAX_DROP})"}
+            ok = bool(drop <= INT8_MAX_DROP + 1e-12)
+            checks[v] = {"passed": ok, "why": f"int8 {key} {metrics[v][key]:.4f} vs fp32 {metrics['fp32'][key]:.4f} (drop {drop:+.4f}, "
+                         f"limit {INT8_MAX_DROP})" + ("" if ok else ": int8 lost accuracy, so it is marked failing and never served")}
         else:
             err = float(parity[parity.variant == v].max_abs.max())
             checks[v] = {"passed": bool(err <= tol), "why": f"{v} max abs error {err:.3g} (limit {tol:.3g})"}
@@ -331,7 +351,8 @@ def _head(self: ExportReport) -> str:
     "The verdict line the reprs start with."
     status = "passed" if self.passed else "FAILED"
     return (f"ONNX export of {self.ref}: {status} ({self.exporter} exporter, opset {self.opset}, IR {self.ir_version}; "
-            f"input {self.io['input_name']!r} {self.io['input_shape']} {self.io['inputs']})")
+            f"input {self.io['input_name']!r} {self.io['input_shape']} {self.io['inputs']}"
+            + (f", {self.io['dtype']} {self.io['layout']}" if self.io.get("layout") else "") + ")")
 
 # %% ../nbs/05_exporting.ipynb #95b665f0
 def markdown_table(df: pd.DataFrame) -> str:
@@ -380,7 +401,7 @@ def _build(lm, work: Path, opset, dynamic_batch, quantize, optimize) -> tuple:
     io_ = {**input_spec(lm.preprocessor, lm.card), "output_name": output_name(lm.task)}
     if not dynamic_batch: io_["input_shape"] = [1, *io_["input_shape"][1:]]
     module = graph_module(lm.predictor, lm.preprocessor)
-    example = torch.zeros((2 if dynamic_batch else 1, *io_["input_shape"][1:]), dtype=torch.float32)
+    example = torch.zeros((2 if dynamic_batch else 1, *io_["input_shape"][1:]), dtype=getattr(torch, io_["dtype"]))
     info = trace_to_onnx(module, example, work/"model.onnx", opset, dynamic_batch, io_["input_name"], io_["output_name"])
     try: onnx.checker.check_model(str(work/"model.onnx"), full_check=True)
     except Exception as e: raise AimassError(f"The exported graph of {lm.ref} fails onnx.checker: {_first_line(e)}") from None
@@ -394,11 +415,12 @@ def _build(lm, work: Path, opset, dynamic_batch, quantize, optimize) -> tuple:
 def export_summary(rep: ExportReport) -> ExportInfo:
     "The card's `export` record: enough for bench and serve to pick and feed a file."
     import onnxruntime, torch
-    return ExportInfo(files=rep.files, exporter=rep.exporter, opset=rep.opset, ir_version=rep.ir_version, **rep.io,
-                      passed=rep.passed, checks={v: c["passed"] for v, c in rep.checks.items()},
-                      max_abs_err={v: float(rep.parity[rep.parity.variant == v].max_abs.max()) for v in rep.checks},
-                      metrics=rep.metrics, report="onnx/report.json", torch=torch.__version__,
-                      onnxruntime=onnxruntime.__version__, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    return ExportInfo.from_dict(dict(  # keys ExportInfo has no field for (an image graph's `layout`) are kept in `extra`
+        files=rep.files, exporter=rep.exporter, opset=rep.opset, ir_version=rep.ir_version, **rep.io,
+        passed=rep.passed, checks={v: c["passed"] for v, c in rep.checks.items()},
+        max_abs_err={v: float(rep.parity[rep.parity.variant == v].max_abs.max()) for v in rep.checks},
+        metrics=rep.metrics, report="onnx/report.json", torch=torch.__version__,
+        onnxruntime=onnxruntime.__version__, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds")))
 
 # %% ../nbs/05_exporting.ipynb #1891cdee
 def export(ref: str,  # NAME, NAME:vN or NAME@ALIAS

@@ -68,8 +68,9 @@ class TorchBackend:
 
 # %% ../nbs/07_inference.ipynb #4335e804
 def raw_array(pre, rows) -> np.ndarray:
-    "Rows as the float32 `(N, raw_width)` array a raw-input graph takes (tabular: NaN where a value is missing)."
+    "Rows as the array a raw-input graph takes: float32 `(N, raw_width)` (tabular: NaN where missing), or images' uint8 pixels."
     from aimass.data import _check_finite, _numbers, _rows_to_frame
+    if pre.kind == "image": return pre.transform(rows)  # (N, H, W, 3) uint8: decoded, resized, cropped; the graph normalises
     if pre.kind == "tensor":
         width, shape = pre.raw_width, pre.state["shape"]
         try: a = np.asarray(rows, dtype=np.float32)
@@ -87,12 +88,26 @@ def raw_array(pre, rows) -> np.ndarray:
     return np.stack(cols, 1)
 
 # %% ../nbs/07_inference.ipynb #0552b263
-def encode_predictions(outputs: np.ndarray, task: str, classes) -> list:
+def encode_predictions(outputs: np.ndarray, task: str, classes,
+                       top_k: int|None = None,  # also list the `top_k` most likely classes, most likely first
+                       ) -> list:
     "JSON-ready predictions for a batch of outputs."
     if task != "classification": return np.asarray(outputs, np.float64).reshape(len(outputs)).tolist()
     probs = np.asarray(outputs, np.float64)
     labels = probs.argmax(-1)
-    return [{"label": classes[k], "probabilities": dict(zip(classes, p))} for k, p in zip(labels.tolist(), probs.tolist())]
+    out = [{"label": classes[k], "probabilities": dict(zip(classes, p))} for k, p in zip(labels.tolist(), probs.tolist())]
+    if top_k:
+        for d, p, order in zip(out, probs.tolist(), np.argsort(-probs, -1, kind="stable")[:, :top_k].tolist()):
+            d["top_k"] = [{"label": classes[i], "probability": p[i]} for i in order]
+    return out
+
+# %% ../nbs/07_inference.ipynb #1f451348
+TOP_K = 5  # image classification answers list the 5 most likely classes in `top_k`
+
+def top_k_for(card: ModelCard) -> int|None:
+    "How many classes an answer lists in `top_k`: `TOP_K` (at most the number of classes) for image classifiers, else None."
+    if card.task != "classification" or card.preprocessor.get("kind") != "image": return None
+    return min(TOP_K, len(card.classes or []))
 
 # %% ../nbs/07_inference.ipynb #5d132e05
 class Runner:
@@ -102,6 +117,7 @@ class Runner:
         self.card = ModelCard.read(self.model_dir)
         self.task, self.classes, self.ref = self.card.task, self.card.classes, self.card.ref
         self.pre, self.unseen = self.card.preprocessing(), UnseenCategories()  # categories not seen in training, so far
+        self.top_k = top_k_for(self.card)
         self.backend = pick_backend(self.model_dir, self.card, backend)
         self.takes_raw = False
         if self.backend == "onnx":
@@ -124,7 +140,7 @@ class Runner:
         "Probabilities `(N, C)` or values `(N,)` for raw rows."
         return self.model(self.array(rows))
 
-    def encode(self, outputs) -> list: return encode_predictions(outputs, self.task, self.classes)
+    def encode(self, outputs) -> list: return encode_predictions(outputs, self.task, self.classes, self.top_k)
 
     def warm_up(self):
         "Run one example row, so the first real request does not pay for lazy initialisation."
@@ -143,9 +159,19 @@ def _note(self: Runner, found: UnseenCategories):
                       "Later ones are counted in Runner.unseen.", UnseenCategoryWarning, stacklevel=3)
 
 # %% ../nbs/07_inference.ipynb #a19e63b6
+def example_image(pre) -> dict:
+    "An example image row for an image preprocessor: a mid-gray PNG of its output size, as `{\"image\": {\"b64\": ...}}`."
+    import base64
+    from PIL import Image
+    h, w, _ = pre.input_shape
+    buf = io.BytesIO(); Image.new("RGB", (w, h), (128, 128, 128)).save(buf, format="PNG")
+    return {"image": {"b64": base64.b64encode(buf.getvalue()).decode()}}
+
+# %% ../nbs/07_inference.ipynb #42484827
 def example_rows(pre) -> list:
-    "One valid raw row for a preprocessor: zeros for tensors, the mean or first category per column for tables."
+    "One valid raw row for a preprocessor: zeros for tensors, the mean or first category per column for tables, a gray image."
     if pre.kind == "tensor": return [[0.0] * pre.raw_width]
+    if pre.kind == "image": return [example_image(pre)]
     return [{c["name"]: (c["categories"][0] if c["kind"] == "category" else c["mean"]) for c in pre.state["columns"]}]
 
 # %% ../nbs/07_inference.ipynb #90bf8390
@@ -170,6 +196,8 @@ class _Source:
     fingerprint: Callable[[list], dict]           # (columns used) -> what identifies these rows
     estimate: int|None = None                     # CSV: rows counted from newlines, for the progress bar
     index: object = None                          # a DataFrame's index, given back with the result
+    image: str|None = None                        # image models: the column of image paths (the key column of the result)
+    root: Path|None = None                        # where relative image paths start: the folder of the CSV/Parquet file
 
 # %% ../nbs/07_inference.ipynb #03a4c0bd
 def _listing(names, limit: int = 12) -> str:
@@ -208,8 +236,8 @@ def _array_source(a: np.ndarray) -> _Source:
     return _Source("the array", None, len(a), chunks, fingerprint)
 
 # %% ../nbs/07_inference.ipynb #21595332
-def _memory_source(data, pre) -> _Source:
-    "A source for a DataFrame, a numpy array or torch tensor, or a list of rows (dicts, or lists in column order)."
+def _memory_source(data, pre, image: str|None = None) -> _Source:
+    "A source for a DataFrame, a numpy array or torch tensor, or a list of rows (dicts, or lists in column order; images)."
     import pandas as pd
     from aimass.data import _rows_to_frame
     if hasattr(data, "detach"): data = data.detach().cpu().numpy()  # a torch tensor, without importing torch here
@@ -218,6 +246,7 @@ def _memory_source(data, pre) -> _Source:
         raise AimassError(f"Cannot predict from {type(data).__name__}: pass a DataFrame, an array or tensor, a list of rows, "
                           "or the path of a .csv/.tsv/.parquet file.")
     if len(data) == 0: raise AimassError("data has no rows: there is nothing to predict.")
+    if pre.kind == "image": return _image_memory_source(data, image)
     if isinstance(data, pd.DataFrame): return _frame_source(data)
     if pre.kind == "tabular":
         if isinstance(data, np.ndarray):
@@ -378,23 +407,29 @@ def _parquet_source(path: Path) -> _Source:
     return _Source(path.name, list(schema.names), meta.num_rows, chunks, lambda cols: _file_fingerprint(path))
 
 # %% ../nbs/07_inference.ipynb #52f76b2a
-def _open_source(data, pre) -> _Source:
-    "Where `data`'s rows come from: a .csv/.tsv/.parquet path, or rows in memory."
+def _open_source(data, pre, image: str|None = None) -> _Source:
+    "Where `data`'s rows come from: a .csv/.tsv/.parquet path, an image folder or file (image models), or rows in memory."
     from aimass.data import no_file_error
-    if not isinstance(data, (str, Path)): return _memory_source(data, pre)
+    if not isinstance(data, (str, Path)): return _memory_source(data, pre, image)
     path = Path(data).expanduser()
     suffix = _file_suffix(path)
+    if pre.kind == "image" and (path.is_dir() or _is_image_file(path)): return _image_path_source(path)
     if suffix not in _TEXT_SEPARATORS and suffix not in _PARQUET:
         raise AimassError(f"Cannot read {path.name}: predict reads .csv, .tsv and .parquet files "
-                          "(or pass a DataFrame, an array or a list of rows).")
+                          + ("(a column of image paths), an image folder or image files." if pre.kind == "image" else
+                             "(or pass a DataFrame, an array or a list of rows)."))
     if not path.is_file(): raise no_file_error(path)
+    if pre.kind == "image":  # a table of image paths, relative to the table's folder
+        src = _parquet_source(path) if suffix in _PARQUET else _csv_source(path, [image or "image"])
+        src.image, src.root = image or "image", path.parent.absolute()
+        return src
     if suffix in _PARQUET: return _parquet_source(path)
     return _csv_source(path, [c["name"] for c in pre.state.get("columns", []) if c["kind"] == "category"])
 
 # %% ../nbs/07_inference.ipynb #069d6fc1
-def _result_columns(task: str, classes) -> list:
-    "The columns `predict` writes: `prediction`, then `prob_<class>` per class for classification."
-    return ["prediction"] + ([f"prob_{c}" for c in classes] if task == "classification" else [])
+def _result_columns(task: str, classes, image: bool = False) -> list:
+    "The columns `predict` writes: `prediction`, then `prob_<class>` per class for classification; `error` for images."
+    return ["prediction"] + ([f"prob_{c}" for c in classes] if task == "classification" else []) + (["error"] if image else [])
 
 # %% ../nbs/07_inference.ipynb #7110c330
 def _job_columns(src: _Source, pre, keep: list, ref: str, results: tuple = ()) -> tuple[list|None, list|None]:
@@ -407,6 +442,11 @@ def _job_columns(src: _Source, pre, keep: list, ref: str, results: tuple = ()) -
     have = set(src.columns)
     if lost := [c for c in keep if c not in have]:
         raise AimassError(f"keep= names {_listing(map(repr, lost))}, which {src.name} does not have. Its columns: {_listing(src.columns)}.")
+    if pre.kind == "image":  # the column of image paths, always first in the result: it is the key
+        if src.image not in have:
+            raise AimassError(f"{src.name} has no column {src.image!r} of image paths: name the column that holds them with "
+                              f"image=... (--image on the command line). Its columns: {_listing(src.columns)}.")
+        return [src.image], list(dict.fromkeys([src.image, *keep]))
     if pre.kind == "tensor":
         cols = [c for c in src.columns if c not in keep]
         if len(cols) != pre.raw_width:
@@ -430,6 +470,84 @@ def _result_frame(outputs: np.ndarray, task: str, classes, kept=None):
     else: cols = {"prediction": out.reshape(len(out)).astype(np.float32)}
     res = pd.DataFrame(cols)
     return res if kept is None else pd.concat([kept.reset_index(drop=True), res], axis=1)
+
+# %% ../nbs/07_inference.ipynb #e19ddecb
+def _is_image_file(path: Path) -> bool:
+    from aimass.images import IMAGE_SUFFIXES
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+# %% ../nbs/07_inference.ipynb #ba6653dd
+def _image_path_source(path: Path) -> _Source:
+    "The image files of a folder (any depth, sorted), or one image file, as rows of one column, `path`."
+    import pandas as pd
+    from aimass.data import no_file_error
+    from aimass.images import IMAGE_SUFFIXES
+    path = path.absolute()
+    if not path.exists(): raise no_file_error(path)
+    files = [str(path)] if path.is_file() else sorted(str(p) for p in path.rglob("*") if p.is_file() and _is_image_file(p))
+    if not files: raise AimassError(f"{path} holds no image files ({', '.join(IMAGE_SUFFIXES)}): there is nothing to predict.")
+    src = _frame_source(pd.DataFrame({"path": files}), f"{path.name}/" if path.is_dir() else path.name)
+    def fingerprint(cols):  # the files, their sizes and times: a changed or added image is another job
+        return {"kind": "images", "path": str(path), "rows": len(files),
+                "sha256": _digest([(f, st.st_size, st.st_mtime_ns) for f in files for st in [os.stat(f)]])}
+    src.fingerprint, src.image, src.index = fingerprint, "path", None
+    return src
+
+# %% ../nbs/07_inference.ipynb #fe0b54d0
+def _image_bytes(row) -> bytes:
+    "What identifies one in-memory image row, for a job's fingerprint."
+    if isinstance(row, (bytes, bytearray)): return bytes(row)
+    if isinstance(row, np.ndarray): return np.ascontiguousarray(row).tobytes() + repr((row.shape, row.dtype.str)).encode()
+    if hasattr(row, "tobytes") and hasattr(row, "mode"): return row.tobytes() + repr((row.mode, row.size)).encode()  # PIL
+    return repr(row).encode()
+
+# %% ../nbs/07_inference.ipynb #38f89f8b
+def _image_memory_source(data, image: str|None) -> _Source:
+    "In-memory rows for an image model: a DataFrame with an image column, image paths (the key column), or images."
+    import pandas as pd
+    if isinstance(data, pd.DataFrame):
+        src = _frame_source(data)
+        src.image = image or "image"
+        return src
+    rows = list(data)
+    if all(isinstance(r, (str, Path)) for r in rows):
+        src = _frame_source(pd.DataFrame({"image": [str(r) for r in rows]}), "the paths")
+        src.image, src.index = "image", None
+        return src
+    def chunks(start, size, cols):
+        for i in range(start, len(rows), size): yield rows[i:i+size]
+    def fingerprint(cols): return {"kind": "the images", "rows": len(rows), "sha256": _digest(*map(_image_bytes, rows))}
+    return _Source("the images", None, len(rows), chunks, fingerprint)
+
+# %% ../nbs/07_inference.ipynb #cf18ec66
+def _decode_image(pre, row, root: Path|None) -> tuple:
+    "`(pixels, '')` for one image row, or `(None, why)` when it cannot be read; a relative path starts at `root`."
+    if isinstance(row, str) and root is not None and not Path(row).is_absolute(): row = str(root/row)
+    if row is None or (isinstance(row, float) and row != row): return None, "no image path in this row"
+    try: return pre.transform([row])[0], ""
+    except AimassError as e: return None, getattr(e, "what", None) or str(e)
+
+# %% ../nbs/07_inference.ipynb #652837a9
+def _image_outputs(runner: Runner, rows: list, root: Path|None = None) -> tuple:
+    "`(outputs, errors)` for image rows: rows that cannot be read get NaN outputs and say why in `errors` ('' for good ones)."
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool: decoded = list(pool.map(lambda r: _decode_image(runner.pre, r, root), rows))
+    ok = [i for i, (px, _) in enumerate(decoded) if px is not None]
+    shape = (len(runner.classes),) if runner.task == "classification" else ()
+    out = np.full((len(rows), *shape), np.nan, np.float32)
+    if ok: out[ok] = runner.model(np.stack([decoded[i][0] for i in ok]))
+    return out, [why for _, why in decoded]
+
+# %% ../nbs/07_inference.ipynb #a3e3d45d
+def _image_result_frame(runner: Runner, chunk, src: _Source, cols, keep: list):
+    "The result rows for one chunk of images: the key column (and `keep`), `prediction`, `prob_<class>`, `error`."
+    rows = list(chunk) if cols is None else chunk[cols[0]].tolist()
+    outputs, errors = _image_outputs(runner, rows, src.root)
+    frame = _result_frame(outputs, runner.task, runner.classes, chunk[keep] if keep else None)
+    bad = np.array([bool(e) for e in errors])
+    if bad.any(): frame["prediction"] = frame["prediction"].astype(object).where(~bad, None)
+    frame["error"] = errors
+    return frame
 
 # %% ../nbs/07_inference.ipynb #0740a23d
 def _describe(key: str, value) -> str:
@@ -576,9 +694,10 @@ def _read_output(path: Path, nrows: int|None = None, columns: list|None = None, 
 class Predictions:
     "What `predict` produced: the predictions (`.frame`; with `output=`, also the file at `.path`) and how the job went."
     def __init__(self, ref: str, backend: str, task: str, classes, rows: int, seconds: float, resumed_from: int = 0,
-                 path: Path|None = None, frame=None, index=None, unseen: UnseenCategories|None = None):
+                 path: Path|None = None, frame=None, index=None, unseen: UnseenCategories|None = None, skipped: list|None = None):
         self.ref, self.backend, self.task, self.classes = ref, backend, task, classes
         self.rows, self.seconds, self.resumed_from, self.path = rows, seconds, resumed_from, path
+        self.skipped = skipped or []  # image jobs: (path or row number, why) of each image that could not be read
         self.unseen = unseen if unseen is not None else UnseenCategories()
         self._frame, self._index = frame, index
         if frame is not None: self._reindex(frame)
@@ -618,6 +737,7 @@ def summary(self: Predictions) -> str:
     if self.resumed_from: s += f", resumed at row {self.resumed_from:,}"
     if self.path: s += f" -> {self.path}"
     if self.unseen: s += f"; {self.unseen.total:,} value(s) of categories not seen in training, encoded as all zeros: {self.unseen}"
+    if self.skipped: s += f"; {len(self.skipped):,} image(s) could not be read, skipped (see .skipped and the error column)"
     return s
 
 # %% ../nbs/07_inference.ipynb #839939e3
@@ -688,6 +808,10 @@ def _chunk_results(runner: Runner, src: _Source, cols, read, keep: list, batch_s
     from aimass.data import RowError
     done = start
     for chunk in src.chunks(start, batch_size, read):
+        if runner.pre.kind == "image":  # an unreadable image is reported in its row, not raised
+            done += len(chunk)
+            yield done, _image_result_frame(runner, chunk, src, cols, keep)
+            continue
         x = chunk if cols is None else (chunk[cols].to_numpy() if runner.pre.kind == "tensor" else chunk)
         where = f"In rows {done:,} to {done + len(chunk) - 1:,} of {src.name} (data rows counted from 0)"
         try: outputs = runner.model(runner.array(x, runner.unseen))  # counted for the summary, not warned about
@@ -752,8 +876,16 @@ def _run_chunks(runner: Runner, src: _Source, cols, read, keep: list, batch_size
         raise
 
 # %% ../nbs/07_inference.ipynb #5fb2c8a4
+def _skipped(frame, key: list) -> list:
+    "`(path, why)` of each image that could not be read (the row number where the rows had no path)."
+    errors = frame["error"].fillna("").astype(str)
+    bad = np.flatnonzero(errors.to_numpy() != "")
+    names = frame[key[0]].to_numpy() if key else np.arange(len(frame))
+    return [(names[i].item() if isinstance(names[i], np.generic) else names[i], errors.iloc[i]) for i in bad]
+
+# %% ../nbs/07_inference.ipynb #9e0d3a61
 def predict(ref: str,  # NAME, NAME:vN or NAME@ALIAS (resolved once: a moving alias cannot mix versions in one job)
-            data: str|Path|pd.DataFrame|np.ndarray|list,  # a .csv/.tsv(.gz)/.parquet file, a DataFrame, an array or tensor, or a list of rows
+            data: str|Path|pd.DataFrame|np.ndarray|list,  # a .csv/.tsv(.gz)/.parquet file, a DataFrame, an array or tensor, a list of rows; an image folder
             *,
             output: str|Path|None = None,  # also write the result here (.csv, .tsv, .parquet); the same call continues an interrupted job
             overwrite: bool = False,  # replace an existing output (and discard another job's saved chunks)
@@ -762,10 +894,12 @@ def predict(ref: str,  # NAME, NAME:vN or NAME@ALIAS (resolved once: a moving al
             batch_size: int = 1024,  # rows per chunk (files are read a chunk at a time)
             threads: int|None = None,  # ONNX Runtime threads (default: every core this process may use)
             progress: bool|str = "auto",  # auto: a bar unless one chunk does it; or a function (rows_done, total)
+            image: str|None = None,  # image models: the column of a CSV/Parquet/DataFrame that holds image paths (default 'image')
             ) -> Predictions:
     """Predict every row of `data` with a registered model, chunk by chunk, in input order. Classification gives
     `prediction` and `prob_<class>` per class; regression gives `prediction`. Columns the model does not read are
-    ignored."""
+    ignored. An image model also takes an image folder; its result starts with the image's path, and an image that
+    cannot be read is skipped: its row says why in `error`, and `Predictions.skipped` lists it."""
     from aimass.registry import Registry
     t0 = time.perf_counter()
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -774,8 +908,9 @@ def predict(ref: str,  # NAME, NAME:vN or NAME@ALIAS (resolved once: a moving al
     out = _output_path(output, overwrite)
     mv = Registry().get(ref)  # resolved once: a moving alias cannot mix versions in one job
     runner = _batch_runner(mv, backend, threads)
-    src = _open_source(data, runner.pre)
-    cols, read = _job_columns(src, runner.pre, keep, mv.ref, _result_columns(runner.task, runner.classes))
+    src, images = _open_source(data, runner.pre, image), runner.pre.kind == "image"
+    cols, read = _job_columns(src, runner.pre, keep, mv.ref, _result_columns(runner.task, runner.classes, images))
+    if images and cols: keep = list(dict.fromkeys([*cols, *keep]))  # the image's path is the key column
     parts, bar = (_Parts(out) if out else None), _Progress(progress, src.total or src.estimate, batch_size, f"{mv.ref} ({runner.backend})")
     try:
         chunk, start = parts.start(_manifest(mv, runner, src, read, batch_size, keep, out), overwrite) if parts else (0, 0)
@@ -785,5 +920,8 @@ def predict(ref: str,  # NAME, NAME:vN or NAME@ALIAS (resolved once: a moving al
         bar.close()
         if parts: parts.release()  # explicitly: a notebook's last traceback would keep the lock alive
     if parts: parts.remove()
+    skipped = _skipped(frame if frame is not None else _read_output(out, columns=[*keep[:1], "error"]), keep[:1]) if images else []
+    if skipped: warnings.warn(f"{len(skipped):,} of {rows:,} images could not be read and were skipped (their rows have no prediction "
+                              f"and say why in the error column; Predictions.skipped lists them). The first: {skipped[0][0]}: {skipped[0][1]}", stacklevel=2)
     return Predictions(mv.ref, runner.backend, runner.task, runner.classes, rows, time.perf_counter() - t0, start, out, frame,
-                       src.index, runner.unseen)
+                       src.index, runner.unseen, skipped)

@@ -6,7 +6,7 @@ Docs: https://aimass.github.io/aimass/launcher.html.md"""
 
 # %% ../nbs/08_launcher.ipynb #81d279f1
 from __future__ import annotations
-import atexit, html, json, logging, os, shlex, signal, socket, subprocess, sys, tempfile, threading, time
+import atexit, html, io, json, logging, os, shlex, signal, socket, subprocess, sys, tempfile, threading, time
 from datetime import datetime, timezone
 from pathlib import Path
 from collections import Counter
@@ -333,11 +333,42 @@ def _model(self: Server, model: str|None) -> ServedModel:
     return self.models[model]
 
 # %% ../nbs/08_launcher.ipynb #d0e5ff7c
+def _b64_image(img) -> dict:
+    "One image as a request row: a file path's or bytes' own bytes, a PIL image or numpy array as PNG; base64."
+    import base64
+    from aimass.data import no_file_error
+    if isinstance(img, dict): return img  # a row already: {"image": {"b64": ...}}
+    if isinstance(img, (str, Path)):
+        if not Path(img).expanduser().is_file(): raise no_file_error(Path(img))
+        data = Path(img).expanduser().read_bytes()
+    elif isinstance(img, (bytes, bytearray)): data = bytes(img)
+    else:
+        from aimass.images import open_image
+        buf = io.BytesIO(); open_image(img).save(buf, format="PNG"); data = buf.getvalue()
+    return {"image": {"b64": base64.b64encode(data).decode()}}
+
+# %% ../nbs/08_launcher.ipynb #c47c7af3
+def _image_request_body(rows) -> bytes:
+    "The JSON body for one image or a list of them (a `(N, H, W, C)` array is N images)."
+    if isinstance(rows, np.ndarray) and rows.ndim == 4: rows = list(rows)
+    elif not isinstance(rows, (list, tuple)): rows = [rows]
+    return json.dumps({"instances": [_b64_image(r) for r in rows]}, separators=(",", ":")).encode()
+
+# %% ../nbs/08_launcher.ipynb #032add8e
+def _takes_images(m: ServedModel) -> bool:
+    "Whether served model `m` is an image model (from its `/info`, else its card)."
+    if m.info: return m.info.get("schema", {}).get("kind") == "image"
+    try: return ModelCard.read(m.model_dir).preprocessor.get("kind") == "image"
+    except AimassError: return False
+
+# %% ../nbs/08_launcher.ipynb #54728e64
 @patch
 def predict(self: Server, rows, model: str|None = None) -> list:
-    "Predictions for `rows` from the server (classification: dicts with `label` and `probabilities`); `model` names one of several."
-    path = self._model(model).path
-    r = self._http().post(path, content=_request_body(rows), headers={"Content-Type": "application/json"})
+    """Predictions for `rows` from the server (classification: dicts with `label` and `probabilities`); `model` names one
+    of several. An image model's rows are image file paths, PIL images or numpy arrays: one, or a list."""
+    m = self._model(model)
+    path, body = m.path, (_image_request_body(rows) if _takes_images(m) else _request_body(rows))
+    r = self._http().post(path, content=body, headers={"Content-Type": "application/json"})
     if r.status_code != 200:
         raise AimassError(f"{self.url}{path} answered {r.status_code}: {_detail(r)}")
     return r.json()["predictions"]
@@ -433,11 +464,35 @@ def _wait_healthy(proc, url, log_path, deadline, headers) -> None:
             time.sleep(0.05)
 
 # %% ../nbs/08_launcher.ipynb #35776ff1
+def input_info(card: ModelCard) -> dict:
+    "What the model's graph takes: name, shape, dtype, layout (images: NHWC uint8 pixels), from its ONNX export or its preprocessing."
+    e = card.export
+    if e is None:
+        from aimass.exporting import input_spec
+        sp = input_spec(card.preprocessing(), card)
+        return {"name": sp["input_name"], "shape": sp["input_shape"], "dtype": sp["dtype"], "inputs": sp["inputs"],
+                **({"layout": sp["layout"]} if "layout" in sp else {}), "note": sp["note"]}
+    return {"name": e.input_name, "shape": e.input_shape, "dtype": e.dtype, "inputs": e.inputs,
+            **({"layout": e.extra["layout"]} if "layout" in e.extra else {}), "note": e.note}
+
+# %% ../nbs/08_launcher.ipynb #f7df032d
+def image_usage(card: ModelCard) -> dict:
+    "The `request` and `answer` entries of an image model's `/info`."
+    from aimass.inference import top_k_for
+    k = top_k_for(card)
+    answer = {"label": "the most likely class", "probabilities": "{class: probability} for every class",
+              "top_k": f"[{{label, probability}}, ...]: the {k} most likely classes, most likely first"} if k else "a number"
+    return {"request": {"json": {"instances": [{"image": {"b64": "<base64 of an image file>"}}]},
+                        "raw": "one image file's bytes as the body, with Content-Type: image/jpeg (any image/*)"},
+            "answer": answer}
+
+# %% ../nbs/08_launcher.ipynb #338b74be
 def server_info(card: ModelCard, cfg: ServerConfig, backend: str) -> dict:
-    "What GET /info answers: the model, its input schema, the backend and the limits."
-    return {"name": card.name, "version": card.version, "ref": card.ref, "task": card.task, "classes": card.classes,
+    "What GET /info answers: the model, its input schema and graph input, the backend and the limits."
+    info = {"name": card.name, "version": card.version, "ref": card.ref, "task": card.task, "classes": card.classes,
             "backend": backend, "model": card.model, "schema": card.preprocessing().schema, "input_shape": card.input_shape,
-            "target": card.target.name, "limits": cfg.limits}
+            "input": input_info(card), "target": card.target.name, "limits": cfg.limits}
+    return {**info, **image_usage(card)} if card.preprocessor.get("kind") == "image" else info
 
 # %% ../nbs/08_launcher.ipynb #499a286c
 def _named_refs(refs) -> list:

@@ -355,8 +355,9 @@ DEADLINE = "aimass.deadline"  # ASGI scope key: when (time.monotonic()) the requ
 _uid = contextvars.ContextVar("aimass_uid", default=None)
 
 class _RawBodyHandler(RegularRequestHandler):
-    "Hands the worker `(deadline, raw body)`; forgets a request that was cancelled before its answer came."
-    async def _prepare_request(self, request, request_type) -> tuple: return request.scope.get(DEADLINE), await request.body()
+    "Hands the worker `(deadline, raw body, content type)`; forgets a request that was cancelled before its answer came."
+    async def _prepare_request(self, request, request_type) -> tuple:
+        return request.scope.get(DEADLINE), await request.body(), request.headers.get("content-type", "")  # image/*: a raw image
 
     async def _submit_request(self, payload):
         uid, queue_id = await super()._submit_request(payload)

@@ -33,6 +33,11 @@ def _rows_from_heldout(preprocessor: dict, path, n: int) -> list|None:
     "Raw rows rebuilt from a version's held-out (preprocessed) inputs: undo scaling, pick the one-hot category."
     f = path/"heldout.npz"
     if not f.exists(): return None
+    if preprocessor["kind"] == "image":  # held-out image files, sent as base64 as a client sends them
+        import base64
+        from pathlib import Path
+        with np.load(f) as d: files = [p for p in d["x"][:n].tolist() if Path(p).is_file()]
+        return [{"image": {"b64": base64.b64encode(Path(p).read_bytes()).decode()}} for p in files] or None
     with np.load(f) as d: x = d["x"][:n].astype(np.float64)
     st = preprocessor
     if st["kind"] == "tensor": return (x * st["std"] + st["mean"]).reshape(len(x), -1).round(6).tolist()
@@ -51,6 +56,10 @@ def _rows_from_heldout(preprocessor: dict, path, n: int) -> list|None:
 def _rows_from_schema(schema: dict) -> list:
     "One row of zeros (and each category's first value) in the model's input schema."
     if schema["kind"] == "tensor": return [[0.0] * int(np.prod(schema["shape"]))]
+    if schema["kind"] == "image":  # a gray image of the model's size
+        from aimass.data import Preprocessor
+        from aimass.inference import example_image
+        return [example_image(Preprocessor({"kind": "image", "processing": schema["processing"]}))]
     return [{c["name"]: (c["categories"][0] if c["type"] == "category" else 0.0) for c in schema["columns"]}]
 
 # %% ../nbs/11_loadtesting.ipynb #3ca1e856

@@ -6,7 +6,7 @@ Docs: https://aimass.github.io/aimass/models.html.md"""
 
 # %% ../nbs/02_models.ipynb #2bee005a
 from __future__ import annotations
-import ast, inspect, linecache, math, warnings
+import ast, contextlib, inspect, linecache, math, warnings
 import numpy as np
 import torch
 from torch import nn
@@ -15,8 +15,9 @@ from fastcore.basics import patch
 from .core import AimassError, spec_hash
 
 # %% auto #0
-__all__ = ['TEMPLATES', 'mlp', 'cnn', 'linear', 'model_from_spec', 'resolve_model', 'TaskModule', 'Predictor', 'read_state_dict',
-           'load_weights']
+__all__ = ['TEMPLATES', 'mlp', 'cnn', 'linear', 'model_from_spec', 'resolve_model', 'PixelInput', 'pixel_net', 'is_pretrained',
+           'pretrained_backbone', 'resolve_image_model', 'head_of', 'freeze', 'gradient_checkpointing', 'TaskModule',
+           'Predictor', 'read_state_dict', 'load_weights']
 
 # %% ../nbs/02_models.ipynb #c5b4feed
 TEMPLATES = {}  # name -> builder(input_shape, num_outputs, **knobs)
@@ -147,6 +148,8 @@ def model_from_spec(spec: dict, input_shape=None, num_outputs=None,
                     trust_code: bool = False,  # rebuild a class spec the registry did not record: only for code you have read
                     ) -> nn.Module:
     "Rebuild an (untrained) model from its spec; a class spec (code) only while it is the one the registry recorded, or with `trust_code`."
+    if "pixels" in spec: return _pixel_net_from_spec(spec, input_shape, num_outputs, code_hash, trust_code)  # an image model
+    if "pretrained" in spec: return _pretrained_from_spec(spec["pretrained"])
     if "template" in spec:
         if spec["template"] not in TEMPLATES: raise AimassError(f"Unknown model template {spec['template']!r}: use one of {', '.join(TEMPLATES)}.")
         return TEMPLATES[spec["template"]](tuple(input_shape), num_outputs, **spec.get("kwargs", {}))
@@ -183,6 +186,259 @@ def resolve_model(model, input_shape, num_outputs, model_kwargs=None):
         return model, class_spec(type(model), _init_kwargs(model))
     raise AimassError(f"Cannot train {type(model).__name__}: pass a template name ({', '.join(TEMPLATES)}), an nn.Module class or instance, or a LightningModule.")
 
+# %% ../nbs/02_models.ipynb #ee7cbfe1
+class PixelInput(nn.Module):
+    "uint8 pixels `(N, H, W, 3)` -> float32 `(N, 3, H, W)`, normalised by `mean` and `std` (of [0, 1] values), channels-last in memory."
+    def __init__(self, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
+        super().__init__()
+        self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise AimassError(f"PixelInput needs 3 means and 3 positive standard deviations (one per RGB channel), not {self.mean}, {self.std}.")
+        std_t = torch.tensor(self.std).reshape(1, 3, 1, 1)
+        self.register_buffer("scale", 1/(255*std_t), persistent=False)  # (x/255 - mean)/std as one multiply-add
+        self.register_buffer("shift", -torch.tensor(self.mean).reshape(1, 3, 1, 1)/std_t, persistent=False)
+
+    def forward(self, x):
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise AimassError(f"An image model takes pixels, a uint8 batch (N, height, width, 3); got shape {tuple(x.shape)}.")
+        return x.permute(0, 3, 1, 2).to(self.scale.dtype) * self.scale + self.shift  # NHWC seen as NCHW: channels-last strides
+
+    def extra_repr(self): return f"mean={self.mean}, std={self.std}"
+
+# %% ../nbs/02_models.ipynb #a69a0ee9
+def pixel_net(backbone: nn.Module,  # float `(N, 3, H, W)` in, logits out
+              mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)) -> nn.Sequential:
+    "An image model: `PixelInput(mean, std)` then `backbone`, reachable as `net.pixels` and `net.backbone` (or `net[0]`, `net[1]`)."
+    from collections import OrderedDict
+    return nn.Sequential(OrderedDict(pixels=PixelInput(mean, std), backbone=backbone))
+
+# %% ../nbs/02_models.ipynb #dd62715f
+def is_pixel_net(net) -> bool:
+    "True for an image model: `PixelInput` first."
+    return isinstance(net, nn.Sequential) and len(net) > 0 and isinstance(net[0], PixelInput)
+
+# %% ../nbs/02_models.ipynb #ce2ac42b
+class HFClassifier(nn.Module):
+    "A transformers image classification model as a plain network: float `(N, 3, H, W)` in, logits out (`.model` is it)."
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+    def forward(self, x): return self.model(pixel_values=x).logits
+
+# %% ../nbs/02_models.ipynb #728430b0
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+def hub_online(timeout: float = 1.5) -> bool:
+    "False when `HF_HUB_OFFLINE`/`TRANSFORMERS_OFFLINE` say so, or the hub (`HF_ENDPOINT`) does not take a connection within `timeout` s."
+    import os, socket, threading
+    from urllib.parse import urlparse
+    if any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in _OFFLINE_VARS): return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    ok = []
+    def connect():  # in a thread: a name lookup has no timeout of its own
+        try: socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close(); ok.append(True)
+        except OSError: pass
+    t = threading.Thread(target=connect, daemon=True); t.start(); t.join(timeout + 0.5)
+    return bool(ok)
+
+# %% ../nbs/02_models.ipynb #00db7476
+@contextlib.contextmanager
+def _quiet_transformers():
+    "transformers' load reports (the new head's weights, missing processors) off: aimass says what matters in one line."
+    import transformers
+    level, bars = transformers.logging.get_verbosity(), transformers.utils.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error(); transformers.utils.logging.disable_progress_bar()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try: yield
+        finally:
+            transformers.logging.set_verbosity(level)
+            if bars: transformers.utils.logging.enable_progress_bar()
+
+# %% ../nbs/02_models.ipynb #ab5ed84c
+def _hf_source(model: str) -> str:
+    "What `hf:X` or a folder names: an existing local folder (resolved, it must hold config.json) or a hub id."
+    from pathlib import Path
+    src = model[3:] if model.startswith("hf:") else model
+    p = Path(src).expanduser()
+    if p.exists():
+        if not (p/"config.json").is_file():
+            raise AimassError(f"{p} holds no config.json, so it is not a Hugging Face model folder (save one with model.save_pretrained(folder)).")
+        return str(p.resolve())
+    if src.startswith((".", "/", "~")) or src.count("/") > 1 or not src:
+        raise AimassError(f"No model folder at {p}: pass hf:ORG/NAME for a hub id, or the path of a folder holding config.json.")
+    return src
+
+# %% ../nbs/02_models.ipynb #6bf67c53
+def _offline_error(model: str, why: str = "") -> AimassError:
+    return AimassError(f"Cannot fetch {model}: this machine cannot reach the Hugging Face hub and has no cached copy{why}. "
+                       "Download it where there is internet (save_pretrained) and pass its local folder: hf:./my-model.")
+
+# %% ../nbs/02_models.ipynb #bf5a0d5d
+def _hf_processor(src: str, local_only: bool) -> dict|None:
+    "The image processor config (`preprocessor_config.json`) of a folder or hub id, as a dict; None when it has none."
+    from transformers.image_processing_utils import ImageProcessingMixin
+    try:
+        with _quiet_transformers(): d, _ = ImageProcessingMixin.get_image_processor_dict(src, local_files_only=local_only)
+    except (OSError, ValueError): return None
+    return d or None
+
+# %% ../nbs/02_models.ipynb #a53732c0
+def _labels(classes) -> dict:
+    "transformers' head arguments for `classes`."
+    names = [str(c) for c in classes]
+    return {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {c: i for i, c in enumerate(names)}}
+
+# %% ../nbs/02_models.ipynb #2b5d2346
+def _hf_backbone(model: str, classes) -> tuple:
+    "`(HFClassifier, spec['pretrained'], processor config or None)` of `hf:ID_OR_PATH`, with a new head sized to `classes`."
+    from pathlib import Path
+    from transformers import AutoConfig, AutoModelForImageClassification
+    src = _hf_source(model)
+    local_only = Path(src).exists() or not hub_online()
+    try:
+        with _quiet_transformers():
+            before = AutoConfig.from_pretrained(src, local_files_only=local_only)
+            m = AutoModelForImageClassification.from_pretrained(src, ignore_mismatched_sizes=True, local_files_only=local_only, **_labels(classes))
+    except ValueError as e:
+        if "Unrecognized configuration class" in str(e) or "Unrecognized model" in str(e):
+            raise AimassError(f"{model} is not an image classification model transformers knows ({str(e).splitlines()[0][:160]}).") from None
+        raise
+    except OSError as e:
+        if local_only and not Path(src).exists(): raise _offline_error(model) from None
+        raise AimassError(f"Cannot load {model}: {str(e).splitlines()[0][:300]}") from None
+    if len(getattr(before, "id2label", {}) or {}) == len(classes) and [str(v) for v in before.id2label.values()] != [str(c) for c in classes]:
+        _reset_head(m.classifier if hasattr(m, "classifier") else m)  # same size, other classes: a new head all the same
+    processor = _hf_processor(src, local_only)
+    spec = {"library": "transformers", "source": model if model.startswith("hf:") else f"hf:{model}",
+            "config": m.config.to_dict(), "processor": processor}
+    return HFClassifier(m.train()), spec, processor  # from_pretrained gives it in eval mode
+
+# %% ../nbs/02_models.ipynb #8f900ac3
+def _reset_head(head: nn.Module):
+    "Fresh weights for the linear layers of `head`."
+    for mod in head.modules():
+        if isinstance(mod, nn.Linear): mod.reset_parameters()
+
+# %% ../nbs/02_models.ipynb #baf844eb
+def _import_timm():
+    try:
+        import timm
+        return timm
+    except Exception as e:
+        raise AimassError(f"timm:NAME needs timm and torchvision, which do not import here ({type(e).__name__}: {str(e).splitlines()[0][:120]}): "
+                          "pip install timm torchvision, or use hf:ID_OR_FOLDER.") from None
+
+# %% ../nbs/02_models.ipynb #bb156ef2
+def _timm_backbone(model: str, classes) -> tuple:
+    "`(timm model, spec['pretrained'], its pretrained_cfg)` of `timm:NAME`, pretrained where the weights can be had, with a new head."
+    timm, name = _import_timm(), model.split(":", 1)[1]
+    if not timm.is_model(name): raise AimassError(f"timm has no model {name!r}: see timm.list_models('{name.split('_')[0]}*').")
+    try:
+        with _quiet_transformers(): m = timm.create_model(name, pretrained=hub_online(), num_classes=len(classes))
+    except Exception as e:
+        raise _offline_error(model, f" ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    cfg = {k: v for k, v in dict(getattr(m, "pretrained_cfg", {}) or {}).items() if isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
+    return m.train(), {"library": "timm", "source": model, "name": name, "num_classes": len(classes), "pretrained_cfg": cfg}, cfg
+
+# %% ../nbs/02_models.ipynb #c21f6061
+def is_pretrained(model) -> bool:
+    "True for `hf:...`, `timm:...`, or the path of a folder holding a Hugging Face `config.json`."
+    from pathlib import Path
+    if not isinstance(model, (str, Path)) or str(model) in TEMPLATES: return False
+    s = str(model)
+    return s.startswith(("hf:", "timm:")) or (Path(s).expanduser()/"config.json").is_file()
+
+# %% ../nbs/02_models.ipynb #0bba6be4
+def pretrained_backbone(model: str,  # hf:ID_OR_PATH, timm:NAME, or a Hugging Face folder
+                        classes: list,  # class names: the new head's size and labels
+                        ) -> tuple:
+    "`(backbone, spec, processor config)`: a pretrained model with a new head sized to `classes`; its spec rebuilds it with no network."
+    s = str(model)
+    backbone, spec, processor = _timm_backbone(s, classes) if s.startswith("timm:") else _hf_backbone(s, classes)
+    return backbone, {"pretrained": spec}, processor
+
+# %% ../nbs/02_models.ipynb #ca4db494
+def _pretrained_from_spec(p: dict) -> nn.Module:
+    "The network of a `pretrained` spec, from its stored config: no download."
+    if p.get("library") == "timm":
+        return _import_timm().create_model(p["name"], pretrained=False, num_classes=p["num_classes"])
+    if p.get("library") != "transformers": raise AimassError(f"Unknown pretrained library {p.get('library')!r} in the model spec: aimass knows transformers and timm.")
+    from transformers import AutoConfig, AutoModelForImageClassification
+    cfg = dict(p["config"])
+    with _quiet_transformers():
+        return HFClassifier(AutoModelForImageClassification.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg)))
+
+# %% ../nbs/02_models.ipynb #f8460202
+def _pixel_net_from_spec(spec: dict, input_shape, num_outputs, code_hash, trust_code) -> nn.Sequential:
+    "An image model's spec: the backbone's spec and `pixels` (PixelInput's mean and std); the backbone takes `(3, H, W)`."
+    if "class" in spec: _check_code(spec, code_hash, trust_code)  # the recorded hash covers the whole spec
+    inner = {k: v for k, v in spec.items() if k != "pixels"}
+    shape = None if input_shape is None else (3, *tuple(input_shape)[:2])
+    backbone = model_from_spec(inner, shape, num_outputs, trust_code=True)
+    return pixel_net(backbone, spec["pixels"]["mean"], spec["pixels"]["std"])
+
+# %% ../nbs/02_models.ipynb #1bd476ca
+def resolve_image_model(model, classes: list, size=None, model_kwargs=None) -> tuple:
+    "`(net, spec, ImageProcessing)` of an image model: `PixelInput` then a pretrained backbone or a template/your `nn.Module`."
+    from aimass.images import ImageProcessing
+    kw = dict(model_kwargs or {})
+    if is_pretrained(model):
+        if kw: raise AimassError(f"A pretrained model takes no model arguments ({', '.join(sorted(kw))}): its config fixes its shape.")
+        backbone, spec, proc = pretrained_backbone(model, classes)
+        processing = ImageProcessing.from_pretrained(proc) if proc else ImageProcessing.default(size=size or _config_size(spec))
+    else:
+        if isinstance(model, L.LightningModule) or (inspect.isclass(model) and issubclass(model, L.LightningModule)):
+            raise AimassError("A LightningModule cannot take pixels on images: pass the network inside it as an nn.Module (aimass adds PixelInput and the training step).")
+        processing = ImageProcessing.default(size=size) if size is not None else ImageProcessing.default()
+        h, w, _ = processing.output_shape
+        backbone, spec = resolve_model(model, (3, h, w), len(classes), kw)
+    spec = {**spec, "pixels": {"mean": list(map(float, processing.mean)), "std": list(map(float, processing.std))}}
+    return pixel_net(backbone, processing.mean, processing.std), spec, processing
+
+# %% ../nbs/02_models.ipynb #191c3c11
+def _config_size(spec: dict) -> int:
+    "A pretrained model without an image processor config: the image size its config names, else 224."
+    p = spec["pretrained"]
+    size = (p.get("config") or {}).get("image_size") or (p.get("pretrained_cfg") or {}).get("input_size", [3, 224, 224])[-1]
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+# %% ../nbs/02_models.ipynb #87662944
+def head_of(net: nn.Module) -> tuple:
+    "`(name, module)` of the classification head of `net`: transformers' `classifier`, timm's `get_classifier()`, or the last `nn.Linear`."
+    named = dict(net.named_modules())
+    for name, mod in named.items():
+        if isinstance(mod, HFClassifier) and hasattr(mod.model, "classifier"): return f"{name}.model.classifier", mod.model.classifier
+        if hasattr(mod, "get_classifier") and hasattr(mod, "default_cfg"):  # timm
+            head = mod.get_classifier()
+            return next(n for n, m in named.items() if m is head), head
+    linear = [n for n, m in named.items() if isinstance(m, nn.Linear)]
+    if not linear: raise AimassError(f"{type(net).__name__} has no nn.Linear layer to treat as its head, so it cannot be frozen.")
+    return linear[-1], named[linear[-1]]
+
+# %% ../nbs/02_models.ipynb #f325a7b1
+def freeze(net: nn.Module, frozen: bool = True) -> int:
+    "Train only the head of `net` (`frozen=True`) or all of it again (`False`); returns how many parameters train."
+    name, head = head_of(net)
+    head_params = {id(p) for p in head.parameters()}
+    for p in net.parameters(): p.requires_grad_(not frozen or id(p) in head_params)
+    for m in net.modules():  # frozen batch norms keep their running statistics: TaskModule.train leaves them in eval mode
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.aimass_frozen = frozen and not any(id(p) in head_params for p in m.parameters())
+            if m.aimass_frozen: m.eval()
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+# %% ../nbs/02_models.ipynb #b89aeca5
+def gradient_checkpointing(net: nn.Module):
+    "Recompute activations in the backward pass (less memory, more compute) for transformers and timm models that support it."
+    for mod in net.modules():
+        if isinstance(mod, HFClassifier):
+            if not getattr(mod.model, "supports_gradient_checkpointing", False):
+                raise AimassError(f"{type(mod.model).__name__} does not support gradient checkpointing in transformers: train without gradient_checkpointing.")
+            mod.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False}); return net
+        if hasattr(mod, "set_grad_checkpointing") and hasattr(mod, "default_cfg"): mod.set_grad_checkpointing(True); return net
+    raise AimassError(f"gradient_checkpointing works for transformers (hf:) and timm models; {type(net).__name__} is neither.")
+
 # %% ../nbs/02_models.ipynb #c72176f2
 class TaskModule(L.LightningModule):
     "Loss, optimizer, schedule and metrics around a network `net`."
@@ -214,6 +470,15 @@ class TaskModule(L.LightningModule):
     def automatic_optimization(self) -> bool: return not self.chunked  # in chunks, the module steps the optimizer itself
     @automatic_optimization.setter
     def automatic_optimization(self, value: bool): self.chunked = not value
+
+# %% ../nbs/02_models.ipynb #1e39b711
+@patch
+def train(self: TaskModule, mode: bool = True):
+    "Train mode, except batch norms that `freeze` froze: their running statistics stay as the pretrained model had them."
+    L.LightningModule.train(self, mode)
+    for m in self.net.modules():
+        if getattr(m, "aimass_frozen", False): m.eval()
+    return self
 
 # %% ../nbs/02_models.ipynb #e18b8764
 @patch
@@ -294,18 +559,25 @@ def validate_tensors(self: TaskModule, x, y, batch_size: int = 4096) -> dict:
     """Validation loss and metrics over tensors `x`, `y`, as `validation_step` and `on_validation_epoch_end`
     compute them, without Lightning's evaluation loop. aimass.train's single-device path validates this
     way: the loop's hooks, fetchers and per-metric logging cost several times a small model's forward pass."""
+    return self.validate_batches(zip(x.split(batch_size), y.split(batch_size)))
+
+# %% ../nbs/02_models.ipynb #179b4f1f
+@patch
+def validate_batches(self: TaskModule, batches) -> dict:
+    "`validate_tensors` over any iterable of `(x, y)` batches: a `DataLoader` of image files too."
     import contextlib
-    trainer, training, total = self._trainer, self.training, 0.0
+    trainer, training, total, n = self._trainer, self.training, 0.0, 0
     self.eval()
     try:
         with torch.inference_mode():
-            for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+            for xb, yb in batches:
                 if trainer is None: batch, ctx = (xb.to(self.device), yb.to(self.device)), contextlib.nullcontext()
                 else:  # as Lightning's loop does: the device, the precision's input dtype and its autocast
                     batch = trainer.precision_plugin.convert_input(trainer.strategy.batch_to_device((xb, yb)))
                     ctx = trainer.precision_plugin.val_step_context()
                 with ctx: total += float(self._val_batch(*batch)) * len(yb)
-            metrics = {"val_loss": total / len(y), **{k: float(v) for k, v in self.val_metrics.compute().items()}}
+                n += len(yb)
+            metrics = {"val_loss": total / max(n, 1), **{k: float(v) for k, v in self.val_metrics.compute().items()}}
     finally:
         self.val_metrics.reset()
         self.train(training)
@@ -382,11 +654,27 @@ def read_state_dict(path) -> dict:
     return sd
 
 # %% ../nbs/02_models.ipynb #2bbbc18c
-def load_weights(net: nn.Module, state_dict: dict):
+def _fit_prefix(state_dict: dict, own: dict) -> dict:
+    """`state_dict` with its keys named as in `own`: saved from a `TaskModule` (`net.`), or the weights of an image
+    model's backbone alone (`backbone.`, and `backbone.model.` for a transformers model's own keys)."""
+    if not state_dict or set(state_dict) & set(own) and set(state_dict) <= set(own): return state_dict
+    best, hits = state_dict, len(set(state_dict) & set(own))
+    for strip, add in (("net.", ""), ("", "backbone."), ("", "backbone.model."), ("net.", "backbone.")):
+        cand = {add + (k[len(strip):] if strip and k.startswith(strip) else k): v for k, v in state_dict.items()}
+        if (n := len(set(cand) & set(own))) > hits: best, hits = cand, n
+    return best
+
+# %% ../nbs/02_models.ipynb #5f233946
+def load_weights(net: nn.Module, state_dict: dict,
+                 new_head: bool = False,  # the head's weights may not fit (other classes): it keeps its fresh ones
+                 ):
     "Load `state_dict` into `net`, naming missing or mismatched keys when they do not fit."
     own = net.state_dict()
-    if state_dict and not set(state_dict) & set(own) and all(k.startswith("net.") for k in state_dict):
-        state_dict = {k[4:]: v for k, v in state_dict.items()}  # saved from a TaskModule
+    state_dict = _fit_prefix(state_dict, own)
+    if new_head:
+        head = head_of(net)[0] + "."
+        state_dict = {**state_dict, **{k: own[k] for k, v in state_dict.items()
+                                       if k.startswith(head) and k in own and tuple(own[k].shape) != tuple(v.shape)}}
     bad = [k for k, v in state_dict.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
     missing, unexpected = [k for k in own if k not in state_dict], [k for k in state_dict if k not in own]
     if bad or missing or unexpected:

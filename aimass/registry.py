@@ -261,7 +261,11 @@ _SIZE_ARGS = ("input_shape", "in_shape", "in_features", "input_dim", "n_features
 def _network(card: ModelCard) -> str:
     "The network: a template or a class, with the arguments that were chosen."
     sp, kw = card.spec or {}, _kv((card.spec or {}).get("kwargs") or {}, _SIZE_ARGS)
-    what = f"template {sp['template']}" if "template" in sp else f"class {sp['class']}" if "class" in sp else (card.model or "unknown")
+    pre = sp.get("pretrained") or {}
+    arch = ((pre.get("config") or {}).get("architectures") or [pre.get("name")])[0]
+    what = (f"template {sp['template']}" if "template" in sp else f"class {sp['class']}" if "class" in sp else
+            f"pretrained {arch} ({pre.get('library')}, from {pre.get('source')}), new head" if pre else (card.model or "unknown"))
+    if "pixels" in sp: what = f"PixelInput (uint8 pixels in), then {what}"
     return what + (f" ({kw})" if kw else "") + (", its source stored in the card" if sp.get("source") else "")
 
 # %% ../nbs/03_registry.ipynb #b9d7fe72
@@ -934,7 +938,7 @@ def _code_problems(rows: dict, found: dict) -> list:
         if deleted or (n, v) not in found: continue
         try: spec = ModelCard.read(found[n, v]).spec
         except AimassError as e: out.append(f"{n}:v{v}: {e}"); continue
-        if spec_hash(spec) in (None, recorded): continue
+        if "class" not in spec or spec_hash(spec) in (None, recorded): continue  # a template or a pretrained config runs no code of the user's
         why = ("changed since the registry saved it" if recorded else
                "not recorded by this registry (a version from elsewhere, or an index rebuilt from the cards)")
         out.append(f"{n}:v{v} holds code ({spec.get('class')}{' and its source' if spec.get('source') else ''}) {why}, so load, "

@@ -20,7 +20,7 @@ import litserve as ls
 from fastapi import HTTPException
 from fastapi.responses import Response
 from .core import AimassError, pid_alive
-from .launcher import ServedModel, ServerConfig, live_states, read_stats, server_info
+from .launcher import ServedModel, ServerConfig, _takes_images, live_states, read_stats, server_info
 from .litserve_compat import (DEADLINE, FastLitServer, GuardedHTTPProtocol, SupervisedLitServer, cache_hook_signatures,
                                     check_litserve, drop_gzip, http_processes, ignore_litserve_api_key)
 from .registry import ModelCard
@@ -30,12 +30,14 @@ Row = Union[list, dict]
 
 class PredictRequest(BaseModel):
     "Body of `POST /predict`."
-    instances: list[Row] = Field(min_length=1, description="Rows in the model's raw input schema (see GET /info).")
+    instances: list[Row] = Field(min_length=1, description="Rows in the model's raw input schema (see GET /info); for an image "
+                                 'model, one image per row: {"image": {"b64": "<base64 of the file>"}} or {"b64": "..."}.')
 
 # %% ../nbs/10_server_process.ipynb #cac6bb78
 class PredictResponse(BaseModel):
     "Answer of `POST /predict`: one prediction per row, in order."
-    predictions: list[Any] = Field(description="{'label', 'probabilities'} per row for classification; a number for regression.")
+    predictions: list[Any] = Field(description="{'label', 'probabilities'} per row for classification (image models add 'top_k': "
+                                   "[{'label', 'probability'}, ...], the most likely classes first); a number for regression.")
 
 # %% ../nbs/10_server_process.ipynb #56f4ad77
 class Refusal(Exception):
@@ -69,6 +71,37 @@ def _parse(body: bytes) -> PredictRequest:
         if why: raise Refusal(400, why) from None
         raise Refusal(422, json.loads(e.json(include_url=False, include_input=False))) from None  # not the body back
 
+# %% ../nbs/10_server_process.ipynb #d8e51b51
+IMAGE_ROWS = 'each instance an image: {"image": {"b64": "<base64 of the image file>"}} or {"b64": "..."}'
+
+def _image_instances(instances: list) -> list:
+    "An image model's JSON rows, checked: base64 images only (`{\"b64\"}` or `{\"image\": {\"b64\"}}`), never paths."
+    for i, r in enumerate(instances):
+        inner = r["image"] if isinstance(r, dict) and "image" in r else r
+        if not (isinstance(inner, dict) and isinstance(inner.get("b64"), str)):
+            raise Refusal(400, f"Bad instances: row {i} is not a base64 image: send {IMAGE_ROWS}.")
+    return instances
+
+# %% ../nbs/10_server_process.ipynb #93e95598
+def _instances(request, content_type: str, runner) -> list:
+    "The rows of one request: a raw `image/*` body is one image; JSON is parsed (a `Refusal` when it is not rows)."
+    media, image = content_type.split(";")[0].strip().lower(), runner.pre.kind == "image"
+    if media.startswith("image/"):
+        if not image: raise Refusal(415, f"{runner.ref} takes JSON rows, not an image: send {{\"instances\": [...]}} as application/json.")
+        if not request: raise Refusal(400, "The request body is empty: send the image file's bytes as the body.")
+        return [bytes(request)]
+    if isinstance(request, (bytes, bytearray)): request = _parse(request)
+    return _image_instances(request.instances) if image else request.instances
+
+# %% ../nbs/10_server_process.ipynb #2321d83f
+def _status(e: Exception) -> int:
+    "413 for an image over the pixel cap (`ImageTooLarge`, itself or as the cause of a row's error), else 400."
+    images, seen = sys.modules.get("aimass.images"), e  # not loaded: no image was decoded, none was too large
+    while images is not None and seen is not None:
+        if isinstance(seen, images.ImageTooLarge): return 413
+        seen = seen.__cause__ or seen.__context__
+    return 400
+
 # %% ../nbs/10_server_process.ipynb #d7497b05
 _LATE = "The request's time (the server's timeout) ran out before the model got to it: it was dropped."
 
@@ -97,17 +130,18 @@ class ModelAPI(ls.LitAPI):
         if self.follow: threading.Thread(target=self._follow, daemon=True, name="aimass-follow").start()
 
     def decode_request(self, request: PredictRequest):
-        "`(runner, rows, deadline)`, or the request's `Refusal`. FastLitServer sends `(deadline, raw body)`, LitServe a `PredictRequest`."
-        deadline, request = request if isinstance(request, tuple) else (None, request)
+        """`(runner, rows, deadline)`, or the request's `Refusal`. FastLitServer sends `(deadline, raw body, content type)`,
+        LitServe a `PredictRequest`. Rows are decoded here, in the worker: images too, never in the HTTP process."""
+        deadline, request, content_type = (*request, "")[:3] if isinstance(request, tuple) else (None, request, "")
         try:
             if deadline is not None and time.monotonic() > deadline: raise Refusal(504, _LATE)  # not even parsed
-            if isinstance(request, (bytes, bytearray)): request = _parse(request)
-            if self.max_rows and len(request.instances) > self.max_rows:
-                raise Refusal(413, f"{len(request.instances):,} rows is more than this server takes in one request "
-                                   f"(max_rows={self.max_rows:,}): send them in several requests.")
             runner = self.runner  # this request stays with this version, whatever happens meanwhile
-            try: return runner, runner.array(request.instances), deadline
-            except AimassError as e: raise Refusal(400, f"Bad instances: {e}") from None
+            instances = _instances(request, content_type, runner)
+            if self.max_rows and len(instances) > self.max_rows:
+                raise Refusal(413, f"{len(instances):,} rows is more than this server takes in one request "
+                                   f"(max_rows={self.max_rows:,}): send them in several requests.")
+            try: return runner, runner.array(instances), deadline
+            except AimassError as e: raise Refusal(_status(e), f"Bad instances: {e}") from None
         except Refusal as r: return r
 
     def batch(self, inputs: list) -> list: return inputs
@@ -389,6 +423,19 @@ def _add_routes(server: ls.LitServer, infos: dict, run_dir: Path|None):
     if run_dir: add("/stats", lambda: read_stats(run_dir/"stats"), methods=["GET"], summary="Request counters", tags=["aimass"])
 
 # %% ../nbs/10_server_process.ipynb #28e5f289
+def _document_images(app, paths: list):
+    "Add the raw `image/*` request body to the OpenAPI schema of the predict routes at `paths` (image models)."
+    base = app.openapi
+    def openapi():
+        schema = base()  # FastAPI's, cached after the first call: adding the same entry again changes nothing
+        for p in paths:
+            content = schema["paths"].get(p, {}).get("post", {}).setdefault("requestBody", {}).setdefault("content", {})
+            content["image/*"] = {"schema": {"type": "string", "format": "binary",
+                                             "description": "One image file's bytes (JPEG, PNG, WebP, BMP, ...) as the body."}}
+        return schema
+    app.openapi = openapi
+
+# %% ../nbs/10_server_process.ipynb #5c73273b
 def build_server(cfg: ServerConfig, api_key: str|None = None) -> ls.LitServer:
     "The LitServer for a config: a `ModelAPI` per model, `Guard`, and the `/info` and `/stats` routes."
     run_dir = Path(cfg.run_dir) if cfg.run_dir else None
@@ -403,6 +450,8 @@ def build_server(cfg: ServerConfig, api_key: str|None = None) -> ls.LitServer:
                  timeout=cfg.timeout, max_payload_size=cfg.max_payload, middlewares=[guard],
                  info_path="/litserve/info", restart_workers=True)
     _add_routes(drop_gzip(server), infos, run_dir)  # gzip is pure CPU for sub-kilobyte answers on the busiest process
+    images = [m.path for m in cfg.models if _takes_images(m)]
+    if images and cfg.fast_ipc: _document_images(server.app, images)  # LitServe's own route takes JSON only
     return server
 
 # %% ../nbs/10_server_process.ipynb #cf7990de

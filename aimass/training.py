@@ -22,7 +22,8 @@ from lightning.pytorch.callbacks import Checkpoint
 from .core import AimassError, aimass_home, atomic_write_bytes, atomic_write_json, check_name, in_notebook
 from .data import BUILTIN_DATASETS, Dataset, Preprocessor, load_data, score, split
 from .models import (TEMPLATES, Predictor, TaskModule, batched_outputs, lightning_step_needs, load_weights,
-                           model_from_spec, overridden_hooks, read_state_dict, resolve_model)
+                           model_from_spec, overridden_hooks, read_state_dict, resolve_model, is_pretrained,
+                           resolve_image_model, freeze, gradient_checkpointing, _config_size)
 from .registry import LoadedModel, ModelCard, Record, Registry, TargetInfo
 
 # %% auto #0
@@ -69,6 +70,16 @@ class TensorPairs(torch.utils.data.Dataset):
 def make_loader(x, y, batch_size, shuffle, seed=0):
     "A `DataLoader` over tensors `x`, `y` that takes whole batches at once (`EpochBatches`)."
     return torch.utils.data.DataLoader(TensorPairs(x, y), sampler=EpochBatches(len(y), batch_size, shuffle, seed), batch_size=None)
+
+# %% ../nbs/04_training.ipynb #def68f5e
+def file_loader(paths, y, processing, batch_size: int, shuffle: bool, seed: int = 0, augment: bool = False,
+                workers: int|None = None, pin: bool = False, persistent: bool = True):
+    "A `DataLoader` of image files in whole batches (`EpochBatches`), decoded in `workers` processes kept across epochs."
+    from aimass.images import ImageFiles, loader_workers
+    workers = loader_workers() if workers is None else workers
+    files = ImageFiles(paths, y, processing, train=augment, seed=seed, augment=augment)
+    return torch.utils.data.DataLoader(files, sampler=EpochBatches(len(y), batch_size, shuffle, seed),
+                                       batch_size=None, num_workers=workers, persistent_workers=persistent and workers > 0, pin_memory=pin)
 
 # %% ../nbs/04_training.ipynb #58e5c9e5
 @contextlib.contextmanager
@@ -125,6 +136,7 @@ def _quiet_lightning():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")  # in-process batches are the fast path here
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")  # freeze's batch norms
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # resuming into the run's own folder
         warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
         warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*")  # aimass validates
@@ -221,6 +233,7 @@ class AimassCallback(L.Callback):
     def __init__(self, run_dir: Path, stop: StopSignal, progress=None, seed: int = 0, sampler=None):
         self.run_dir, self.stop, self.progress, self.seed, self.sampler = Path(run_dir), stop, progress, seed, sampler
         self.val_tensors, self.val_batch_size = None, 4096  # set for one-pass validation: here, not in Lightning's loop
+        self.val_loader = None  # or this: batches of image files
         self.history = []
         self._last_poll = 0.0
 
@@ -318,6 +331,9 @@ def on_train_epoch_end(self: AimassCallback, trainer, pl_module):
     if self.val_tensors is not None:
         val = pl_module.validate_tensors(*self.val_tensors, batch_size=self.val_batch_size)
         pl_module.log_dict(val)
+    elif self.val_loader is not None:
+        val = pl_module.validate_batches(self.val_loader)
+        pl_module.log_dict(val)
     if not trainer.is_global_zero: return
     row = {"epoch": trainer.current_epoch + 1, "train_loss": self._loss_sum / max(self._loss_n, 1),
            **{k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1 and not k.startswith("train_loss")}, **val}
@@ -411,12 +427,14 @@ def _module_needs(module) -> dict:
 # %% ../nbs/04_training.ipynb #72df7ad5
 _CHUNK_BYTES = 64 << 20  # "auto" chunks hold at most 64 MiB of inputs
 
-def _choose_loop(module, trainer, callbacks, requested="auto", batch_bytes=0) -> tuple:
+def _choose_loop(module, trainer, callbacks, requested="auto", batch_bytes=0, max_chunk: int = 16) -> tuple:
     "The run's `LoopChoice`, and `{part: reasons}` for the parts the user's callbacks alone made slower."
     if requested == 1: return LoopChoice(1, "lightning", "in place", False, ["batches_per_step=1: Lightning's own loops"], 1), {}
     fixed, user = _module_needs(module), {}
     if trainer.world_size > 1:
         fixed = dict.fromkeys(("batches", "validation", "checkpoints"), f"{trainer.world_size} processes ({type(trainer.strategy).__name__}) run Lightning's loops in step")
+    if trainer.accumulate_grad_batches > 1:
+        fixed.setdefault("batches", f"accumulate={trainer.accumulate_grad_batches}: Lightning's automatic optimization sums the gradients of that many batches")
     for cb in callbacks:
         for part, why in _callback_needs(cb).items(): user.setdefault(part, []).append(why)
     why = lambda part: [fixed[part]] if part in fixed else user.get(part, [])
@@ -427,7 +445,7 @@ def _choose_loop(module, trainer, callbacks, requested="auto", batch_bytes=0) ->
         blamed.pop("batches", None)  # chosen, not imposed
     elif why("batches"): k, batch_reasons = 1, why("batches")
     else:
-        k = max(1, min(16, _CHUNK_BYTES // max(1, batch_bytes)))
+        k = max(1, min(max_chunk, _CHUNK_BYTES // max(1, batch_bytes)))
         batch_reasons = [] if k > 1 else [f"a batch holds {batch_bytes >> 20} MiB of inputs: chunks would pass {_CHUNK_BYTES >> 20} MiB"]
     steps = lightning_step_needs(trainer, module) if k > 1 else []
     reasons = list(dict.fromkeys([*batch_reasons, *why("validation"), *why("checkpoints"), *steps]))
@@ -451,7 +469,8 @@ def _use_loop(loop: LoopChoice, p, trainer, cb: AimassCallback, loaders, batch_s
         p.module.chunked, p.module.step_size = True, batch_size
         loaders[0].sampler.chunk = loop.batches_per_step
     if loop.validation == "one pass":
-        cb.val_tensors, cb.val_batch_size, loaders = p.tensors["val"], loaders[1].sampler.batch_size, loaders[:1]
+        if p.images: cb.val_loader, loaders = loaders[1], loaders[:1]
+        else: cb.val_tensors, cb.val_batch_size, loaders = p.tensors["val"], loaders[1].sampler.batch_size, loaders[:1]
     if loop.checkpoints == "background": trainer.strategy.checkpoint_io = BackgroundCheckpointIO()
     return loaders
 
@@ -473,6 +492,7 @@ class Run:
     duration_s: float = 0.0
     checkpoint: Path|None = None
     loop: LoopChoice|None = None       # how Lightning's loop ran, and why
+    misclassified: pd.DataFrame|None = None  # images: the validation files it got wrong (path, true, predicted, probability)
 
     @property
     def ref(self): return self.version.ref if self.version is not None else None
@@ -501,6 +521,26 @@ def plot_confusion(self: Run, ax=None):
     ax.set_xlabel("predicted"); ax.set_ylabel("true"); ax.set_title(f"{self.ref or self.name}: test split")
     return ax
 
+# %% ../nbs/04_training.ipynb #08c45ad0
+@patch
+def misclassified_html(self: Run, n: int = 24,  # at most this many images, the most confident mistakes first
+                       size: int = 64) -> str:  # thumbnail side in pixels
+    "A grid of misclassified validation images (thumbnail, true and predicted class, probability), as static HTML with base64 PNGs."
+    import base64, io, html
+    from aimass.images import open_image
+    if self.misclassified is None or not len(self.misclassified): return ""
+    cells = []
+    for r in self.misclassified.head(n).itertuples():
+        try: im = open_image(r.path); im.thumbnail((size, size))
+        except Exception: continue  # a file gone since training: left out of the grid
+        buf = io.BytesIO(); im.save(buf, format="PNG")
+        cells.append(f'<figure style="margin:0;width:{size + 16}px;text-align:center;font-size:0.72em" title="{html.escape(str(r.path))}">'
+                     f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" style="width:{size}px;height:{size}px;'
+                     f'object-fit:contain;image-rendering:pixelated"/><figcaption>{html.escape(str(r.true))} &rarr; '
+                     f'<b>{html.escape(str(r.predicted))}</b> {r.probability:.2f}</figcaption></figure>')
+    return (f'<div><small>misclassified validation images: {len(self.misclassified)} (true &rarr; <b>predicted</b>, probability; '
+            f'most confident first)</small><div style="display:flex;flex-wrap:wrap;gap:6px">{"".join(cells)}</div></div>')
+
 # %% ../nbs/04_training.ipynb #43a888b3
 @patch
 def __repr__(self: Run):
@@ -522,7 +562,7 @@ def _repr_html_(self: Run):
     loop = "" if self.loop is None else f"<br><small>loop: {html.escape(str(self.loop))}</small>"
     head = (f"<b>{self.ref or self.name}</b>: {self.status}, {len(self.history)} epochs in {self.duration_s:.1f} s"
             f"<br><small>run folder: {self.run_dir}</small>{loop}")
-    return f'<div>{head}<div style="display:flex;gap:24px;align-items:center">{self.metrics_table().to_html()}{img}</div></div>'
+    return f'<div>{head}<div style="display:flex;gap:24px;align-items:center">{self.metrics_table().to_html()}{img}</div>{self.misclassified_html()}</div>'
 
 # %% ../nbs/04_training.ipynb #0ac60d89
 def _confusion(outputs, y, n) -> np.ndarray:
@@ -555,8 +595,9 @@ def _resume_checkpoint(resume, name: str) -> Path:
 
 # %% ../nbs/04_training.ipynb #76c7e1c6
 _FIXED_ON_RESUME = ("model", "data", "target", "task", "seed", "val_size", "test_size", "batch_size", "lr", "weight_decay",
-                    "optimizer", "scheduler", "precision", "init_from")  # the checkpoint depends on these
-_FREE_ON_RESUME = ("epochs", "early_stopping", "batches_per_step", "deterministic")  # these may change when a run resumes
+                    "optimizer", "scheduler", "precision", "init_from", "image", "augment", "freeze", "unfreeze_after",
+                    "accumulate")  # the checkpoint depends on these
+_FREE_ON_RESUME = ("epochs", "early_stopping", "batches_per_step", "deterministic", "gradient_checkpointing")  # these may change when a run resumes
 
 @dataclass
 class RunSpec(Record):
@@ -577,10 +618,16 @@ class RunSpec(Record):
     scheduler: str|None = None
     precision: str|None = None
     init_from: str|None = None
+    image: str|None = None
+    augment: bool|None = None
+    freeze: bool|None = None
+    unfreeze_after: int|None = None
+    accumulate: int|None = None
     epochs: int|None = None
     early_stopping: int|None = None
     batches_per_step: int|str|None = None
     deterministic: bool|None = None
+    gradient_checkpointing: bool|None = None
 
 # %% ../nbs/04_training.ipynb #d5a40ae1
 def _data_ref(data) -> dict:
@@ -606,7 +653,7 @@ def _class_id(model) -> str:
 def _resumed_model(saved: dict, model, kwargs: dict, default: str) -> tuple:
     """`(model, model_kwargs, differences)` for resuming a run whose model spec is `saved`: the spec itself for a
     template name or the default, the class or instance given for the same class; what differs, as `name=value` notes."""
-    saved_id, stored = saved.get("template") or saved.get("class"), saved.get("kwargs", {})
+    saved_id, stored = saved.get("template") or saved.get("class") or (saved.get("pretrained") or {}).get("source"), saved.get("kwargs", {})
     differ = [f"{k}={v!r} (the run's: {stored.get(k)!r})" for k, v in kwargs.items() if not _same(v, stored.get(k))]
     given_id = model if isinstance(model, str) else _class_id(model)
     if given_id != saved_id and not (isinstance(model, str) and model == default):
@@ -642,7 +689,7 @@ def _resume_args(saved: RunSpec, args: dict, defaults: dict, run: str) -> dict:
         if _same(args[k], defaults[k]): args[k] = getattr(saved, k)
         elif k in _FIXED_ON_RESUME and not _same(args[k], getattr(saved, k)): differ.append(f"{k}={args[k]!r} (the run's: {getattr(saved, k)!r})")
     if differ: _refuse(run, differ)
-    if isinstance(args["model"], dict) and "template" not in args["model"]:  # code: run only where the registry recorded it
+    if isinstance(args["model"], dict) and "class" in args["model"]:  # code: run only where the registry recorded it
         raise AimassError(f"Run {run} trained the class {saved.model['class']}, whose code is not run from a run folder: pass "
                           "the same class again (model=..., or the %%aimass train cell that defines it) to resume it.")
     return args
@@ -666,7 +713,7 @@ def _resumed_run(resume, name: str|None, default_name) -> tuple:
 # %% ../nbs/04_training.ipynb #8fd837f7
 def _check_resumed(p, saved: RunSpec, run: str):
     "The prepared model and data are the run's: the same class and arguments, and data with the same fingerprint."
-    model = lambda spec: (spec.get("template") or spec.get("class"), json.dumps(spec.get("kwargs", {}), sort_keys=True, default=str))
+    model = lambda spec: (spec.get("template") or spec.get("class") or _model_label(spec), json.dumps(spec.get("kwargs", {}), sort_keys=True, default=str))
     differ = [] if model(p.spec) == model(saved.model) else [f"model {' '.join(model(p.spec))} (the run's: {' '.join(model(saved.model))})"]
     if p.fingerprint != saved.fingerprint: differ.append(f"data {p.ds.name!r} with fingerprint {p.fingerprint} (the run's: {saved.fingerprint})")
     if differ: _refuse(run, differ)
@@ -676,7 +723,12 @@ def _check_resumed(p, saved: RunSpec, run: str):
 class Prepared:
     "What `prepare` gives `train`: the data and its splits, the fitted preprocessing, the model and the tensors."
     ds: Dataset; splits: object; pre: Preprocessor; module: L.LightningModule; net: torch.nn.Module; spec: dict
-    tensors: dict; target_mean: float; target_std: float; model_label: str
+    tensors: dict|None; target_mean: float; target_std: float; model_label: str
+    processing: object = None  # image data: the model's ImageProcessing (tensors is None: the files stay on disk)
+    augment: bool = False  # image data: random resized crops and flips in training
+
+    @property
+    def images(self) -> bool: return self.processing is not None
 
     @functools.cached_property
     def fingerprint(self) -> str: return self.ds.fingerprint()  # run.json, resume's check and the card: hashed once
@@ -689,37 +741,98 @@ def _data_label(data) -> str:
     return "the DataFrame" if isinstance(data, pd.DataFrame) else "arrays"
 
 # %% ../nbs/04_training.ipynb #57d65c5c
+def _model_label(model) -> str:
+    "What was trained, briefly: a template's name, a class's name, or a pretrained model's folder or hub name."
+    if isinstance(model, dict):
+        if "pretrained" in model: return _model_label(model["pretrained"]["source"])
+        return model.get("template") or model["class"].split(":")[-1]
+    if is_pretrained(model): return Path(str(model).split(":", 1)[-1].rstrip("/")).name or str(model)
+    return model if isinstance(model, str) else (model.__name__ if isinstance(model, type) else type(model).__name__)
+
 def _default_name(model, data) -> str:
     "DATA-MODEL, a run's name when none is given: `penguins-mlp` for the mlp template on penguins.csv."
-    if isinstance(model, dict): label = model.get("template") or model["class"].split(":")[-1]
-    else: label = model if isinstance(model, str) else (model.__name__ if isinstance(model, type) else type(model).__name__)
+    label = _model_label(model)
     return f"{_data_label(data)}-{label}".replace(" ", "-").replace("_", "-").lower().strip("-.")
 
 # %% ../nbs/04_training.ipynb #9a7af56d
+def _is_images(ds) -> bool: return type(ds).__name__ == "ImageDataset"
+
+def _load(data, target, task, image) -> Dataset:
+    "The data: image files for a folder, an `ImageDataset`, or a table with an image column (`image`); else `load_data`'s."
+    if isinstance(data, Dataset): return data
+    if image is not None or (isinstance(data, (str, Path)) and str(data) not in BUILTIN_DATASETS and Path(data).expanduser().is_dir()):
+        from aimass.images import load_images
+        ds = load_images(data, image=image, target=target, task=task)
+        if ds.task != "classification": raise AimassError("Image data trains classifiers here: its target must be class labels (a folder per class, or a label column).")
+        return ds
+    return load_data(data, target=target, task=task)
+
+# %% ../nbs/04_training.ipynb #92bd6202
+def _init_weights(init_from) -> dict:
+    "The state dict `init_from` names: a weights file (.safetensors, a weights-only .pt/.ckpt) or a registered version."
+    if Path(str(init_from)).expanduser().exists(): return read_state_dict(Path(str(init_from)).expanduser())
+    if str(init_from).endswith((".safetensors", ".pt", ".pth", ".ckpt", ".bin")): raise AimassError(f"No weights file at {init_from}.")
+    return read_state_dict(Registry().get(init_from).file("weights.safetensors"))
+
+# %% ../nbs/04_training.ipynb #d4a94859
+def _tune(net, images: bool, frozen: bool, checkpointing: bool):
+    "Freeze all but the head, recompute activations in backward, and lay an image model out channels-last, as asked."
+    if frozen: freeze(net)
+    if checkpointing: gradient_checkpointing(net)
+    if images: net.to(memory_format=torch.channels_last)  # convolutions on NHWC: what PixelInput gives them
+
+# %% ../nbs/04_training.ipynb #3ec8431e
+def _typical_size(paths, n: int = 16) -> int:
+    "The side a template or your module sees images at: the median shortest side of up to `n` of them, at most 224."
+    from PIL import Image
+    sides = []
+    for p in list(paths)[::max(1, len(paths)//n)][:n]:
+        with Image.open(p) as im: sides.append(min(im.size))
+    return int(min(224, np.median(sides)))
+
+# %% ../nbs/04_training.ipynb #0536fb7a
+def _image_model(model, ds, model_kwargs) -> tuple:
+    "`(net, spec, Preprocessor, ImageProcessing)` of an image model: from a resumed run's spec, or `resolve_image_model`."
+    from aimass.images import ImageProcessing
+    if isinstance(model, dict):  # a resumed run's spec: rebuilt offline, with the processing it trained with
+        pre_ = model.get("pretrained") or {}
+        proc = pre_.get("processor") or pre_.get("pretrained_cfg")
+        processing = (ImageProcessing.from_pretrained(proc) if proc else
+                      ImageProcessing.default(size=_config_size(model) if pre_ else _typical_size(ds.X)))
+        net, spec = model_from_spec(model, processing.output_shape, ds.num_classes), model
+    else:
+        size = None if is_pretrained(model) else _typical_size(ds.X)
+        net, spec, processing = resolve_image_model(model, ds.classes, size, model_kwargs)
+    return net, spec, Preprocessor.for_images(processing), processing
+
+# %% ../nbs/04_training.ipynb #8528006f
 def prepare(model, data, target=None, task=None, val_size=0.15, test_size=0.15, seed=0, model_kwargs=None,
-            lr=1e-3, weight_decay=0.0, optimizer="adamw", scheduler="cosine", epochs=10, init_from=None) -> Prepared:
-    "Load and split `data`, fit the preprocessing, build the model (and its `TaskModule`), and make the tensors."
-    ds = load_data(data, target=target, task=task)
+            lr=1e-3, weight_decay=0.0, optimizer="adamw", scheduler="cosine", epochs=10, init_from=None,
+            image=None, augment=False, freeze=False, gradient_checkpointing=False) -> Prepared:
+    "Load and split `data`, fit the preprocessing, build the model (and its `TaskModule`), and make the tensors (not of images)."
+    ds = _load(data, target, task, image)
     sp = split(ds, val_size, test_size, seed)
-    pre = Preprocessor.fit(sp.train)
+    images = _is_images(ds)
     tm, ts = (float(sp.train.y.mean()), float(sp.train.y.std() or 1.0)) if ds.task == "regression" else (0.0, 1.0)
+    n_out = ds.num_classes if ds.task == "classification" else 1
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)  # the same seed gives the same initial weights
+        if images: net, spec, pre, processing = _image_model(model, ds, model_kwargs)
+        else:
+            pre, processing = Preprocessor.fit(sp.train), None
+            if isinstance(model, dict): net, spec = model_from_spec(model, pre.input_shape, n_out), model  # a resumed run's spec
+            else: net, spec = resolve_model(model, pre.input_shape, n_out, model_kwargs)
+    if init_from is not None: load_weights(net, _init_weights(init_from), new_head=images)
+    _tune(net, images, freeze, gradient_checkpointing)
+    if isinstance(net, L.LightningModule): module = net
+    else: module = TaskModule(net, ds.task, n_out, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
+                              scheduler=scheduler, max_epochs=epochs, target_mean=tm, target_std=ts)
     def tensors(part):
         x = torch.from_numpy(pre.transform(part.X))
         y = torch.from_numpy(part.y) if ds.task == "classification" else torch.from_numpy(((part.y - tm)/ts).astype(np.float32))
         return x, y
-    n_out = ds.num_classes if ds.task == "classification" else 1
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)  # the same seed gives the same initial weights
-        if isinstance(model, dict): net, spec = model_from_spec(model, pre.input_shape, n_out), model  # a resumed run's spec
-        else: net, spec = resolve_model(model, pre.input_shape, n_out, model_kwargs)
-    if init_from is not None:
-        sd = read_state_dict(Registry().get(init_from).file("weights.safetensors")) if not Path(str(init_from)).exists() else read_state_dict(init_from)
-        load_weights(net, sd)
-    if isinstance(net, L.LightningModule): module = net
-    else: module = TaskModule(net, ds.task, n_out, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
-                              scheduler=scheduler, max_epochs=epochs, target_mean=tm, target_std=ts)
-    label = model if isinstance(model, str) else spec.get("template") or spec["class"].split(":")[-1]
-    return Prepared(ds, sp, pre, module, net, spec, {k: tensors(getattr(sp, k)) for k in ("train", "val", "test")}, tm, ts, label)
+    data_tensors = None if images else {k: tensors(getattr(sp, k)) for k in ("train", "val", "test")}
+    return Prepared(ds, sp, pre, module, net, spec, data_tensors, tm, ts, _model_label(model), processing, bool(augment and images))
 
 # %% ../nbs/04_training.ipynb #c8a60245
 def _in_ipython():
@@ -744,13 +857,19 @@ def _progress(progress, devices):
     return TerminalProgress()
 
 # %% ../nbs/04_training.ipynb #45159810
-def _row_bytes(p: Prepared) -> int: return p.tensors["train"][0][:1].numel() * p.tensors["train"][0].element_size()
+def _row_bytes(p: Prepared) -> int:
+    if p.images: return int(np.prod(p.pre.input_shape))  # uint8 pixels
+    return p.tensors["train"][0][:1].numel() * p.tensors["train"][0].element_size()
 
 # %% ../nbs/04_training.ipynb #6dff7dcc
 def _loaders(p: Prepared, batch_size: int, seed: int) -> tuple:
     "The training loader (shuffled from the seed) and the validation loader (batches of up to 64 MiB of inputs)."
-    tr, va = p.tensors["train"], p.tensors["val"]
     eval_rows = max(batch_size, min(4096, (64 << 20) // max(1, _row_bytes(p))))
+    if p.images:  # files, decoded by worker processes; evaluation batches of at most 256 images
+        tr, va, pin = p.splits.train, p.splits.val, torch.cuda.is_available()
+        return (file_loader(tr.X, tr.y, p.processing, batch_size, True, seed, p.augment, pin=pin),
+                file_loader(va.X, va.y, p.processing, min(eval_rows, 256), False, pin=pin))
+    tr, va = p.tensors["train"], p.tensors["val"]
     return make_loader(*tr, batch_size, True, seed), make_loader(*va, eval_rows, False)
 
 # %% ../nbs/04_training.ipynb #49a17b2f
@@ -786,8 +905,17 @@ def _run_fit(trainer, p: Prepared, loaders, ckpt_path, stop: StopSignal, display
     return status
 
 # %% ../nbs/04_training.ipynb #b148da93
+class Unfreeze(L.Callback):
+    "`unfreeze_after=N`: the head trains alone for N epochs, then every layer trains (an epoch hook: the fast path stays)."
+    def __init__(self, after: int): self.after = after
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch >= self.after and not all(p.requires_grad for p in pl_module.net.parameters()):
+            freeze(pl_module.net, False)
+            pl_module.train()  # frozen batch norms track statistics again
+
+# %% ../nbs/04_training.ipynb #840277cf
 def _fit(p: Prepared, run_dir, ckpt_path, epochs, batch_size, seed, accelerator, devices, strategy, precision,
-         deterministic, early_stopping, progress, callbacks, batches_per_step) -> tuple:
+         deterministic, early_stopping, progress, callbacks, batches_per_step, accumulate=1, unfreeze_after=None) -> tuple:
     "Choose Lightning's loop and run it: `(status, trainer, checkpoint callback, LoopChoice)`."
     from lightning.pytorch.callbacks import EarlyStopping
     stop, display = StopSignal(), _progress(progress, devices)
@@ -796,9 +924,11 @@ def _fit(p: Prepared, run_dir, ckpt_path, epochs, batch_size, seed, accelerator,
     cb = AimassCallback(run_dir, stop, display, seed, sampler=loaders[0].sampler)
     ckpt = EpochCheckpoint(run_dir/"checkpoints", "val_loss" if isinstance(p.module, TaskModule) else None)
     extra = [EarlyStopping("val_loss", patience=early_stopping, check_finite=True)] if early_stopping and ckpt.monitor else []
-    trainer = _trainer(run_dir, [cb, ckpt, *extra, *(callbacks or [])], max_epochs=epochs, accelerator=accelerator, devices=devices,
-                       strategy=_devices_strategy(devices, strategy), precision=precision, deterministic=deterministic)
-    loop, blamed = _choose_loop(p.module, trainer, callbacks or [], batches_per_step, batch_size*_row_bytes(p))
+    own = [Unfreeze(unfreeze_after)] if unfreeze_after is not None else []  # an epoch hook: it keeps the fast path
+    trainer = _trainer(run_dir, [cb, ckpt, *extra, *own, *(callbacks or [])], max_epochs=epochs, accelerator=accelerator, devices=devices,
+                       strategy=_devices_strategy(devices, strategy), precision=precision, deterministic=deterministic,
+                       accumulate_grad_batches=accumulate)
+    loop, blamed = _choose_loop(p.module, trainer, callbacks or [], batches_per_step, batch_size*_row_bytes(p), 4 if p.images else 16)
     if blamed and trainer.is_global_zero: warnings.warn(_slower_note(blamed), stacklevel=3)
     status = _run_fit(trainer, p, _use_loop(loop, p, trainer, cb, loaders, batch_size), ckpt_path, stop, display, run_dir)
     if stop: status = stop.reason
@@ -807,6 +937,64 @@ def _fit(p: Prepared, run_dir, ckpt_path, epochs, batch_size, seed, accelerator,
     return status, trainer, ckpt, loop
 
 # %% ../nbs/04_training.ipynb #be1e5876
+def _file_outputs(predictor, part, processing, batch_size: int = 64) -> np.ndarray:
+    "The predictor's outputs for the image files of split `part`, decoded by worker processes (evaluation's `prepare`)."
+    loader = file_loader(part.X, part.y, processing, batch_size, False, persistent=False)
+    with torch.inference_mode(): return np.concatenate([predictor(x).float().numpy() for x, _ in loader])
+
+# %% ../nbs/04_training.ipynb #f549e4ea
+def _evaluate(p: Prepared, predictor) -> tuple:
+    "`(validation outputs, test outputs, heldout.npz's arrays)`: held-out image files are kept as paths, other data as model inputs."
+    if p.images:
+        out_v, out_t = (_file_outputs(predictor, getattr(p.splits, k), p.processing) for k in ("val", "test"))
+        return out_v, out_t, {"x": np.asarray(p.splits.test.X, dtype=str), "y": p.splits.test.y}
+    xv, xt = p.tensors["val"][0].numpy(), p.tensors["test"][0].numpy()
+    return batched_outputs(predictor, xv), batched_outputs(predictor, xt), {"x": xt, "y": p.splits.test.y}
+
+# %% ../nbs/04_training.ipynb #ce5ebba3
+def _top_k(outputs, y) -> dict:
+    "Top-3 and top-5 accuracy, each where there are more classes than k."
+    ranks = np.argsort(-np.asarray(outputs), axis=-1)
+    return {f"top{k}_accuracy": float(np.mean((ranks[:, :k] == np.asarray(y)[:, None]).any(1))) for k in (3, 5) if ranks.shape[-1] > k}
+
+def _metrics(p: Prepared, outputs, y) -> dict:
+    "The split's metrics: `score`'s, and top-k accuracy for images."
+    return {**score(p.ds.task, outputs, y), **(_top_k(outputs, y) if p.images else {})}
+
+# %% ../nbs/04_training.ipynb #842e839d
+def _misclassified(p: Prepared, out_v) -> pd.DataFrame:
+    "The validation images the model got wrong, most confident first: path, true and predicted class, its probability."
+    pred, y, cls = out_v.argmax(-1), p.splits.val.y, np.asarray(p.ds.classes, dtype=object)
+    w = np.flatnonzero(pred != y)
+    df = pd.DataFrame({"path": np.asarray(p.splits.val.X, dtype=object)[w], "true": cls[y[w]], "predicted": cls[pred[w]],
+                       "probability": out_v[w, pred[w]].astype(float)})
+    return df.sort_values("probability", ascending=False, ignore_index=True)
+
+# %% ../nbs/04_training.ipynb #f33ccd08
+def _data_section(p: Prepared, run_dir) -> dict:
+    "The card's data: name, fingerprint, rows per split; for images the split file, the folder, and files skipped or ignored."
+    d = {"name": p.ds.name, "fingerprint": p.fingerprint, "rows": {k: len(getattr(p.splits, k)) for k in ("train", "val", "test")}}
+    if p.images: d.update(split=str(Path(run_dir)/"split.json"), root=p.ds.root, skipped=len(p.ds.skipped), ignored=p.ds.ignored)
+    return d
+
+# %% ../nbs/04_training.ipynb #94fbb197
+def _write_split(p: Prepared, run_dir):
+    "`split.json` in the run folder: which image files (relative to the data's folder) went to train, val and test; files skipped."
+    rel = lambda paths: [os.path.relpath(x, p.ds.root) for x in paths]
+    atomic_write_json(Path(run_dir)/"split.json", {"root": p.ds.root, **{k: rel(getattr(p.splits, k).X) for k in ("train", "val", "test")},
+                                                   "skipped": [list(x) for x in p.ds.skipped], "ignored": p.ds.ignored})
+
+# %% ../nbs/04_training.ipynb #e294b21b
+def _pretrained_files(spec: dict) -> dict:
+    "The files a pretrained model keeps beside its weights: transformers' config.json and preprocessor_config.json, timm's config.json."
+    pre = spec.get("pretrained")
+    if not pre: return {}
+    if pre.get("library") == "timm":
+        return {"config.json": json.dumps({"architecture": pre["name"], "num_classes": pre["num_classes"], "pretrained_cfg": pre["pretrained_cfg"]}, indent=2)}
+    return {"config.json": json.dumps(pre["config"], indent=2, default=str),
+            **({"preprocessor_config.json": json.dumps(pre["processor"], indent=2)} if pre.get("processor") else {})}
+
+# %% ../nbs/04_training.ipynb #d59ed9bc
 def _finish(p: Prepared, name, run_dir, status, ckpt, trainer, loop, t0, hparams) -> Run|None:
     "Score the best checkpoint, register it as a new version of `name`, and return the `Run` (None in DDP workers)."
     import io
@@ -818,37 +1006,37 @@ def _finish(p: Prepared, name, run_dir, status, ckpt, trainer, loop, t0, hparams
         p.module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
     net = (p.module.net if isinstance(p.module, TaskModule) else p.module).cpu().float().eval()
     predictor = Predictor(net, p.ds.task, p.target_mean, p.target_std).eval()
-    xv, xt = p.tensors["val"][0].numpy(), p.tensors["test"][0].numpy()
-    out_v, out_t = batched_outputs(predictor, xv), batched_outputs(predictor, xt)
-    val_m, test_m = score(p.ds.task, out_v, p.splits.val.y), score(p.ds.task, out_t, p.splits.test.y)
+    out_v, out_t, heldout = _evaluate(p, predictor)
+    val_m, test_m = _metrics(p, out_v, p.splits.val.y), _metrics(p, out_t, p.splits.test.y)
     hist_file, duration = run_dir/"history.jsonl", time.perf_counter() - t0
     history = pd.DataFrame([json.loads(l) for l in hist_file.read_text().splitlines()]) if hist_file.exists() else pd.DataFrame()
     card = ModelCard(task=p.ds.task, classes=p.ds.classes, model=p.model_label, spec=p.spec,
                      target=TargetInfo(p.ds.target, *((p.target_mean, p.target_std) if p.ds.task == "regression" else (None, None))),
                      input_shape=list(p.pre.input_shape),
                      num_outputs=p.ds.num_classes or 1, preprocessor=p.pre.to_dict(), schema=p.pre.schema,
-                     metrics={"test": test_m, "val": val_m}, hparams=hparams, status=status,
-                     data={"name": p.ds.name, "fingerprint": p.fingerprint,
-                           "rows": {k: len(getattr(p.splits, k)) for k in ("train", "val", "test")}},
+                     metrics={"test": test_m, "val": val_m}, hparams=hparams, status=status, data=_data_section(p, run_dir),
                      run={"dir": str(run_dir), "checkpoint": str(best), "epochs": len(history), "duration_s": round(duration, 2)})
-    buf = io.BytesIO(); np.savez(buf, x=xt, y=p.splits.test.y)
-    mv = Registry().save(name, card, net.state_dict(), files={"heldout.npz": buf.getvalue(), "history.json": history.to_json(orient="records")})
+    buf = io.BytesIO(); np.savez(buf, **heldout)
+    mv = Registry().save(name, card, net.state_dict(), files={"heldout.npz": buf.getvalue(), "history.json": history.to_json(orient="records"),
+                                                             **_pretrained_files(p.spec)})
     mv.card = ModelCard.read(mv.path)  # as loading it gives it: a classification's card stores no target mean and std
     cm = _confusion(out_t, p.splits.test.y, p.ds.num_classes) if p.ds.task == "classification" else None
     return Run(name, run_dir, status, history, test_m, val_m, mv, LoadedModel(mv, net, p.pre), p.ds.task,
-               p.ds.classes, cm, duration, best, loop)
+               p.ds.classes, cm, duration, best, loop, _misclassified(p, out_v) if p.images else None)
 
 # %% ../nbs/04_training.ipynb #b4eb4a34
 _HPARAMS = ("epochs", "lr", "batch_size", "seed", "optimizer", "weight_decay", "scheduler", "val_size", "test_size",
-            "precision", "early_stopping", "devices", "batches_per_step")  # what the card records of train's arguments
+            "precision", "early_stopping", "devices", "batches_per_step", "image", "augment", "freeze", "unfreeze_after",
+            "accumulate", "gradient_checkpointing")  # what the card records of train's arguments
 _FIT_ARGS = ("epochs", "batch_size", "seed", "accelerator", "devices", "strategy", "precision", "deterministic", "early_stopping",
-             "progress", "callbacks", "batches_per_step")  # what `_fit` takes of them
+             "progress", "callbacks", "batches_per_step", "accumulate", "unfreeze_after")  # what `_fit` takes of them
 
-def _check_args(epochs, batch_size, batches_per_step):
-    for name, v in (("epochs", epochs), ("batch_size", batch_size)):  # one line naming the one bad value
+def _check_args(epochs, batch_size, batches_per_step, accumulate=1, unfreeze_after=None):
+    for name, v in (("epochs", epochs), ("batch_size", batch_size), ("accumulate", accumulate)):  # one line naming the one bad value
         if v < 1: raise AimassError(f"{name} must be at least 1, not {v}.")
     if batches_per_step != "auto" and (type(batches_per_step) is not int or batches_per_step < 1):
         raise AimassError(f"batches_per_step must be 'auto' or a whole number of at least 1 (got {batches_per_step!r}).")
+    if unfreeze_after is not None and unfreeze_after < 0: raise AimassError(f"unfreeze_after must be an epoch number of 0 or more, not {unfreeze_after}.")
 
 # %% ../nbs/04_training.ipynb #1c906bca
 def _resolve(args: dict) -> tuple:
@@ -879,12 +1067,13 @@ def _train_run(a: dict, t0: float) -> Run|None:
     name = check_name(_default_name(a["model"], a["data"]) if name is None else name)
     run_dir = run_dir or _new_run_dir(name)
     atomic_write_json(run_dir/"run.json", _run_spec(name, p, a).to_dict())
+    if p.images: _write_split(p, run_dir)
     status, trainer, ckpt, loop = _fit(p, run_dir, ckpt_path, **{k: a[k] for k in _FIT_ARGS})
     return _finish(p, name, run_dir, status, ckpt, trainer, loop, t0, {k: a[k] for k in _HPARAMS})
 
 # %% ../nbs/04_training.ipynb #c3d0e45e
-def train(model: str|type|nn.Module = "mlp",  # a template (mlp, cnn, linear), or an nn.Module or LightningModule class or instance
-          data: str|Path|pd.DataFrame|tuple|Dataset = "digits",  # a built-in dataset, a CSV/TSV/Parquet file, a DataFrame, or (X, y)
+def train(model: str|type|nn.Module = "mlp",  # a template (mlp, cnn, linear), an nn.Module or LightningModule class or instance, hf:ID_OR_FOLDER or timm:NAME
+          data: str|Path|pd.DataFrame|tuple|Dataset = "digits",  # a built-in dataset, a CSV/TSV/Parquet file, a DataFrame, (X, y), or a folder of images
           *,
           target: str|None = None,  # the column to predict (files and DataFrames)
           task: Literal["classification", "regression"]|None = None,  # classification or regression (default: read from the target)
@@ -906,15 +1095,22 @@ def train(model: str|type|nn.Module = "mlp",  # a template (mlp, cnn, linear), o
           batches_per_step: int|Literal["auto"] = "auto",  # batches per Lightning training_step, each its own optimizer step: auto (up to 16 on one device, unless a callback needs per-batch hooks), or 1 for Lightning's own loops
           name: str|None = None,  # the registry name (default: DATA-MODEL)
           resume: bool|str|None = None,  # continue the newest run of `name` (or a run id, folder or checkpoint) with its model, data and settings; a larger epochs trains longer
-          init_from: str|None = None,  # start from a registered version's weights (a ref), or a weights file
+          init_from: str|None = None,  # start from a registered version's weights (a ref), or a weights file (.safetensors, weights-only .pt)
+          image: str|None = None,  # the column of image file paths in a CSV/Parquet/DataFrame (a folder of class folders needs none)
+          augment: bool = False,  # images: random resized crops and flips in training
+          freeze: bool = False,  # train only the head of a pretrained (or init_from) model
+          unfreeze_after: int|None = None,  # with freeze: train every layer from this epoch on
+          accumulate: int = 1,  # batches whose gradients add up to one optimizer step
+          gradient_checkpointing: bool = False,  # recompute activations in backward (transformers and timm models): less memory
           progress: bool|str = "auto",  # auto: a dashboard in a notebook, a progress bar elsewhere; False: neither
           callbacks: list[L.Callback]|None = None,  # Lightning callbacks, added to aimass's own
           model_kwargs: dict|None = None,  # arguments for the model's constructor (also as keywords: hidden=..., dropout=...)
           **template_kwargs) -> Run:
     "Train `model` on `data` with Lightning, register the result as a new version, and return its `Run`."
     a = {**{k: v for k, v in locals().items() if k != "template_kwargs"}, "model_kwargs": {**(model_kwargs or {}), **template_kwargs}}
+    a["freeze"] = freeze or unfreeze_after is not None
     t0 = time.perf_counter()
-    _check_args(epochs, batch_size, batches_per_step)
+    _check_args(epochs, batch_size, batches_per_step, accumulate, unfreeze_after)
     with isolated_global_state(): return _train_run(a, t0)
 
 # %% ../nbs/04_training.ipynb #e3edf7f1

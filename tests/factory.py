@@ -51,6 +51,68 @@ def make_version(model="mlp",    # a template name (mlp, cnn, linear); ignored w
     return Registry().save(name or f"{ds.name}-{model}", card, net.state_dict(), files={"heldout.npz": buf.getvalue()})
 
 
+def write_image_folder(folder,          # where to write: one subfolder per class (made if missing)
+                       n_per_class=20,  # images per class
+                       size=(32, 32),   # (height, width) of each image
+                       classes=None,    # class folder names, one per digit 0, 1, ...; default ["0", "1", "2"]
+                       fmt="png",       # file suffix and format: png, jpg, webp, bmp
+                       seed=0):         # which digits are picked
+    "Writes scikit-learn's digits (upscaled, RGB) as image files in ImageFolder layout: `folder/<class>/<class>_0000.<fmt>`; returns `folder`."
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    folder, classes = Path(folder), list(classes or ["0", "1", "2"])
+    assert len(classes) <= 10, "digits has 10 classes"
+    d, rng = load_digits(), np.random.default_rng(seed)
+    for k, name in enumerate(classes):
+        (folder/str(name)).mkdir(parents=True, exist_ok=True)
+        picks = rng.choice(np.flatnonzero(d.target == k), n_per_class, replace=n_per_class > int((d.target == k).sum()))
+        for j, i in enumerate(picks):
+            gray = (d.images[i] * (255 / 16)).astype(np.uint8)
+            tint = np.array([1.0, 0.9, 0.8])  # not quite gray, so a channel mix-up shows
+            rgb = (np.stack([gray] * 3, -1) * tint).astype(np.uint8)
+            img = Image.fromarray(rgb).resize((size[1], size[0]), Image.BILINEAR)
+            img.save(folder/str(name)/f"{name}_{j:04d}.{fmt}", format={"jpg": "JPEG", "tif": "TIFF"}.get(fmt, fmt.upper()))
+    return folder
+
+
+_TINY_VISION = {  # arch -> (config class, tiny sizes, image processor config besides mean/std and size)
+    "resnet": ("ResNetConfig", dict(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic"),
+               {"image_processor_type": "ConvNextImageProcessor", "crop_pct": 0.875, "resample": 3}),
+    "vit": ("ViTConfig", dict(patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32),
+            {"image_processor_type": "ViTImageProcessor", "resample": 2}),
+    "convnext": ("ConvNextConfig", dict(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2),
+                 {"image_processor_type": "ConvNextImageProcessor", "crop_pct": 0.875, "resample": 3}),
+    "mobilenet_v2": ("MobileNetV2Config", dict(depth_multiplier=0.25, finegrained_output=False),
+                     {"image_processor_type": "MobileNetV2ImageProcessor", "do_center_crop": True, "resample": 2}),
+}
+
+
+def make_tiny_hf_vision(folder,            # where to save it (made if missing)
+                        arch="resnet",     # resnet, vit, convnext or mobilenet_v2
+                        image_size=32,     # the side its image processor resizes (and crops) to
+                        num_labels=3,      # the size of its own head (train replaces it)
+                        seed=0):           # torch seed for its random weights
+    """A tiny real-architecture Hugging Face image classifier with random weights, saved with `save_pretrained` and a
+    matching `preprocessor_config.json`: what `hf:FOLDER` loads, with nothing downloaded."""
+    import json, torch, transformers
+    from transformers import AutoModelForImageClassification
+    cls, sizes, proc = _TINY_VISION[arch]
+    if arch in ("vit", "mobilenet_v2"): sizes = {**sizes, "image_size": image_size}
+    config = getattr(transformers, cls)(num_channels=3, num_labels=num_labels, **sizes)
+    torch.manual_seed(seed)
+    model = AutoModelForImageClassification.from_config(config)
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    size = ({"height": image_size, "width": image_size} if arch == "vit" else {"shortest_edge": image_size})
+    if arch == "mobilenet_v2": proc = {**proc, "crop_size": {"height": image_size, "width": image_size}}
+    mean = [0.485, 0.456, 0.406] if arch != "vit" else [0.5, 0.5, 0.5]
+    std = [0.229, 0.224, 0.225] if arch != "vit" else [0.5, 0.5, 0.5]
+    (folder/"preprocessor_config.json").write_text(json.dumps(
+        {**proc, "do_resize": True, "size": size, "do_rescale": True, "rescale_factor": 1/255, "do_normalize": True,
+         "image_mean": mean, "image_std": std}, indent=2))
+    return folder
+
+
 def _stop_servers():
     "Servers this process started in a shared home end with it (only if a test imported the launcher at all)."
     launcher = sys.modules.get("aimass.launcher")
