@@ -16,11 +16,14 @@ _API = {
     "load": "registry", "show": "registry", "set_alias": "registry", "Registry": "registry", "ModelCard": "registry",
     # data, and the objects the verbs return
     "load_data": "data", "load_images": "images", "open_image": "images", "ImageProcessing": "images",
+    "load_texts": "texts", "TextTokenizer": "texts",
     "Run": "training", "ExportReport": "exporting", "BenchReport": "benchmark",
     "Predictions": "inference", "Server": "launcher", "ServerConfig": "launcher", "LoadTestReport": "loadtesting",
     "Bundle": "deployment",
     # image models: pixels in (PixelInput first), pretrained backbones with a new head
     "PixelInput": "models", "pixel_net": "models", "freeze": "models",
+    # text models: int64 tokens in (TokenInput first), pretrained sequence classifiers with a new head
+    "TokenInput": "models", "token_net": "models",
 }
 __all__ = list(_API)
 

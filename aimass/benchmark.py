@@ -16,7 +16,7 @@ from fastcore.basics import patch
 from .core import AimassError
 from .data import score
 from .registry import BenchInfo, Registry
-from .exporting import export, graph_module, heldout_inputs, input_spec, load_onnx, markdown_table, metric_key, onnx_path
+from .exporting import export, graph_module, heldout_inputs, input_spec, load_onnx, markdown_table, metric_key, onnx_feed, onnx_path
 
 # %% auto #0
 __all__ = ['BACKENDS', 'BenchReport', 'bench']
@@ -30,16 +30,18 @@ def _torch_backend(lm, compile=False):
     import torch
     module = graph_module(lm.predictor, lm.preprocessor)
     if compile: module = torch.compile(module)
+    tokens = lm.preprocessor.kind == "text"  # a text graph takes input_ids, attention_mask[, token_type_ids] separately
     def run(x):
-        with torch.inference_mode(): return module(torch.from_numpy(x)).numpy()
+        args = [torch.from_numpy(x[:, k]) for k in range(x.shape[1])] if tokens else [torch.from_numpy(x)]
+        with torch.inference_mode(): return module(*args).numpy()
     return run
 
 # %% ../nbs/06_benchmark.ipynb #a0e865ab
 def _onnx_backend(mv, variant, threads):
     "An ONNX Runtime session of the exported `variant`."
     sess = load_onnx(onnx_path(mv, variant), mv.path/"onnx", threads=threads)
-    name = sess.get_inputs()[0].name
-    return lambda x: sess.run(None, {name: x})[0]
+    names = [i.name for i in sess.get_inputs()]  # texts: one per token array
+    return lambda x: sess.run(None, onnx_feed(names, x))[0]
 
 # %% ../nbs/06_benchmark.ipynb #d3b75b0e
 def make_backend(name: str, lm, threads: int = 1):
@@ -263,6 +265,10 @@ def _bench_inputs(lm) -> tuple:
     exp = lm.card.export
     inputs = exp.inputs if exp else input_spec(lm.preprocessor, lm.card)["inputs"]
     x, y = heldout_inputs(lm.version, lm.preprocessor, inputs)
+    if inputs == "tokens":  # texts, timed at max_length tokens each: the longest batch the model takes
+        from aimass.inference import pad_tokens
+        pre = lm.preprocessor
+        x = pad_tokens([pre.transform(x.tolist())], pre.state["pad_id"], pre.state["max_length"])
     return x, y, exp is None or exp.input_shape[0] is None
 
 # %% ../nbs/06_benchmark.ipynb #1194ad2c

@@ -174,9 +174,13 @@ def _from_arrays(X, y, task) -> Dataset:
 # %% ../nbs/01_data.ipynb #4fe4bc0e
 def load_data(data, target: str|None = None, task: str|None = None,
               image: str|None = None,  # a table's column of image paths: its rows are images (aimass.images.load_images)
+              text: str|list|None = None,  # a table's text column(s): its rows are texts (aimass.texts.load_texts)
               ) -> Dataset:
-    "Load `data`: a built-in dataset name, a CSV/Parquet path, a DataFrame, an `(X, y)` pair, a `Dataset`, or image files."
+    "Load `data`: a built-in dataset name, a CSV/Parquet path, a DataFrame, an `(X, y)` pair, a `Dataset`, image files, or texts."
     if isinstance(data, Dataset): return data
+    if text is not None:
+        from aimass.texts import load_texts
+        return load_texts(data, text=text, target=target, task=task)
     if image is not None or (isinstance(data, (str, Path)) and str(data) not in BUILTIN_DATASETS and Path(data).expanduser().is_dir()):
         from aimass.images import load_images  # a folder of class subfolders, or a table of image paths
         return load_images(data, image=image, target=target, task=task)
@@ -243,6 +247,8 @@ class Preprocessor:
     @classmethod
     def fit(cls, ds: Dataset) -> Preprocessor:
         "Learn how to encode `ds`'s raw inputs (pass the training split only)."
+        if getattr(ds, "text", None) is not None:
+            raise AimassError("Texts are encoded by the model's tokenizer: use Preprocessor.for_texts(TextTokenizer.from_folder(model_folder)).")
         if getattr(ds, "root", None) is not None:  # an ImageDataset: resize to the data's typical size
             from aimass.images import ImageProcessing, _typical_size
             return cls.for_images(ImageProcessing.default(_typical_size(ds)))
@@ -267,11 +273,12 @@ class Preprocessor:
         "Shape of one transformed row."
         if self.kind == "tensor": return tuple(self.state["shape"])
         if self.kind == "image": return (*self.processing.output_shape,)
+        if self.kind == "text": return (len(self.state["inputs"]), None)  # L: the batch's longest text
         return (sum(1 if c["kind"] == "number" else len(c["categories"]) for c in self.state["columns"]),)
     @property
     def raw_width(self) -> int:
         "Number of raw values in one row."
-        return int(np.prod(self.state["shape"])) if self.kind == "tensor" else 1 if self.kind == "image" else len(self.state["columns"])
+        return int(np.prod(self.state["shape"])) if self.kind == "tensor" else 1 if self.kind in ("image", "text") else len(self.state["columns"])
     @property
     def processing(self):
         "The `aimass.images.ImageProcessing` of an image preprocessor."
@@ -287,8 +294,31 @@ class Preprocessor:
         if self.kind == "image":
             p = self.processing
             return f"Preprocessor(image -> {'x'.join(map(str, p.output_shape))} uint8 pixels, resize {p.size}, crop {p.crop}, {p.source})"
+        if self.kind == "text":
+            st = self.state
+            return f"Preprocessor(text{' pairs' if st['pair'] else ''} -> int64 tokens ({', '.join(st['inputs'])}), at most {st['max_length']} long)"
         n = sum(c['kind'] == 'number' for c in self.state['columns'])
         return f"Preprocessor(tabular: {n} numeric, {len(self.state['columns'])-n} categorical columns -> {self.input_shape[0]} features)"
+
+# %% ../nbs/01_data.ipynb #588e457b
+@patch(cls_method=True)
+def for_texts(cls: Preprocessor, tokenizer,  # an aimass.texts.TextTokenizer, or a model folder with its tokenizer
+              inputs: list|None = None,       # the model's inputs (default: the tokenizer's), stacked in the fixed order
+              max_length: int = 128,          # texts longer than this many tokens are truncated
+              pair: bool = False,             # rows are pairs of texts
+              ) -> Preprocessor:
+    "Text rows -> int64 tokens `(N, K, L)` by a model's own tokenizer, embedded as its JSON so the card is self-contained."
+    from aimass.texts import TextTokenizer, _order_inputs
+    if isinstance(tokenizer, (str, Path)): tokenizer = TextTokenizer.from_folder(tokenizer)
+    return cls({"kind": "text", "tokenizer": tokenizer.json, "inputs": _order_inputs(inputs or tokenizer.inputs),
+                "max_length": int(max_length), "pair": bool(pair), "pad_id": tokenizer.pad_id})
+
+# %% ../nbs/01_data.ipynb #4c455831
+@patch(as_prop=True)
+def tokenizer(self: Preprocessor):
+    "The `aimass.texts.TextTokenizer` of a text preprocessor (one per tokenizer, shared)."
+    from aimass.texts import _state_tokenizer
+    return _state_tokenizer(self.state)
 
 # %% ../nbs/01_data.ipynb #27ed9585
 @patch(as_prop=True)
@@ -297,6 +327,9 @@ def schema(self: Preprocessor) -> dict:
     if self.kind == "image":
         from aimass.images import _image_schema
         return _image_schema(self.state)
+    if self.kind == "text":
+        from aimass.texts import _text_schema
+        return _text_schema(self.state)
     if self.kind == "tensor":
         return {"kind": "tensor", "shape": self.state["shape"], "dtype": "float32",
                 "row": f"a list of {self.raw_width} numbers (or nested lists of shape {self.state['shape']})"}
@@ -469,6 +502,9 @@ def transform(self: Preprocessor, X,  # rows: a DataFrame, a list of dicts or li
     if self.kind == "image":
         from aimass.images import _transform_images
         return _transform_images(self.state, X)
+    if self.kind == "text":
+        from aimass.texts import _transform_texts
+        return _transform_texts(self.state, X)
     return _transform_tensor(self.state, X) if self.kind == "tensor" else _transform_tabular(self.state, X, unseen)
 
 # %% ../nbs/01_data.ipynb #09b9320d

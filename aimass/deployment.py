@@ -103,12 +103,13 @@ def pinned_requirements(roots=RUNTIME_REQUIREMENTS) -> list:
     return sorted(pins.values(), key=str.lower)
 
 # %% ../nbs/13_deployment.ipynb #c47d594c
-IMAGE_REQUIREMENTS = ("pillow",)  # an image model's server decodes JPEG, PNG, WebP, ... with Pillow
+KIND_REQUIREMENTS = {"image": ("pillow",),  # an image model's server decodes JPEG, PNG, WebP, ... with Pillow
+                     "text": ("tokenizers",)}  # a text model's server tokenises with the model's own fast tokenizer
 
 def _runtime_requirements(card: ModelCard|None = None) -> list:
-    "`pinned_requirements()` (with Pillow for an image model), refused when they pull in a distribution of the training side."
-    images = card is not None and card.preprocessor.get("kind") == "image"
-    requirements = pinned_requirements(RUNTIME_REQUIREMENTS + (IMAGE_REQUIREMENTS if images else ()))
+    "`pinned_requirements()` (with Pillow for an image model, tokenizers for a text model), refused when they pull in a distribution of the training side."
+    kind = card.preprocessor.get("kind") if card is not None else None
+    requirements = pinned_requirements(RUNTIME_REQUIREMENTS + KIND_REQUIREMENTS.get(kind, ()))
     heavy = [r for r in requirements if training_only(r.split("==")[0])]
     if heavy: raise AimassError(f"The serving runtime's requirements pull in {', '.join(heavy)}: this is an aimass bug, please report it.")
     return requirements
@@ -176,6 +177,11 @@ def _schema_md(card: ModelCard) -> str:
                 "```bash\ncurl -s localhost:$PORT/predict -H 'Content-Type: image/jpeg' --data-binary @photo.jpg\n```\n")
     if sch["kind"] == "tensor":
         return f"Each row is {sch['row']}: `float32` values, shape `{sch['shape']}` per row.\n"
+    if sch["kind"] == "text":
+        pre = card.preprocessor
+        return ('Each row is one text: `"..."` or `{"text": "..."}`' + (' with its pair: `{"text": "...", "text_pair": "..."}` or `["...", "..."]`'
+                if pre.get("pair") else "") + f". The server tokenises it with the model's own tokenizer; the model reads its first "
+                f"{pre.get('max_length')} tokens. A text over 100,000 characters is refused (413).\n")
     lines = ["Each row is " + sch["row"] + ":", "", "| column | type | values |", "|---|---|---|"]
     for c in sch["columns"]:
         vals = ", ".join(f"`{k}`" for k in c["categories"]) + " (others: no category)" if c["type"] == "category" else "any number"

@@ -19,11 +19,16 @@ from .data import Preprocessor, score
 from .registry import ExportInfo, ModelCard, Registry, TargetInfo
 
 # %% auto #0
-__all__ = ['check_external_data', 'load_onnx', 'ExportReport', 'export', 'onnx_path']
+__all__ = ['check_external_data', 'load_onnx', 'onnx_feed', 'ExportReport', 'export', 'onnx_path']
 
 # %% ../nbs/05_exporting.ipynb #3377627d
 def input_spec(pre: Preprocessor, card: ModelCard) -> dict:
-    "What the exported graph takes: `pixels` (images), `raw` rows (preprocessing inside) or `preprocessed` features."
+    "What the exported graph takes: `tokens` (texts), `pixels` (images), `raw` rows (preprocessing inside) or `preprocessed` features."
+    if pre.kind == "text":
+        names = list(pre.state["inputs"])
+        return {"inputs": "tokens", "input_name": names[0], "input_names": names, "input_shape": [None, None], "dtype": "int64",
+                "layout": "NL", "note": f"int64 token arrays (batch, sequence), one input per name ({', '.join(names)}), as the "
+                "card's tokenizer gives them: padded to the longest text in the batch, at most max_length"}
     if pre.kind == "image":
         h, w, c = pre.input_shape
         return {"inputs": "pixels", "input_name": "pixels", "input_shape": [None, h, w, c], "dtype": "uint8", "layout": "NHWC",
@@ -36,7 +41,7 @@ def input_spec(pre: Preprocessor, card: ModelCard) -> dict:
             "note": "preprocessed features: run the card's preprocessing first (ModelCard.preprocessing().transform(rows))"}
 
 # %% ../nbs/05_exporting.ipynb #cefc4ec8
-def output_name(task: str) -> str: return "probs" if task == "classification" else "value"
+def output_name(task: str) -> str: return "probs" if task in ("classification", "multilabel") else "value"
 
 # %% ../nbs/05_exporting.ipynb #08320afd
 def heldout_pixels(mv, pre: Preprocessor, x: np.ndarray) -> np.ndarray:
@@ -49,11 +54,12 @@ def heldout_pixels(mv, pre: Preprocessor, x: np.ndarray) -> np.ndarray:
 
 # %% ../nbs/05_exporting.ipynb #ca00b348
 def heldout_inputs(mv, pre: Preprocessor, inputs: str):
-    "Held-out `(x, y)` in the form the exported graph takes (`pixels`, `raw` rows or `preprocessed` features)."
+    "Held-out `(x, y)` in the form the exported graph takes (`pixels`, `raw` rows or `preprocessed` features); texts stay texts."
     f = mv.file("heldout.npz")
     if not f.exists(): raise AimassError(f"{mv.ref} has no heldout.npz (held-out test rows); retrain it with aimass.train to export and check it.")
     with np.load(f) as d: x, y = d["paths"] if "paths" in d else d["x"], d["y"]
     if pre.kind == "image": return heldout_pixels(mv, pre, x), y
+    if pre.kind == "text": return x, y  # tokenised batch by batch: each batch is padded to its own longest text
     if inputs == "preprocessed": return x.astype(np.float32), y
     st = pre.state
     if pre.kind == "tensor": raw = x.astype(np.float64) * st["std"] + st["mean"]
@@ -61,10 +67,25 @@ def heldout_inputs(mv, pre: Preprocessor, inputs: str):
     return raw.reshape(len(x), -1).astype(np.float32), y
 
 # %% ../nbs/05_exporting.ipynb #83936934
-def graph_module(predictor, pre: Preprocessor):
-    "A torch module computing `predictor(preprocess(raw))` when the preprocessing is numeric, else `predictor` itself."
+def token_module(predictor, k: int):
+    "A module taking `input_ids, attention_mask[, token_type_ids]` as separate `(N, L)` int64 tensors; it stacks them for `predictor`."
     import torch
     from torch import nn
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.predictor, self.k = predictor, k
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            parts = [input_ids, attention_mask] + ([token_type_ids] if self.k > 2 else [])
+            return self.predictor(torch.stack(parts, 1))
+    return Tokens().eval()
+
+# %% ../nbs/05_exporting.ipynb #4d449f5c
+def graph_module(predictor, pre: Preprocessor):
+    "A torch module computing `predictor(preprocess(raw))` when the preprocessing is numeric, else `predictor` itself (texts: see `token_module`)."
+    import torch
+    from torch import nn
+    if pre.kind == "text": return token_module(predictor, len(pre.state["inputs"]))
     if pre.kind == "image" or not pre.numeric_only: return predictor.eval()  # an image net normalises its pixels itself
     st = pre.state
     class WithPreprocessing(nn.Module):
@@ -138,21 +159,23 @@ def _failing_ops(*errors) -> list:
     return ops
 
 # %% ../nbs/05_exporting.ipynb #873cd718
-def _dynamo_export(module, example, path, dynamic_batch: bool, **names):
-    "The `torch.export`-based exporter, quietly."
+def _dynamo_export(module, example: tuple, path, axes: list, **names):
+    "The `torch.export`-based exporter, quietly; `axes` names the dynamic axes of each input (`{0: 'batch'}`)."
     import torch
+    dims = {}  # one Dim per name: inputs sharing an axis name share its size
+    dim = lambda n: dims.setdefault(n, torch.export.Dim(n, max=1 << 20) if n == "sequence" else torch.export.Dim(n))
+    ds = tuple({a: dim(n) for a, n in ax.items()} for ax in axes) if any(axes) else None
     with _quiet():
-        ds = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
-        torch.onnx.export(module, (example,), str(path), dynamo=True, external_data=False, dynamic_shapes=ds, **names)
+        torch.onnx.export(module, example, str(path), dynamo=True, external_data=False, dynamic_shapes=ds, **names)
 
 # %% ../nbs/05_exporting.ipynb #4ee7a3e1
-def _legacy_export(module, example, path, dynamic_batch: bool, **names):
-    "The legacy TorchScript exporter, quietly."
+def _legacy_export(module, example: tuple, path, axes: list, **names):
+    "The legacy TorchScript exporter, quietly; `axes` names the dynamic axes of each input (outputs: the batch axis)."
     import torch
+    dynamic = dict(zip(names["input_names"], axes))
+    if any(0 in ax for ax in axes): dynamic.update({n: {0: "batch"} for n in names["output_names"]})
     with _quiet():
-        io_names = names["input_names"] + names["output_names"]
-        axes = {n: {0: "batch"} for n in io_names} if dynamic_batch else None
-        torch.onnx.export(module, (example,), str(path), dynamo=False, dynamic_axes=axes, **names)
+        torch.onnx.export(module, example, str(path), dynamo=False, dynamic_axes=dynamic if any(axes) else None, **names)
 
 # %% ../nbs/05_exporting.ipynb #7516577d
 def _unexportable(dynamo_err: Exception, legacy_err: Exception) -> AimassError:
@@ -167,19 +190,24 @@ def _unexportable(dynamo_err: Exception, legacy_err: Exception) -> AimassError:
         "with the torch backend instead.")
 
 # %% ../nbs/05_exporting.ipynb #23421b00
-def trace_to_onnx(module, example, path, opset=None, dynamic_batch=True, input_name="input", output_name="output") -> dict:
-    "Export `module` called on `example` to `path`; returns `{exporter, notes}`. Raises `AimassError` naming the failing op."
-    names = dict(input_names=[input_name], output_names=[output_name])
+def trace_to_onnx(module, example, path, opset=None, dynamic_batch=True, input_name="input", output_name="output",
+                  sequence: bool = False,  # inputs also have a dynamic `sequence` axis (axis 1): tokens
+                  ) -> dict:
+    """Export `module` called on `example` (a tensor, or a tuple of them named by the list `input_name`) to `path`;
+    returns `{exporter, notes}`. Raises `AimassError` naming the failing op."""
+    example = example if isinstance(example, tuple) else (example,)
+    names = dict(input_names=[input_name] if isinstance(input_name, str) else list(input_name), output_names=[output_name])
+    axes = [({0: "batch"} if dynamic_batch else {}) | ({1: "sequence"} if sequence else {}) for _ in example]
     if opset is not None: names["opset_version"] = int(opset)
     try:
-        _dynamo_export(module, example, path, dynamic_batch, **names)
+        _dynamo_export(module, example, path, axes, **names)
         return {"exporter": "dynamo", "notes": []}
     except Exception as e: dynamo_err = e
     note = (f"torch.export-based exporter failed ({_first_line(dynamo_err)[:600]}); used the legacy TorchScript exporter, "
             "which records one path through any Python control flow (the parity check shows whether that matters).")
     print(f"aimass: {note}")
     try:
-        _legacy_export(module, example, path, dynamic_batch, **names)
+        _legacy_export(module, example, path, axes, **names)
         return {"exporter": "legacy", "notes": [note]}
     except Exception as e: legacy_err = e
     raise _unexportable(dynamo_err, legacy_err) from None
@@ -248,11 +276,19 @@ def _errors(got, ref) -> dict:
     return {"max_abs": float(d.max()) if d.size else 0.0, "max_rel": float((d / np.maximum(np.abs(ref), 1e-6)).max()) if d.size else 0.0}
 
 # %% ../nbs/05_exporting.ipynb #de527833
+def onnx_feed(names: list, x: np.ndarray) -> dict:
+    "A session's feed: `x` under its one input's name; tokens `(N, K, L)` split as `x[:, k]` under the k-th name."
+    if len(names) == 1: return {names[0]: x}
+    if x.ndim != 3 or x.shape[1] != len(names):
+        raise AimassError(f"The graph takes {len(names)} inputs ({', '.join(names)}): pass tokens of shape (N, {len(names)}, L), not {list(x.shape)}.")
+    return {n: np.ascontiguousarray(x[:, k]) for k, n in enumerate(names)}
+
+# %% ../nbs/05_exporting.ipynb #2d10b251
 def _run_rows(sess, x, batch: int|None = None):
     "Outputs of an ONNX session for rows `x`: in one call, or `batch` rows per call."
-    name = sess.get_inputs()[0].name
-    if batch is None: return sess.run(None, {name: x})[0]
-    return np.concatenate([sess.run(None, {name: x[i:i+batch]})[0] for i in range(0, len(x), batch)])
+    names = [i.name for i in sess.get_inputs()]
+    if batch is None: return sess.run(None, onnx_feed(names, x))[0]
+    return np.concatenate([sess.run(None, onnx_feed(names, x[i:i+batch]))[0] for i in range(0, len(x), batch)])
 
 # %% ../nbs/05_exporting.ipynb #6dbeba3e
 def _eager(lm, x, inputs, batch: int|None = None):
@@ -264,28 +300,58 @@ def _eager(lm, x, inputs, batch: int|None = None):
         return np.concatenate([lm.predictor(torch.from_numpy(xp[i:i+step])).numpy() for i in range(0, len(xp), step)])
 
 # %% ../nbs/05_exporting.ipynb #d6bdce8d
-IMAGE_BATCH = 16  # images: the held-out set runs in batches of 16 (one batch of hundreds of images would take GBs)
+PARITY_BATCH = 16  # images and texts: the held-out set runs in batches of 16 (one batch of hundreds of images would take GBs)
 
-def check_parity(sessions: dict, lm, x, y, inputs: str, out_name: str, dynamic_batch=True, n_single=8) -> tuple:
-    "Parity table (variant, output, batch_size, rows, max_abs, max_rel) and test metrics per variant (plus eager `torch`)."
-    rows_1, batch = x[:n_single].copy(), IMAGE_BATCH if inputs == "pixels" else None
+def _split(x, size: int) -> list: return [x[i:i+size] for i in range(0, len(x), size)]
+
+def parity_cases(lm, x, inputs: str, dynamic_batch=True, n_single=8) -> list:
+    "The parity checks, `{batch_size, rows, batches}` each (texts add `length`); the last one holds every held-out row and gives the metrics."
+    if inputs == "tokens": return token_cases(lm.preprocessor, x, dynamic_batch, n_single)
+    rows_1 = x[:n_single].copy()
     if inputs == "raw" and lm.preprocessor.kind == "tabular" and rows_1.size:
         rows_1[np.arange(len(rows_1)), np.arange(len(rows_1)) % rows_1.shape[1]] = np.nan  # exercise in-graph imputation
-    ref_1, ref_all = _eager(lm, rows_1, inputs), _eager(lm, x, inputs, batch)
-    recs, metrics = [], {"torch": score(lm.task, ref_all, y)}
+    batch = (PARITY_BATCH if inputs == "pixels" else max(len(x), 1)) if dynamic_batch else 1
+    return [{"batch_size": 1, "rows": len(rows_1), "batches": _split(rows_1, 1)},
+            {"batch_size": batch, "rows": len(x), "batches": _split(x, batch), "recorded": dynamic_batch}]
+
+# %% ../nbs/05_exporting.ipynb #6fbbd44a
+def token_cases(pre: Preprocessor, texts, dynamic_batch=True, n_single=8) -> list:
+    "Parity checks for texts: one at a time, `n_single` padded to `max_length` together, then all in batches of 16 (each padded to its longest)."
+    from aimass.inference import pad_tokens
+    tok = lambda t: pre.transform(t.tolist())
+    rows_1, batch, longest = texts[:n_single], PARITY_BATCH if dynamic_batch else 1, pre.state["max_length"]
+    cases = [{"batch_size": 1, "length": "its own", "rows": len(rows_1), "batches": [tok(t) for t in _split(rows_1, 1)]}]
+    if dynamic_batch:
+        cases.append({"batch_size": len(rows_1), "length": f"max_length {longest}", "rows": len(rows_1),
+                      "batches": [pad_tokens([tok(rows_1)], pre.state["pad_id"], longest)]})
+    return cases + [{"batch_size": batch, "length": "longest in batch", "rows": len(texts), "batches": [tok(t) for t in _split(texts, batch)]}]
+
+# %% ../nbs/05_exporting.ipynb #eb23076b
+def heldout_score(task: str, outputs, y) -> dict:
+    "The test metrics `train` reports: `score`'s, or for multi-label outputs exact-match accuracy and F1 at 0.5."
+    if task != "multilabel": return score(task, outputs, y)
+    from aimass.training import _multilabel_score
+    return _multilabel_score(outputs, y)
+
+# %% ../nbs/05_exporting.ipynb #7a1b5b57
+def check_parity(sessions: dict, lm, x, y, inputs: str, out_name: str, dynamic_batch=True, n_single=8) -> tuple:
+    "Parity table (variant, output, batch_size, [length,] rows, max_abs, max_rel) and test metrics per variant (plus eager `torch`)."
+    cases = parity_cases(lm, x, inputs, dynamic_batch, n_single)
+    refs = [np.concatenate([_eager(lm, b, inputs) for b in c["batches"]]) for c in cases]
+    recs, metrics = [], {"torch": heldout_score(lm.task, refs[-1], y)}
     for variant, sess in sessions.items():
-        out_1 = _run_rows(sess, rows_1, batch=1)
-        recs.append({"variant": variant, "output": out_name, "batch_size": 1, "rows": len(rows_1), **_errors(out_1, ref_1)})
-        out_all = _run_rows(sess, x, batch) if dynamic_batch else _run_rows(sess, x, batch=1)
-        if dynamic_batch:
-            recs.append({"variant": variant, "output": out_name, "batch_size": batch or len(x), "rows": len(x), **_errors(out_all, ref_all)})
-        metrics[variant] = score(lm.task, out_all, y)
+        for c, ref in zip(cases, refs):
+            out = np.concatenate([_run_rows(sess, b) for b in c["batches"]])
+            if c.get("recorded", True):
+                recs.append({"variant": variant, "output": out_name, "batch_size": c["batch_size"],
+                             **({"length": c["length"]} if "length" in c else {}), "rows": c["rows"], **_errors(out, ref)})
+        metrics[variant] = heldout_score(lm.task, out, y)
     return pd.DataFrame(recs), metrics
 
 # %% ../nbs/05_exporting.ipynb #65d75fab
 def metric_key(task) -> str:
     "The headline test metric: accuracy for classification, r2 for regression."
-    return "accuracy" if task == "classification" else "r2"
+    return "accuracy" if task in ("classification", "multilabel") else "r2"
 
 # %% ../nbs/05_exporting.ipynb #2676b59a
 FP32_MAX_ABS = 1e-4   # fp32 graph vs eager: max abs error on any output (regression: in units of the target's std)
@@ -351,7 +417,7 @@ def _head(self: ExportReport) -> str:
     "The verdict line the reprs start with."
     status = "passed" if self.passed else "FAILED"
     return (f"ONNX export of {self.ref}: {status} ({self.exporter} exporter, opset {self.opset}, IR {self.ir_version}; "
-            f"input {self.io['input_name']!r} {self.io['input_shape']} {self.io['inputs']}"
+            f"input {', '.join(map(repr, self.io.get('input_names', [self.io['input_name']])))} {self.io['input_shape']} {self.io['inputs']}"
             + (f", {self.io['dtype']} {self.io['layout']}" if self.io.get("layout") else "") + ")")
 
 # %% ../nbs/05_exporting.ipynb #95b665f0
@@ -395,14 +461,22 @@ def quantize_int8(src, dst):
     with _quiet(): quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
 
 # %% ../nbs/05_exporting.ipynb #0ced8497
+def _example(io_: dict, dynamic_batch: bool):
+    "What the exporter traces with: zeros of the input's shape, or for tokens one `(N, 8)` array per name (ids 1, mask 1, types 0)."
+    import torch
+    n = 2 if dynamic_batch else 1
+    if io_["inputs"] != "tokens": return torch.zeros((n, *io_["input_shape"][1:]), dtype=getattr(torch, io_["dtype"]))
+    return tuple((torch.zeros if name == "token_type_ids" else torch.ones)((n, 8), dtype=torch.int64) for name in io_["input_names"])
+
+# %% ../nbs/05_exporting.ipynb #38320e50
 def _build(lm, work: Path, opset, dynamic_batch, quantize, optimize) -> tuple:
     "Trace, check, optimize and quantize into `work`; returns (files, io, trace info)."
     import onnx, torch
     io_ = {**input_spec(lm.preprocessor, lm.card), "output_name": output_name(lm.task)}
     if not dynamic_batch: io_["input_shape"] = [1, *io_["input_shape"][1:]]
     module = graph_module(lm.predictor, lm.preprocessor)
-    example = torch.zeros((2 if dynamic_batch else 1, *io_["input_shape"][1:]), dtype=getattr(torch, io_["dtype"]))
-    info = trace_to_onnx(module, example, work/"model.onnx", opset, dynamic_batch, io_["input_name"], io_["output_name"])
+    info = trace_to_onnx(module, _example(io_, dynamic_batch), work/"model.onnx", opset, dynamic_batch,
+                         io_.get("input_names", io_["input_name"]), io_["output_name"], sequence=io_["inputs"] == "tokens")
     try: onnx.checker.check_model(str(work/"model.onnx"), full_check=True)
     except Exception as e: raise AimassError(f"The exported graph of {lm.ref} fails onnx.checker: {_first_line(e)}") from None
     files = {"fp32": "model.onnx"}

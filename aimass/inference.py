@@ -17,7 +17,7 @@ from .data import UnseenCategories, UnseenCategoryWarning
 from .registry import ModelCard
 
 # %% auto #0
-__all__ = ['Runner', 'Predictions', 'predict']
+__all__ = ['Runner', 'pad_tokens', 'Predictions', 'predict']
 
 # %% ../nbs/07_inference.ipynb #10ebd826
 def onnx_export(model_dir, card: ModelCard) -> tuple[Path, bool]|None:
@@ -45,10 +45,11 @@ class OnnxBackend:
     "Runs an ONNX export with ONNX Runtime (no torch in the process)."
     name = "onnx"
     def __init__(self, path, threads: int = 1):
-        from aimass.exporting import load_onnx  # refuses external data outside the model folder
-        self.session = load_onnx(path, Path(path).parent, threads=threads)
-        self.input_name = self.session.get_inputs()[0].name
-    def __call__(self, x: np.ndarray) -> np.ndarray: return self.session.run(None, {self.input_name: x})[0]
+        from aimass.exporting import load_onnx, onnx_feed  # load_onnx refuses external data outside the model folder
+        self.session, self.feed = load_onnx(path, Path(path).parent, threads=threads), onnx_feed
+        self.input_names = [i.name for i in self.session.get_inputs()]  # texts: input_ids, attention_mask[, token_type_ids]
+        self.input_name = self.input_names[0]
+    def __call__(self, x: np.ndarray) -> np.ndarray: return self.session.run(None, self.feed(self.input_names, x))[0]
 
 # %% ../nbs/07_inference.ipynb #1edafca4
 class TorchBackend:
@@ -70,7 +71,7 @@ class TorchBackend:
 def raw_array(pre, rows) -> np.ndarray:
     "Rows as the array a raw-input graph takes: float32 `(N, raw_width)` (tabular: NaN where missing), or images' uint8 pixels."
     from aimass.data import _check_finite, _numbers, _rows_to_frame
-    if pre.kind == "image": return pre.transform(rows)  # (N, H, W, 3) uint8: decoded, resized, cropped; the graph normalises
+    if pre.kind in ("image", "text"): return pre.transform(rows)  # uint8 pixels (N, H, W, 3) or int64 tokens (N, K, L)
     if pre.kind == "tensor":
         width, shape = pre.raw_width, pre.state["shape"]
         try: a = np.asarray(rows, dtype=np.float32)
@@ -92,6 +93,9 @@ def encode_predictions(outputs: np.ndarray, task: str, classes,
                        top_k: int|None = None,  # also list the `top_k` most likely classes, most likely first
                        ) -> list:
     "JSON-ready predictions for a batch of outputs."
+    if task == "multilabel":  # each class on its own: the labels at probability 0.5 or more
+        probs = np.asarray(outputs, np.float64)
+        return [{"labels": [c for c, q in zip(classes, p) if q >= 0.5], "probabilities": dict(zip(classes, p))} for p in probs.tolist()]
     if task != "classification": return np.asarray(outputs, np.float64).reshape(len(outputs)).tolist()
     probs = np.asarray(outputs, np.float64)
     labels = probs.argmax(-1)
@@ -102,11 +106,11 @@ def encode_predictions(outputs: np.ndarray, task: str, classes,
     return out
 
 # %% ../nbs/07_inference.ipynb #1f451348
-TOP_K = 5  # image classification answers list the 5 most likely classes in `top_k`
+TOP_K = 5  # image and text classification answers list the 5 most likely classes in `top_k`
 
 def top_k_for(card: ModelCard) -> int|None:
-    "How many classes an answer lists in `top_k`: `TOP_K` (at most the number of classes) for image classifiers, else None."
-    if card.task != "classification" or card.preprocessor.get("kind") != "image": return None
+    "How many classes an answer lists in `top_k`: `TOP_K` (at most the number of classes) for image and text classifiers, else None."
+    if card.task != "classification" or card.preprocessor.get("kind") not in ("image", "text"): return None
     return min(TOP_K, len(card.classes or []))
 
 # %% ../nbs/07_inference.ipynb #5d132e05
@@ -158,6 +162,25 @@ def _note(self: Runner, found: UnseenCategories):
         warnings.warn(f"{self.ref}: categories not seen in training, encoded as all zeros: {found}. "
                       "Later ones are counted in Runner.unseen.", UnseenCategoryWarning, stacklevel=3)
 
+# %% ../nbs/07_inference.ipynb #d133fb78
+def pad_tokens(arrays: list, pad_id: int = 0,  # the tokenizer's padding id (the "text" Preprocessor's `pad_id`)
+               length: int|None = None,  # pad to this length (default: the longest of `arrays`)
+               ) -> np.ndarray:
+    "Token arrays `(n_i, K, L_i)` as one `(sum n_i, K, L)`: `input_ids` (k=0) padded with `pad_id`, the other inputs with 0."
+    L = length or max(a.shape[2] for a in arrays)
+    if len(arrays) == 1 and arrays[0].shape[2] == L: return arrays[0]
+    out = np.zeros((sum(len(a) for a in arrays), arrays[0].shape[1], L), np.int64)
+    out[:, 0], i = pad_id, 0
+    for a in arrays: out[i:i+len(a), :, :a.shape[2]] = a; i += len(a)
+    return out
+
+# %% ../nbs/07_inference.ipynb #6c70dc7a
+@patch
+def concat(self: Runner, arrays: list) -> np.ndarray:
+    "Join the arrays of several batches of rows into one (texts: padded to the longest text along L)."
+    if len(arrays) == 1: return arrays[0]
+    return pad_tokens(arrays, self.pre.state["pad_id"]) if self.pre.kind == "text" else np.concatenate(arrays)
+
 # %% ../nbs/07_inference.ipynb #a19e63b6
 def example_image(pre) -> dict:
     "An example image row for an image preprocessor: a mid-gray PNG of its output size, as `{\"image\": {\"b64\": ...}}`."
@@ -169,8 +192,9 @@ def example_image(pre) -> dict:
 
 # %% ../nbs/07_inference.ipynb #42484827
 def example_rows(pre) -> list:
-    "One valid raw row for a preprocessor: zeros for tensors, the mean or first category per column for tables, a gray image."
+    "One valid raw row for a preprocessor: zeros for tensors, the mean or first category per column for tables, a gray image, a text."
     if pre.kind == "tensor": return [[0.0] * pre.raw_width]
+    if pre.kind == "text": return [["an example question", "an example answer"] if pre.state.get("pair") else "an example text"]
     if pre.kind == "image": return [example_image(pre)]
     return [{c["name"]: (c["categories"][0] if c["kind"] == "category" else c["mean"]) for c in pre.state["columns"]}]
 
@@ -197,6 +221,7 @@ class _Source:
     estimate: int|None = None                     # CSV: rows counted from newlines, for the progress bar
     index: object = None                          # a DataFrame's index, given back with the result
     image: str|None = None                        # image models: the column of image paths (the key column of the result)
+    text: list|None = None                        # text models: the column of texts (two for pairs)
     root: Path|None = None                        # where relative image paths start: the folder of the CSV/Parquet file
 
 # %% ../nbs/07_inference.ipynb #03a4c0bd
@@ -247,6 +272,7 @@ def _memory_source(data, pre, image: str|None = None) -> _Source:
                           "or the path of a .csv/.tsv/.parquet file.")
     if len(data) == 0: raise AimassError("data has no rows: there is nothing to predict.")
     if pre.kind == "image": return _image_memory_source(data, image)
+    if pre.kind == "text" and not isinstance(data, pd.DataFrame): return _text_memory_source(data, pre)
     if isinstance(data, pd.DataFrame): return _frame_source(data)
     if pre.kind == "tabular":
         if isinstance(data, np.ndarray):
@@ -258,6 +284,17 @@ def _memory_source(data, pre, image: str|None = None) -> _Source:
     try: return _array_source(np.asarray(data))
     except ValueError as e:
         raise AimassError(f"The rows do not make one array ({e}): each row must hold {pre.raw_width} numbers.") from None
+
+# %% ../nbs/07_inference.ipynb #c45e612a
+def _text_memory_source(data, pre) -> _Source:
+    "In-memory rows for a text model (strings, `{\"text\": ...}` dicts, `[a, b]` pairs) as a frame of `text` (and `text_pair`) columns."
+    import pandas as pd
+    names = ["text", "text_pair"] if pre.state.get("pair") else ["text"]
+    rows = [r if isinstance(r, dict) else dict(zip(names, r)) if isinstance(r, (list, tuple, np.ndarray)) and pre.state.get("pair")
+            else {"text": r} for r in (data.tolist() if isinstance(data, np.ndarray) else data)]
+    src = _frame_source(pd.DataFrame(rows, columns=names), "the texts")
+    src.index = None
+    return src
 
 # %% ../nbs/07_inference.ipynb #d8bbda14
 def _file_fingerprint(path: Path) -> dict:
@@ -407,15 +444,48 @@ def _parquet_source(path: Path) -> _Source:
     return _Source(path.name, list(schema.names), meta.num_rows, chunks, lambda cols: _file_fingerprint(path))
 
 # %% ../nbs/07_inference.ipynb #52f76b2a
-def _open_source(data, pre, image: str|None = None) -> _Source:
+_JSONL = (".jsonl", ".ndjson")
+
+def _jsonl_source(path: Path) -> _Source:
+    "Rows of a JSON Lines file (one object per line), read `size` lines at a time; values keep their JSON types (\"007\" stays text)."
+    import pandas as pd
+    with open(path, encoding="utf-8") as f: first = next((l for l in f if l.strip()), None)
+    if first is None: raise AimassError(f"{path} has no rows: there is nothing to predict.")
+    try: columns = list(json.loads(first))
+    except (ValueError, TypeError) as e: raise AimassError(f"Cannot read {path.name} as JSON Lines: its first line is not a JSON object ({e}).") from None
+    def chunks(start, size, cols):
+        with pd.read_json(path, lines=True, chunksize=size, dtype=False, encoding="utf-8") as reader:
+            yield from _rechunk(((f[cols] if cols else f) for f in reader), size, start)
+    return _Source(path.name, columns, _count_lines(path), chunks, lambda cols: _file_fingerprint(path))
+
+# %% ../nbs/07_inference.ipynb #3e06925a
+def _text_columns(pre, text) -> list:
+    "The columns of texts a text model reads: `text` (a name, a list, or 'a,b' for pairs), else `text` (and `text_pair`)."
+    if text is None: return ["text", "text_pair"] if pre.state.get("pair") else ["text"]
+    cols = [c.strip() for c in text.split(",")] if isinstance(text, str) else list(text)
+    if len(cols) != (2 if pre.state.get("pair") else 1):
+        raise AimassError(f"text= names {len(cols)} column(s), but this model takes " + ("pairs of texts: name two columns, e.g. text=['question', 'answer']."
+                          if pre.state.get("pair") else "one text per row: name one column."))
+    return cols
+
+# %% ../nbs/07_inference.ipynb #31259a88
+def _open_source(data, pre, image: str|None = None, text=None) -> _Source:
+    "Where `data`'s rows come from: a .csv/.tsv/.parquet/.jsonl path, an image folder or file (image models), or rows in memory."
+    texts = _text_columns(pre, text) if pre.kind == "text" else None
+    src = _open_rows(data, pre, image, texts)
+    src.text = texts
+    return src
+
+# %% ../nbs/07_inference.ipynb #27a7cd99
+def _open_rows(data, pre, image: str|None = None, texts: list|None = None) -> _Source:
     "Where `data`'s rows come from: a .csv/.tsv/.parquet path, an image folder or file (image models), or rows in memory."
     from aimass.data import no_file_error
     if not isinstance(data, (str, Path)): return _memory_source(data, pre, image)
     path = Path(data).expanduser()
     suffix = _file_suffix(path)
     if pre.kind == "image" and (path.is_dir() or _is_image_file(path)): return _image_path_source(path)
-    if suffix not in _TEXT_SEPARATORS and suffix not in _PARQUET:
-        raise AimassError(f"Cannot read {path.name}: predict reads .csv, .tsv and .parquet files "
+    if suffix not in _TEXT_SEPARATORS and suffix not in _PARQUET and suffix not in _JSONL:
+        raise AimassError(f"Cannot read {path.name}: predict reads .csv, .tsv and .parquet files, .jsonl (JSON Lines) "
                           + ("(a column of image paths), an image folder or image files." if pre.kind == "image" else
                              "(or pass a DataFrame, an array or a list of rows)."))
     if not path.is_file(): raise no_file_error(path)
@@ -424,12 +494,14 @@ def _open_source(data, pre, image: str|None = None) -> _Source:
         src.image, src.root = image or "image", path.parent.absolute()
         return src
     if suffix in _PARQUET: return _parquet_source(path)
+    if suffix in _JSONL: return _jsonl_source(path)
+    if pre.kind == "text": return _csv_source(path, texts)  # texts stay text ("007", "1e3")
     return _csv_source(path, [c["name"] for c in pre.state.get("columns", []) if c["kind"] == "category"])
 
 # %% ../nbs/07_inference.ipynb #069d6fc1
 def _result_columns(task: str, classes, image: bool = False) -> list:
     "The columns `predict` writes: `prediction`, then `prob_<class>` per class for classification; `error` for images."
-    return ["prediction"] + ([f"prob_{c}" for c in classes] if task == "classification" else []) + (["error"] if image else [])
+    return ["prediction"] + ([f"prob_{c}" for c in classes] if task in ("classification", "multilabel") else []) + (["error"] if image else [])
 
 # %% ../nbs/07_inference.ipynb #7110c330
 def _job_columns(src: _Source, pre, keep: list, ref: str, results: tuple = ()) -> tuple[list|None, list|None]:
@@ -447,6 +519,11 @@ def _job_columns(src: _Source, pre, keep: list, ref: str, results: tuple = ()) -
             raise AimassError(f"{src.name} has no column {src.image!r} of image paths: name the column that holds them with "
                               f"image=... (--image on the command line). Its columns: {_listing(src.columns)}.")
         return [src.image], list(dict.fromkeys([src.image, *keep]))
+    if pre.kind == "text":
+        if lost := [c for c in src.text if c not in have]:
+            raise AimassError(f"{src.name} has no column {_listing(map(repr, lost))} of texts: name the column that holds them with text=... "
+                              f"(--text on the command line). Its columns: {_listing(src.columns)}.")
+        return src.text, list(dict.fromkeys([*keep, *src.text]))
     if pre.kind == "tensor":
         cols = [c for c in src.columns if c not in keep]
         if len(cols) != pre.raw_width:
@@ -464,8 +541,9 @@ def _result_frame(outputs: np.ndarray, task: str, classes, kept=None):
     "The result rows for one chunk: kept input columns first, then `prediction` (and `prob_<class>`)."
     import pandas as pd
     out = np.asarray(outputs)
-    if task == "classification":
-        cols = {"prediction": np.asarray(classes, dtype=object)[out.argmax(-1)]}
+    if task in ("classification", "multilabel"):  # multi-label: the labels at probability 0.5 or more, joined by "|"
+        cols = {"prediction": np.asarray(classes, dtype=object)[out.argmax(-1)] if task == "classification" else
+                ["|".join(c for c, q in zip(classes, p) if q >= 0.5) for p in out.tolist()]}
         cols.update({f"prob_{c}": out[:, i].astype(np.float32) for i, c in enumerate(classes)})
     else: cols = {"prediction": out.reshape(len(out)).astype(np.float32)}
     res = pd.DataFrame(cols)
@@ -803,6 +881,11 @@ def _batch_runner(mv, backend: str, threads: int|None) -> Runner:
     return Runner(mv.path, chosen, threads)
 
 # %% ../nbs/07_inference.ipynb #2c8bf045
+def _texts_of(chunk, cols: list) -> list:
+    "A chunk's texts as rows a text Preprocessor takes: strings, or `[a, b]` pairs (a missing text stays missing: its row is named)."
+    return chunk[cols[0]].tolist() if len(cols) == 1 else chunk[cols].to_numpy(dtype=object).tolist()
+
+# %% ../nbs/07_inference.ipynb #55e31f32
 def _chunk_results(runner: Runner, src: _Source, cols, read, keep: list, batch_size: int, start: int):
     "`(rows done, result frame)` chunk after chunk from row `start`; a bad value is reported with its rows; unseen categories are counted in `runner.unseen`."
     from aimass.data import RowError
@@ -812,7 +895,7 @@ def _chunk_results(runner: Runner, src: _Source, cols, read, keep: list, batch_s
             done += len(chunk)
             yield done, _image_result_frame(runner, chunk, src, cols, keep)
             continue
-        x = chunk if cols is None else (chunk[cols].to_numpy() if runner.pre.kind == "tensor" else chunk)
+        x = chunk if cols is None else (chunk[cols].to_numpy() if runner.pre.kind == "tensor" else _texts_of(chunk, cols) if runner.pre.kind == "text" else chunk)
         where = f"In rows {done:,} to {done + len(chunk) - 1:,} of {src.name} (data rows counted from 0)"
         try: outputs = runner.model(runner.array(x, runner.unseen))  # counted for the summary, not warned about
         except RowError as e: raise RowError(e.what, done + e.row, where) from None
@@ -885,7 +968,7 @@ def _skipped(frame, key: list) -> list:
 
 # %% ../nbs/07_inference.ipynb #9e0d3a61
 def predict(ref: str,  # NAME, NAME:vN or NAME@ALIAS (resolved once: a moving alias cannot mix versions in one job)
-            data: str|Path|pd.DataFrame|np.ndarray|list,  # a .csv/.tsv(.gz)/.parquet file, a DataFrame, an array or tensor, a list of rows; an image folder
+            data: str|Path|pd.DataFrame|np.ndarray|list,  # a .csv/.tsv(.gz)/.parquet/.jsonl file, a DataFrame, an array or tensor, a list of rows; an image folder
             *,
             output: str|Path|None = None,  # also write the result here (.csv, .tsv, .parquet); the same call continues an interrupted job
             overwrite: bool = False,  # replace an existing output (and discard another job's saved chunks)
@@ -895,11 +978,13 @@ def predict(ref: str,  # NAME, NAME:vN or NAME@ALIAS (resolved once: a moving al
             threads: int|None = None,  # ONNX Runtime threads (default: every core this process may use)
             progress: bool|str = "auto",  # auto: a bar unless one chunk does it; or a function (rows_done, total)
             image: str|None = None,  # image models: the column of a CSV/Parquet/DataFrame that holds image paths (default 'image')
+            text: str|None = None,  # text models: the column of texts (default 'text'; pairs: two columns, 'question,answer')
             ) -> Predictions:
     """Predict every row of `data` with a registered model, chunk by chunk, in input order. Classification gives
     `prediction` and `prob_<class>` per class; regression gives `prediction`. Columns the model does not read are
     ignored. An image model also takes an image folder; its result starts with the image's path, and an image that
-    cannot be read is skipped: its row says why in `error`, and `Predictions.skipped` lists it."""
+    cannot be read is skipped: its row says why in `error`, and `Predictions.skipped` lists it. A text model reads the
+    column `text` (two for pairs), and also takes a list of texts; keep an id column with `keep=`."""
     from aimass.registry import Registry
     t0 = time.perf_counter()
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -908,7 +993,7 @@ def predict(ref: str,  # NAME, NAME:vN or NAME@ALIAS (resolved once: a moving al
     out = _output_path(output, overwrite)
     mv = Registry().get(ref)  # resolved once: a moving alias cannot mix versions in one job
     runner = _batch_runner(mv, backend, threads)
-    src, images = _open_source(data, runner.pre, image), runner.pre.kind == "image"
+    src, images = _open_source(data, runner.pre, image, text), runner.pre.kind == "image"
     cols, read = _job_columns(src, runner.pre, keep, mv.ref, _result_columns(runner.task, runner.classes, images))
     if images and cols: keep = list(dict.fromkeys([*cols, *keep]))  # the image's path is the key column
     parts, bar = (_Parts(out) if out else None), _Progress(progress, src.total or src.estimate, batch_size, f"{mv.ref} ({runner.backend})")

@@ -290,7 +290,7 @@ def _instances(rows) -> list:
     if hasattr(rows, "to_dict") and hasattr(rows, "columns"):  # a DataFrame: one object per row, NaN as null
         return [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in rows.to_dict("records")]
     if isinstance(rows, np.ndarray): return rows.tolist()
-    if isinstance(rows, dict): return [rows]
+    if isinstance(rows, (dict, str)): return [rows]  # one row (a text model's text, say)
     return [r.tolist() if isinstance(r, np.ndarray) else r for r in rows]
 
 # %% ../nbs/08_launcher.ipynb #4d61d912
@@ -476,12 +476,20 @@ def input_info(card: ModelCard) -> dict:
             **({"layout": e.extra["layout"]} if "layout" in e.extra else {}), "note": e.note}
 
 # %% ../nbs/08_launcher.ipynb #f7df032d
-def image_usage(card: ModelCard) -> dict:
-    "The `request` and `answer` entries of an image model's `/info`."
+MAX_TEXT_CHARS = 100_000  # characters per text in a request to a text model; longer ones are refused with 413
+
+def request_usage(card: ModelCard) -> dict:
+    "The `request` and `answer` entries of an image or text model's `/info`."
     from aimass.inference import top_k_for
-    k = top_k_for(card)
+    k, kind = top_k_for(card), card.preprocessor.get("kind")
     answer = {"label": "the most likely class", "probabilities": "{class: probability} for every class",
               "top_k": f"[{{label, probability}}, ...]: the {k} most likely classes, most likely first"} if k else "a number"
+    if kind == "text":
+        pair = card.preprocessor.get("pair")
+        return {"request": {"json": {"instances": [{"text": "first text", "text_pair": "its pair"}, ["a text", "its pair"]] if pair
+                                     else ["a text", {"text": "another text"}]},
+                            "limits": f"at most {MAX_TEXT_CHARS:,} characters per text (413 beyond); the model reads the first "
+                                      f"{card.preprocessor.get('max_length')} tokens of each"}, "answer": answer}
     return {"request": {"json": {"instances": [{"image": {"b64": "<base64 of an image file>"}}]},
                         "raw": "one image file's bytes as the body, with Content-Type: image/jpeg (any image/*)"},
             "answer": answer}
@@ -492,7 +500,7 @@ def server_info(card: ModelCard, cfg: ServerConfig, backend: str) -> dict:
     info = {"name": card.name, "version": card.version, "ref": card.ref, "task": card.task, "classes": card.classes,
             "backend": backend, "model": card.model, "schema": card.preprocessing().schema, "input_shape": card.input_shape,
             "input": input_info(card), "target": card.target.name, "limits": cfg.limits}
-    return {**info, **image_usage(card)} if card.preprocessor.get("kind") == "image" else info
+    return {**info, **request_usage(card)} if card.preprocessor.get("kind") in ("image", "text") else info
 
 # %% ../nbs/08_launcher.ipynb #499a286c
 def _named_refs(refs) -> list:

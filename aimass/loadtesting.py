@@ -38,6 +38,8 @@ def _rows_from_heldout(preprocessor: dict, path, n: int) -> list|None:
         from pathlib import Path
         with np.load(f) as d: files = [p for p in d["x"][:n].tolist() if Path(p).is_file()]
         return [{"image": {"b64": base64.b64encode(Path(p).read_bytes()).decode()}} for p in files] or None
+    if preprocessor["kind"] == "text":  # held-out texts (or [a, b] pairs), sent as they are
+        with np.load(f) as d: return d["x"][:n].tolist() or None
     with np.load(f) as d: x = d["x"][:n].astype(np.float64)
     st = preprocessor
     if st["kind"] == "tensor": return (x * st["std"] + st["mean"]).reshape(len(x), -1).round(6).tolist()
@@ -56,6 +58,7 @@ def _rows_from_heldout(preprocessor: dict, path, n: int) -> list|None:
 def _rows_from_schema(schema: dict) -> list:
     "One row of zeros (and each category's first value) in the model's input schema."
     if schema["kind"] == "tensor": return [[0.0] * int(np.prod(schema["shape"]))]
+    if schema["kind"] == "text": return [["an example question", "an example answer"] if schema.get("pair") else "an example text"]
     if schema["kind"] == "image":  # a gray image of the model's size
         from aimass.data import Preprocessor
         from aimass.inference import example_image

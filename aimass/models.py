@@ -1,4 +1,4 @@
-"""Model templates by name, your own `nn.Module` or `LightningModule`, and the task wrapper that trains them.
+"""Model templates by name, your own `nn.Module` or `LightningModule`, pretrained image and text models, and the task wrapper that trains them.
 
 Docs: https://aimass.github.io/aimass/models.html.md"""
 
@@ -6,7 +6,7 @@ Docs: https://aimass.github.io/aimass/models.html.md"""
 
 # %% ../nbs/02_models.ipynb #2bee005a
 from __future__ import annotations
-import ast, contextlib, inspect, linecache, math, warnings
+import ast, contextlib, functools, inspect, linecache, math, warnings
 import numpy as np
 import torch
 from torch import nn
@@ -15,9 +15,10 @@ from fastcore.basics import patch
 from .core import AimassError, spec_hash
 
 # %% auto #0
-__all__ = ['TEMPLATES', 'mlp', 'cnn', 'linear', 'model_from_spec', 'resolve_model', 'PixelInput', 'pixel_net', 'is_pretrained',
-           'pretrained_backbone', 'resolve_image_model', 'head_of', 'freeze', 'gradient_checkpointing', 'TaskModule',
-           'Predictor', 'read_state_dict', 'load_weights']
+__all__ = ['TEMPLATES', 'mlp', 'cnn', 'linear', 'model_from_spec', 'resolve_model', 'PixelInput', 'pixel_net', 'TokenInput',
+           'token_net', 'is_pretrained', 'pretrained_backbone', 'resolve_image_model', 'resolve_text_model', 'head_of',
+           'freeze', 'gradient_checkpointing', 'apply_lora', 'merge_lora', 'TaskModule', 'Predictor', 'read_state_dict',
+           'load_weights']
 
 # %% ../nbs/02_models.ipynb #c5b4feed
 TEMPLATES = {}  # name -> builder(input_shape, num_outputs, **knobs)
@@ -149,6 +150,7 @@ def model_from_spec(spec: dict, input_shape=None, num_outputs=None,
                     ) -> nn.Module:
     "Rebuild an (untrained) model from its spec; a class spec (code) only while it is the one the registry recorded, or with `trust_code`."
     if "pixels" in spec: return _pixel_net_from_spec(spec, input_shape, num_outputs, code_hash, trust_code)  # an image model
+    if "tokens" in spec: return token_net(_pretrained_from_spec(spec["pretrained"]), spec["tokens"]["inputs"])  # a text model
     if "pretrained" in spec: return _pretrained_from_spec(spec["pretrained"])
     if "template" in spec:
         if spec["template"] not in TEMPLATES: raise AimassError(f"Unknown model template {spec['template']!r}: use one of {', '.join(TEMPLATES)}.")
@@ -217,13 +219,40 @@ def is_pixel_net(net) -> bool:
     "True for an image model: `PixelInput` first."
     return isinstance(net, nn.Sequential) and len(net) > 0 and isinstance(net[0], PixelInput)
 
+# %% ../nbs/02_models.ipynb #4980927a
+class TokenInput(nn.Module):
+    "int64 token ids `(N, K, L)` -> `{name: (N, L)}` for the K `names` (input_ids, attention_mask, token_type_ids)."
+    def __init__(self, names=("input_ids", "attention_mask")):
+        super().__init__()
+        self.names = list(names)
+        if not self.names or self.names[0] != "input_ids": raise AimassError(f"TokenInput's first input is input_ids, not {self.names[:1]}.")
+
+    def forward(self, x):
+        if x.ndim != 3 or x.shape[1] != len(self.names):
+            raise AimassError(f"A text model takes token ids, an int64 batch (N, {len(self.names)}, length) of {', '.join(self.names)}; got shape {tuple(x.shape)}.")
+        return {name: x[:, k] for k, name in enumerate(self.names)}
+
+    def extra_repr(self): return f"names={self.names}"
+
+# %% ../nbs/02_models.ipynb #321fed0e
+def token_net(backbone: nn.Module,  # takes TokenInput's dict of tensors, gives logits (an HFClassifier)
+              names=("input_ids", "attention_mask")) -> nn.Sequential:
+    "A text model: `TokenInput(names)` then `backbone`, reachable as `net.tokens` and `net.backbone` (or `net[0]`, `net[1]`)."
+    from collections import OrderedDict
+    return nn.Sequential(OrderedDict(tokens=TokenInput(names), backbone=backbone))
+
+# %% ../nbs/02_models.ipynb #38033620
+def is_token_net(net) -> bool:
+    "True for a text model: `TokenInput` first."
+    return isinstance(net, nn.Sequential) and len(net) > 0 and isinstance(net[0], TokenInput)
+
 # %% ../nbs/02_models.ipynb #ce2ac42b
 class HFClassifier(nn.Module):
-    "A transformers image classification model as a plain network: float `(N, 3, H, W)` in, logits out (`.model` is it)."
+    "A transformers classifier as a plain network: float pixels `(N, 3, H, W)`, or `TokenInput`'s dict of tensors, in; logits out (`.model` is it)."
     def __init__(self, model):
         super().__init__()
         self.model = model
-    def forward(self, x): return self.model(pixel_values=x).logits
+    def forward(self, x): return (self.model(**x) if isinstance(x, dict) else self.model(pixel_values=x)).logits
 
 # %% ../nbs/02_models.ipynb #728430b0
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -284,34 +313,45 @@ def _hf_processor(src: str, local_only: bool) -> dict|None:
     return d or None
 
 # %% ../nbs/02_models.ipynb #a53732c0
-def _labels(classes) -> dict:
-    "transformers' head arguments for `classes`."
+def _labels(classes, task: str = "classification") -> dict:
+    "transformers' head arguments for `classes`: one output per class (sigmoid ones for multi-label), or one value for regression."
+    if task == "regression": return {"num_labels": 1, "problem_type": "regression"}
     names = [str(c) for c in classes]
-    return {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {c: i for i, c in enumerate(names)}}
+    kind = {"problem_type": "multi_label_classification"} if task == "multilabel" else {"problem_type": "single_label_classification"}
+    return {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {c: i for i, c in enumerate(names)}, **kind}
+
+# %% ../nbs/02_models.ipynb #19f0c15a
+_AUTO_CLASSES = {"image": "AutoModelForImageClassification", "text": "AutoModelForSequenceClassification"}  # kind -> transformers' Auto class
+
+def _auto_class(kind: str):
+    import transformers
+    return getattr(transformers, _AUTO_CLASSES[kind])
 
 # %% ../nbs/02_models.ipynb #2b5d2346
-def _hf_backbone(model: str, classes) -> tuple:
-    "`(HFClassifier, spec['pretrained'], processor config or None)` of `hf:ID_OR_PATH`, with a new head sized to `classes`."
+def _hf_backbone(model: str, classes, kind: str = "image", task: str = "classification") -> tuple:
+    """`(HFClassifier, spec['pretrained'], processor config or None)` of `hf:ID_OR_PATH`, with a new head sized to `classes`:
+    an image classifier (`kind="image"`), or a sequence classifier (`"text"`; a base encoder gets its head here)."""
     from pathlib import Path
-    from transformers import AutoConfig, AutoModelForImageClassification
+    from transformers import AutoConfig
     src = _hf_source(model)
     local_only = Path(src).exists() or not hub_online()
+    classes = list(classes or [])
     try:
         with _quiet_transformers():
             before = AutoConfig.from_pretrained(src, local_files_only=local_only)
-            m = AutoModelForImageClassification.from_pretrained(src, ignore_mismatched_sizes=True, local_files_only=local_only, **_labels(classes))
+            m = _auto_class(kind).from_pretrained(src, ignore_mismatched_sizes=True, local_files_only=local_only, **_labels(classes, task))
     except ValueError as e:
         if "Unrecognized configuration class" in str(e) or "Unrecognized model" in str(e):
-            raise AimassError(f"{model} is not an image classification model transformers knows ({str(e).splitlines()[0][:160]}).") from None
+            raise AimassError(f"{model} is not an {kind} classification model transformers knows ({str(e).splitlines()[0][:160]}).") from None
         raise
     except OSError as e:
         if local_only and not Path(src).exists(): raise _offline_error(model) from None
         raise AimassError(f"Cannot load {model}: {str(e).splitlines()[0][:300]}") from None
-    if len(getattr(before, "id2label", {}) or {}) == len(classes) and [str(v) for v in before.id2label.values()] != [str(c) for c in classes]:
+    if classes and len(getattr(before, "id2label", {}) or {}) == len(classes) and [str(v) for v in before.id2label.values()] != [str(c) for c in classes]:
         _reset_head(m.classifier if hasattr(m, "classifier") else m)  # same size, other classes: a new head all the same
-    processor = _hf_processor(src, local_only)
+    processor = _hf_processor(src, local_only) if kind == "image" else None  # a text model's tokenizer goes to its Preprocessor
     spec = {"library": "transformers", "source": model if model.startswith("hf:") else f"hf:{model}",
-            "config": m.config.to_dict(), "processor": processor}
+            "config": m.config.to_dict(), "processor": processor, **({"kind": kind} if kind != "image" else {})}
     return HFClassifier(m.train()), spec, processor  # from_pretrained gives it in eval mode
 
 # %% ../nbs/02_models.ipynb #8f900ac3
@@ -351,11 +391,14 @@ def is_pretrained(model) -> bool:
 
 # %% ../nbs/02_models.ipynb #0bba6be4
 def pretrained_backbone(model: str,  # hf:ID_OR_PATH, timm:NAME, or a Hugging Face folder
-                        classes: list,  # class names: the new head's size and labels
+                        classes: list|None,  # class names: the new head's size and labels (None for regression)
+                        kind: str = "image",  # image or text: an image classifier, or a sequence classifier
+                        task: str = "classification",  # classification, multilabel (sigmoid outputs) or regression (one output)
                         ) -> tuple:
     "`(backbone, spec, processor config)`: a pretrained model with a new head sized to `classes`; its spec rebuilds it with no network."
     s = str(model)
-    backbone, spec, processor = _timm_backbone(s, classes) if s.startswith("timm:") else _hf_backbone(s, classes)
+    if s.startswith("timm:") and kind != "image": raise AimassError(f"timm models take images; a {kind} model comes from hf:ID_OR_FOLDER.")
+    backbone, spec, processor = _timm_backbone(s, classes) if s.startswith("timm:") else _hf_backbone(s, classes, kind, task)
     return backbone, {"pretrained": spec}, processor
 
 # %% ../nbs/02_models.ipynb #ca4db494
@@ -364,10 +407,10 @@ def _pretrained_from_spec(p: dict) -> nn.Module:
     if p.get("library") == "timm":
         return _import_timm().create_model(p["name"], pretrained=False, num_classes=p["num_classes"])
     if p.get("library") != "transformers": raise AimassError(f"Unknown pretrained library {p.get('library')!r} in the model spec: aimass knows transformers and timm.")
-    from transformers import AutoConfig, AutoModelForImageClassification
+    from transformers import AutoConfig
     cfg = dict(p["config"])
     with _quiet_transformers():
-        return HFClassifier(AutoModelForImageClassification.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg)))
+        return HFClassifier(_auto_class(p.get("kind", "image")).from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg)))
 
 # %% ../nbs/02_models.ipynb #f8460202
 def _pixel_net_from_spec(spec: dict, input_shape, num_outputs, code_hash, trust_code) -> nn.Sequential:
@@ -402,6 +445,37 @@ def _config_size(spec: dict) -> int:
     p = spec["pretrained"]
     size = (p.get("config") or {}).get("image_size") or (p.get("pretrained_cfg") or {}).get("input_size", [3, 224, 224])[-1]
     return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+# %% ../nbs/02_models.ipynb #ad1f25ac
+_TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # the order of a token array's K axis
+
+def _token_inputs(model) -> list:
+    "The token inputs a transformers model's `forward` takes, in `_TOKEN_INPUTS` order."
+    params = inspect.signature(model.forward).parameters
+    return [n for n in _TOKEN_INPUTS if n in params]
+
+# %% ../nbs/02_models.ipynb #56ce3c61
+def _hf_folder(model: str) -> str:
+    "The local folder of `hf:ID_OR_PATH`: the folder itself, or a hub id's snapshot (downloaded where the hub answers, else from the cache)."
+    from pathlib import Path
+    src = _hf_source(model)
+    if Path(src).exists(): return src
+    from huggingface_hub import snapshot_download
+    try: return snapshot_download(src, local_files_only=not hub_online())
+    except Exception as e: raise _offline_error(model, f" ({type(e).__name__})") from None
+
+# %% ../nbs/02_models.ipynb #35b26cfd
+def resolve_text_model(model,  # hf:ID_OR_PATH, or a Hugging Face model folder
+                       classes: list|None,  # class names (None for regression)
+                       task: str = "classification",  # classification, multilabel or regression
+                       ) -> tuple:
+    "`(net, spec, folder)` of a text model: `TokenInput` then a pretrained sequence classifier; `folder` holds its tokenizer."
+    if not is_pretrained(model) or str(model).startswith("timm:"):
+        raise AimassError(f"Text trains a pretrained Hugging Face model: pass hf:ID_OR_FOLDER or a model folder, not {model!r}.")
+    folder = _hf_folder(str(model))
+    backbone, spec, _ = pretrained_backbone(model, classes, kind="text", task=task)
+    inputs = _token_inputs(backbone.model)
+    return token_net(backbone, inputs), {**spec, "tokens": {"inputs": inputs}}, folder
 
 # %% ../nbs/02_models.ipynb #87662944
 def head_of(net: nn.Module) -> tuple:
@@ -439,11 +513,56 @@ def gradient_checkpointing(net: nn.Module):
         if hasattr(mod, "set_grad_checkpointing") and hasattr(mod, "default_cfg"): mod.set_grad_checkpointing(True); return net
     raise AimassError(f"gradient_checkpointing works for transformers (hf:) and timm models; {type(net).__name__} is neither.")
 
+# %% ../nbs/02_models.ipynb #1de3c3ec
+def parse_lora(lora) -> dict:
+    "`'r=8,alpha=16'` (also `dropout=0.05`, `targets=query+value`) or a dict -> LoRA settings, with defaults."
+    if isinstance(lora, dict): given = dict(lora)
+    else:
+        given = {}
+        for part in str(lora).replace(" ", "").split(","):
+            k, eq, v = part.partition("=")
+            if not eq or k not in ("r", "alpha", "dropout", "targets"):
+                raise AimassError(f"lora takes r=N,alpha=N (also dropout=F, targets=a+b), not {lora!r}.")
+            given[k] = v.split("+") if k == "targets" else float(v) if k == "dropout" else int(v)
+    out = {"r": 8, "alpha": 16, "dropout": 0.0, "targets": None, **given}
+    if out["r"] < 1: raise AimassError(f"lora's rank r must be at least 1, not {out['r']}.")
+    return out
+
+# %% ../nbs/02_models.ipynb #2d0b89b5
+def _import_peft():
+    try:
+        import peft
+        return peft
+    except ImportError:
+        raise AimassError("lora needs PEFT, which is not installed: pip install 'aimass[lora]' (or pip install peft).") from None
+
+# %% ../nbs/02_models.ipynb #1f19078e
+def apply_lora(net: nn.Module, lora) -> int:
+    "Wrap the transformers model in `net` with LoRA adapters (`parse_lora`'s settings); only they and the head train. Returns how many parameters train."
+    peft, cfg = _import_peft(), parse_lora(lora)
+    hf = next((m for m in net.modules() if isinstance(m, HFClassifier)), None)
+    if hf is None: raise AimassError(f"lora works on transformers models (hf:); {type(net).__name__} is not one.")
+    head = head_of(hf)[0].split(".")[-1]  # "classifier" (BERT) or "score"
+    config = peft.LoraConfig(r=cfg["r"], lora_alpha=cfg["alpha"], lora_dropout=cfg["dropout"], target_modules=cfg["targets"], modules_to_save=[head])
+    try: hf.model = peft.get_peft_model(hf.model, config)
+    except ValueError as e:
+        if cfg["targets"] is not None: raise AimassError(f"Cannot put LoRA on {cfg['targets']}: {str(e).splitlines()[0][:200]}") from None
+        hf.model = peft.get_peft_model(hf.model, peft.LoraConfig(r=cfg["r"], lora_alpha=cfg["alpha"], lora_dropout=cfg["dropout"],
+                                                                 target_modules="all-linear", modules_to_save=[head]))  # a model type PEFT has no default for
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+# %% ../nbs/02_models.ipynb #c79af5b2
+def merge_lora(net: nn.Module) -> nn.Module:
+    "Fold LoRA adapters into the weights of `net`, leaving a plain transformers model (a no-op without adapters)."
+    for m in net.modules():
+        if isinstance(m, HFClassifier) and hasattr(m.model, "merge_and_unload"): m.model = m.model.merge_and_unload()
+    return net
+
 # %% ../nbs/02_models.ipynb #c72176f2
 class TaskModule(L.LightningModule):
     "Loss, optimizer, schedule and metrics around a network `net`."
     def __init__(self, net: nn.Module, task="classification", num_outputs=2, lr=1e-3, weight_decay=0.0,
-                 optimizer="adamw", scheduler="cosine", max_epochs=10, target_mean=0.0, target_std=1.0):
+                 optimizer="adamw", scheduler="cosine", max_epochs=10, target_mean=0.0, target_std=1.0, warmup=0.0):
         super().__init__()
         self.net = net
         self.save_hyperparameters(ignore=["net"])
@@ -451,6 +570,9 @@ class TaskModule(L.LightningModule):
         if task == "classification":
             mk = lambda: tm.MetricCollection({"acc": tm.classification.MulticlassAccuracy(num_outputs, average="micro"),
                                               "f1": tm.classification.MulticlassF1Score(num_outputs, average="macro")})
+        elif task == "multilabel":
+            mk = lambda: tm.MetricCollection({"acc": tm.classification.MultilabelAccuracy(num_outputs, average="micro"),
+                                              "f1": tm.classification.MultilabelF1Score(num_outputs, average="macro")})
         else:
             mk = lambda: tm.MetricCollection({"mse": tm.MeanSquaredError(), "mae": tm.MeanAbsoluteError(), "r2": tm.R2Score()})
         self.val_metrics = mk().clone(prefix="val_")
@@ -465,6 +587,9 @@ class TaskModule(L.LightningModule):
 
     chunked, step_size, after_step = False, None, None  # training in chunks of batches: see above
     _direct_steps = False  # set at the start of a chunked fit: see `plain_lightning_step`
+
+    @property
+    def _per_step_schedule(self) -> bool: return bool(self.hparams.get("warmup")) or self.hparams.scheduler == "linear"
 
     @property
     def automatic_optimization(self) -> bool: return not self.chunked  # in chunks, the module steps the optimizer itself
@@ -483,21 +608,43 @@ def train(self: TaskModule, mode: bool = True):
 # %% ../nbs/02_models.ipynb #e18b8764
 @patch
 def _loss(self: TaskModule, out, y):
-    "Cross-entropy for classification, mean squared error (of standardized targets) for regression."
+    "Cross-entropy for classification, binary cross-entropy per class for multilabel, mean squared error (of standardized targets) for regression."
     if self.hparams.task == "classification": return nn.functional.cross_entropy(out, y)
+    if self.hparams.task == "multilabel": return nn.functional.binary_cross_entropy_with_logits(out, y.to(out.dtype))
     return nn.functional.mse_loss(out.reshape(-1), y)
 
 # %% ../nbs/02_models.ipynb #7e34b2bb
 @patch
 def configure_optimizers(self: TaskModule):
-    "AdamW (or SGD with momentum 0.9), and a cosine learning rate over `max_epochs` unless `scheduler='constant'`."
+    """AdamW (or SGD with momentum 0.9), and a cosine learning rate over `max_epochs`
+    unless `scheduler='constant'`; with `warmup` (a share of the steps) or `scheduler='linear'`, a schedule per step."""
     hp = self.hparams
     if hp.optimizer == "adamw": opt = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
     elif hp.optimizer == "sgd": opt = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
     else: raise AimassError(f"Unknown optimizer {hp.optimizer!r}: use 'adamw' or 'sgd'.")
+    if hp.scheduler not in (None, "none", "constant", "cosine", "linear"):
+        raise AimassError(f"Unknown scheduler {hp.scheduler!r}: use 'cosine', 'linear' or 'constant'.")
+    if hp.get("warmup") or hp.scheduler == "linear": return {"optimizer": opt, "lr_scheduler": self._step_schedule(opt)}
     if hp.scheduler in (None, "none", "constant"): return opt
-    if hp.scheduler != "cosine": raise AimassError(f"Unknown scheduler {hp.scheduler!r}: use 'cosine' or 'constant'.")
     return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, hp.max_epochs))}
+
+# %% ../nbs/02_models.ipynb #a27f92a1
+def _warmup_decay(step: int, total: int, warm: int, shape: str) -> float:
+    "The learning-rate factor at optimizer step `step` of `total`: linear warm-up over `warm` steps, then cosine, linear or constant decay."
+    if step < warm: return (step + 1) / (warm + 1)
+    if shape in (None, "none", "constant"): return 1.0
+    t = min(1.0, (step - warm) / max(1, total - warm))
+    return 0.5*(1 + math.cos(math.pi*t)) if shape == "cosine" else 1.0 - t
+
+# %% ../nbs/02_models.ipynb #227cec30
+@patch
+def _step_schedule(self: TaskModule, opt) -> dict:
+    "A per-step `LambdaLR` with `_warmup_decay`, as Lightning's scheduler config."
+    hp, per_epoch = self.hparams, getattr(self, "steps_per_epoch", None)
+    total = max(1, per_epoch*hp.max_epochs if per_epoch else int(self.trainer.estimated_stepping_batches))
+    warm, shape = int(round(hp.get("warmup", 0.0)*total)), hp.scheduler
+    return {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(_warmup_decay, total=total, warm=warm, shape=shape)),
+            "interval": "step"}
 
 # %% ../nbs/02_models.ipynb #9e690332
 @patch
@@ -516,6 +663,7 @@ def training_step(self: TaskModule, batch, batch_idx):
         else:
             self.manual_backward(loss)
             opt.step()
+        if self._per_step_schedule: self.lr_schedulers().step()  # Lightning steps no schedule in manual optimization
         total = total + loss.detach().float()*len(yb)  # in float32 even when the step runs in half precision
         if self.after_step is not None: self.after_step(loss, len(yb))
     return total / len(y)
@@ -524,7 +672,7 @@ def training_step(self: TaskModule, batch, batch_idx):
 @patch
 def on_train_epoch_start(self: TaskModule):
     "In chunks: step the learning-rate schedule up to the current epoch."
-    sch = self.lr_schedulers() if self.chunked else None
+    sch = self.lr_schedulers() if self.chunked and not self._per_step_schedule else None
     if sch is not None:
         while sch.last_epoch < self.current_epoch: sch.step()
 
@@ -537,6 +685,7 @@ def _val_batch(self: TaskModule, x, y):
     if self.hparams.task == "regression":
         s, m = self.hparams.target_std, self.hparams.target_mean
         out, y = out.reshape(-1)*s + m, y*s + m
+    elif self.hparams.task == "multilabel": y = y.long()
     self.val_metrics.update(out, y)
     return loss
 
@@ -620,13 +769,14 @@ def on_train_start(self: TaskModule):
 
 # %% ../nbs/02_models.ipynb #800ab2de
 class Predictor(nn.Module):
-    "Network + output head: probabilities for classification, values in the target's units for regression."
+    "Network + output head: probabilities for classification (per class for multilabel), values in the target's units for regression."
     def __init__(self, net: nn.Module, task: str, target_mean=0.0, target_std=1.0):
         super().__init__()
         self.net, self.task, self.target_mean, self.target_std = net, task, float(target_mean), float(target_std)
     def forward(self, x):
         out = self.net(x)
         if self.task == "classification": return torch.softmax(out, dim=-1)
+        if self.task == "multilabel": return torch.sigmoid(out)  # each class on its own
         return out.reshape(-1) * self.target_std + self.target_mean
 
 # %% ../nbs/02_models.ipynb #d7b144d6

@@ -144,7 +144,7 @@ class BenchInfo(ResultRecord):
 @dataclass
 class ModelCard(Record):
     "Everything needed to use a registered version again: its `model.json`."
-    task: str  # classification or regression
+    task: str  # classification, multilabel (a set of labels per row) or regression
     spec: dict = field(default_factory=dict)  # how to rebuild the network (aimass.models.model_from_spec)
     preprocessor: dict = field(default_factory=dict)  # raw rows -> model inputs (aimass.data.Preprocessor)
     input_shape: list = field(default_factory=list)  # one preprocessed row
@@ -169,8 +169,8 @@ class ModelCard(Record):
         for name, cls in (("target", TargetInfo), ("export", ExportInfo), ("bench", BenchInfo)):
             v = getattr(self, name)
             if isinstance(v, dict): setattr(self, name, _from_dict(cls, v))
-        if self.task not in ("classification", "regression"):
-            raise AimassError(f"A model card's task must be 'classification' or 'regression', not {self.task!r}.")
+        if self.task not in ("classification", "regression", "multilabel"):
+            raise AimassError(f"A model card's task must be 'classification', 'multilabel' or 'regression', not {self.task!r}.")
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelCard:
@@ -266,6 +266,8 @@ def _network(card: ModelCard) -> str:
     what = (f"template {sp['template']}" if "template" in sp else f"class {sp['class']}" if "class" in sp else
             f"pretrained {arch} ({pre.get('library')}, from {pre.get('source')}), new head" if pre else (card.model or "unknown"))
     if "pixels" in sp: what = f"PixelInput (uint8 pixels in), then {what}"
+    if "tokens" in sp: what = f"TokenInput (int64 tokens: {', '.join(sp['tokens']['inputs'])}), then {what}"
+    if sp.get("lora"): what += f", LoRA r={sp['lora']['r']} alpha={sp['lora']['alpha']} merged into the weights"
     return what + (f" ({kw})" if kw else "") + (", its source stored in the card" if sp.get("source") else "")
 
 # %% ../nbs/03_registry.ipynb #b9d7fe72
@@ -275,6 +277,7 @@ def _predicts(card: ModelCard) -> str:
         cls = [str(c) for c in card.classes or []]
         if not cls: return "classification"
         return f"classification into {len(cls)} classes: {', '.join(cls[:12])}{', ...' if len(cls) > 12 else ''}"
+    if card.task == "multilabel": return f"multi-label: any of {len(card.classes or [])} labels: {', '.join(map(str, (card.classes or [])[:12]))}"
     return f"regression of {card.target.name or 'the target'}"
 
 def _metrics_text(card: ModelCard) -> str:
@@ -829,12 +832,13 @@ class LoadedModel:
         return batched_outputs(self.predictor, self.preprocessor.transform(X), batch_size)
 
     def predict_proba(self, X) -> np.ndarray:
-        if self.task != "classification": raise AimassError(f"{self.ref} is a regression model: use predict().")
+        if self.task == "regression": raise AimassError(f"{self.ref} is a regression model: use predict().")
         return self.outputs(X)
 
     def predict(self, X) -> np.ndarray:
-        "Class names (classification) or values (regression) for raw inputs `X`."
+        "Class names (classification), lists of labels with probability 0.5 or more (multilabel), or values (regression) for raw inputs `X`."
         out = self.outputs(X)
+        if self.task == "multilabel": return np.array([[c for c, p in zip(self.classes, row) if p >= 0.5] for row in out] + [None], dtype=object)[:-1]
         return np.asarray(self.classes, dtype=object)[out.argmax(-1)] if self.task == "classification" else out
 
     def __repr__(self): return f"LoadedModel({self.ref}, {self.task}, input {self.preprocessor.schema['kind']})"

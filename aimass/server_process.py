@@ -20,18 +20,19 @@ import litserve as ls
 from fastapi import HTTPException
 from fastapi.responses import Response
 from .core import AimassError, pid_alive
-from .launcher import ServedModel, ServerConfig, _takes_images, live_states, read_stats, server_info
+from .launcher import MAX_TEXT_CHARS, ServedModel, ServerConfig, _takes_images, live_states, read_stats, server_info
 from .litserve_compat import (DEADLINE, FastLitServer, GuardedHTTPProtocol, SupervisedLitServer, cache_hook_signatures,
                                     check_litserve, drop_gzip, http_processes, ignore_litserve_api_key)
 from .registry import ModelCard
 
 # %% ../nbs/10_server_process.ipynb #81c91bad
-Row = Union[list, dict]
+Row = Union[list, dict, str, int, float, bool, None]  # texts are strings; what each row must be is the model's to check (400)
 
 class PredictRequest(BaseModel):
     "Body of `POST /predict`."
     instances: list[Row] = Field(min_length=1, description="Rows in the model's raw input schema (see GET /info); for an image "
-                                 'model, one image per row: {"image": {"b64": "<base64 of the file>"}} or {"b64": "..."}.')
+                                 'model, one image per row: {"image": {"b64": "<base64 of the file>"}} or {"b64": "..."}; for a '
+                                 'text model, one text per row: "..." or {"text": "..."} (pairs: {"text": "...", "text_pair": "..."} or ["...", "..."]).')
 
 # %% ../nbs/10_server_process.ipynb #cac6bb78
 class PredictResponse(BaseModel):
@@ -83,6 +84,17 @@ def _image_instances(instances: list) -> list:
     return instances
 
 # %% ../nbs/10_server_process.ipynb #93e95598
+def _text_instances(instances: list) -> list:
+    "A text model's JSON rows, each text at most `MAX_TEXT_CHARS` characters long (413 otherwise)."
+    for i, r in enumerate(instances):
+        texts = r.values() if isinstance(r, dict) else r if isinstance(r, list) else [r]
+        longest = max((len(t) for t in texts if isinstance(t, str)), default=0)
+        if longest > MAX_TEXT_CHARS:
+            raise Refusal(413, f"Row {i} holds a text of {longest:,} characters, over the cap of {MAX_TEXT_CHARS:,} characters per "
+                               "text: the model reads only its first max_length tokens anyway, so send the start of it.")
+    return instances
+
+# %% ../nbs/10_server_process.ipynb #26f2f7b3
 def _instances(request, content_type: str, runner) -> list:
     "The rows of one request: a raw `image/*` body is one image; JSON is parsed (a `Refusal` when it is not rows)."
     media, image = content_type.split(";")[0].strip().lower(), runner.pre.kind == "image"
@@ -91,7 +103,8 @@ def _instances(request, content_type: str, runner) -> list:
         if not request: raise Refusal(400, "The request body is empty: send the image file's bytes as the body.")
         return [bytes(request)]
     if isinstance(request, (bytes, bytearray)): request = _parse(request)
-    return _image_instances(request.instances) if image else request.instances
+    if image: return _image_instances(request.instances)
+    return _text_instances(request.instances) if runner.pre.kind == "text" else request.instances
 
 # %% ../nbs/10_server_process.ipynb #2321d83f
 def _status(e: Exception) -> int:
@@ -161,7 +174,7 @@ def predict(self: ModelAPI, x):
         runner, j = items[todo[i]][0], i
         while j < len(todo) and items[todo[j]][0] is runner: j += 1
         rows = [items[k][1] for k in todo[i:j]]
-        y = runner.model(rows[0] if len(rows) == 1 else np.concatenate(rows))
+        y = runner.model(runner.concat(rows))  # texts: padded to the batch's longest text
         for k, part in zip(todo[i:j], np.split(y, np.cumsum([len(r) for r in rows])[:-1])): out[k] = (runner, part, items[k][2])
         i = j
     return out if isinstance(x, list) else out[0]

@@ -23,7 +23,8 @@ from .core import AimassError, aimass_home, atomic_write_bytes, atomic_write_jso
 from .data import BUILTIN_DATASETS, Dataset, Preprocessor, load_data, score, split
 from .models import (TEMPLATES, Predictor, TaskModule, batched_outputs, lightning_step_needs, load_weights,
                            model_from_spec, overridden_hooks, read_state_dict, resolve_model, is_pretrained,
-                           resolve_image_model, freeze, gradient_checkpointing, _config_size)
+                           resolve_image_model, freeze, gradient_checkpointing, _config_size, resolve_text_model,
+                           apply_lora, merge_lora, parse_lora, _hf_folder)
 from .registry import LoadedModel, ModelCard, Record, Registry, TargetInfo
 
 # %% auto #0
@@ -80,6 +81,15 @@ def file_loader(paths, y, processing, batch_size: int, shuffle: bool, seed: int 
     files = ImageFiles(paths, y, processing, train=augment, seed=seed, augment=augment)
     return torch.utils.data.DataLoader(files, sampler=EpochBatches(len(y), batch_size, shuffle, seed),
                                        batch_size=None, num_workers=workers, persistent_workers=persistent and workers > 0, pin_memory=pin)
+
+
+
+
+# %% ../nbs/04_training.ipynb #51abca0f
+def text_loader(batches, batch_size: int, shuffle: bool, seed: int = 0):
+    "A `DataLoader` over an `aimass.texts.TextBatches` in whole batches of similar length, each padded to its longest text."
+    from aimass.texts import LengthGroupedBatches
+    return torch.utils.data.DataLoader(batches, sampler=LengthGroupedBatches(batches.lengths, batch_size, shuffle=shuffle, seed=seed), batch_size=None)
 
 # %% ../nbs/04_training.ipynb #58e5c9e5
 @contextlib.contextmanager
@@ -469,7 +479,7 @@ def _use_loop(loop: LoopChoice, p, trainer, cb: AimassCallback, loaders, batch_s
         p.module.chunked, p.module.step_size = True, batch_size
         loaders[0].sampler.chunk = loop.batches_per_step
     if loop.validation == "one pass":
-        if p.images: cb.val_loader, loaders = loaders[1], loaders[:1]
+        if p.images or p.texts: cb.val_loader, loaders = loaders[1], loaders[:1]
         else: cb.val_tensors, cb.val_batch_size, loaders = p.tensors["val"], loaders[1].sampler.batch_size, loaders[:1]
     if loop.checkpoints == "background": trainer.strategy.checkpoint_io = BackgroundCheckpointIO()
     return loaders
@@ -492,7 +502,9 @@ class Run:
     duration_s: float = 0.0
     checkpoint: Path|None = None
     loop: LoopChoice|None = None       # how Lightning's loop ran, and why
-    misclassified: pd.DataFrame|None = None  # images: the validation files it got wrong (path, true, predicted, probability)
+    misclassified: pd.DataFrame|None = None  # images and texts: the validation rows it got wrong (path or text, true, predicted, probability)
+    per_class: pd.DataFrame|None = None  # classification: the test split's precision, recall, F1 and support per class
+    truncated: int = 0  # texts: how many were cut at max_length tokens (all splits)
 
     @property
     def ref(self): return self.version.ref if self.version is not None else None
@@ -523,23 +535,40 @@ def plot_confusion(self: Run, ax=None):
 
 # %% ../nbs/04_training.ipynb #08c45ad0
 @patch
-def misclassified_html(self: Run, n: int = 24,  # at most this many images, the most confident mistakes first
-                       size: int = 64) -> str:  # thumbnail side in pixels
-    "A grid of misclassified validation images (thumbnail, true and predicted class, probability), as static HTML with base64 PNGs."
+def misclassified_html(self: Run, n: int = 24,  # at most this many examples, the most confident mistakes first
+                       size: int = 64) -> str:  # thumbnail side in pixels (images), snippet width in characters x 4 (texts)
+    "Misclassified validation examples (an image's thumbnail or a text's snippet, true and predicted class, probability), as static HTML."
+    import html
+    if self.misclassified is None or not len(self.misclassified): return ""
+    images = "path" in self.misclassified
+    cells = [c for r in self.misclassified.head(n).itertuples() if (c := (_thumbnail_cell(r, size) if images else _snippet_cell(r, size))) is not None]
+    what = "images" if images else "texts"
+    return (f'<div><small>misclassified validation {what}: {len(self.misclassified)} (true &rarr; <b>predicted</b>, probability; '
+            f'most confident first)</small><div style="display:flex;flex-wrap:wrap;gap:6px">{"".join(cells)}</div></div>')
+
+# %% ../nbs/04_training.ipynb #86489328
+def _caption(r) -> str:
+    import html
+    return f'{html.escape(str(r.true))} &rarr; <b>{html.escape(str(r.predicted))}</b> {r.probability:.2f}'
+
+# %% ../nbs/04_training.ipynb #2bd7f7ca
+def _thumbnail_cell(r, size: int) -> str|None:
+    "A misclassified image as a figure: its thumbnail (base64 PNG) over the caption; None for a file gone since training."
     import base64, io, html
     from aimass.images import open_image
-    if self.misclassified is None or not len(self.misclassified): return ""
-    cells = []
-    for r in self.misclassified.head(n).itertuples():
-        try: im = open_image(r.path); im.thumbnail((size, size))
-        except Exception: continue  # a file gone since training: left out of the grid
-        buf = io.BytesIO(); im.save(buf, format="PNG")
-        cells.append(f'<figure style="margin:0;width:{size + 16}px;text-align:center;font-size:0.72em" title="{html.escape(str(r.path))}">'
-                     f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" style="width:{size}px;height:{size}px;'
-                     f'object-fit:contain;image-rendering:pixelated"/><figcaption>{html.escape(str(r.true))} &rarr; '
-                     f'<b>{html.escape(str(r.predicted))}</b> {r.probability:.2f}</figcaption></figure>')
-    return (f'<div><small>misclassified validation images: {len(self.misclassified)} (true &rarr; <b>predicted</b>, probability; '
-            f'most confident first)</small><div style="display:flex;flex-wrap:wrap;gap:6px">{"".join(cells)}</div></div>')
+    try: im = open_image(r.path); im.thumbnail((size, size))
+    except Exception: return None
+    buf = io.BytesIO(); im.save(buf, format="PNG")
+    return (f'<figure style="margin:0;width:{size + 16}px;text-align:center;font-size:0.72em" title="{html.escape(str(r.path))}">'
+            f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" style="width:{size}px;height:{size}px;'
+            f'object-fit:contain;image-rendering:pixelated"/><figcaption>{_caption(r)}</figcaption></figure>')
+
+# %% ../nbs/04_training.ipynb #41ca93f4
+def _snippet_cell(r, size: int) -> str:
+    "A misclassified text as a figure: its snippet (the whole text on hover) over the caption."
+    import html
+    return (f'<figure style="margin:0;width:{size*4}px;font-size:0.72em;border:1px solid #ddd;padding:4px" title="{html.escape(str(r.text))}">'
+            f'<div>{html.escape(_snippet(r.text))}</div><figcaption>{_caption(r)}</figcaption></figure>')
 
 # %% ../nbs/04_training.ipynb #43a888b3
 @patch
@@ -560,9 +589,11 @@ def _repr_html_(self: Run):
             ax.figure.tight_layout(); ax.figure.savefig(buf, format="png"); plt.close(ax.figure)
         img = f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"/>'
     loop = "" if self.loop is None else f"<br><small>loop: {html.escape(str(self.loop))}</small>"
+    if self.truncated: loop += f"<br><small>{self.truncated} texts were longer than max_length and truncated</small>"
+    per_class = "" if self.per_class is None else f"<details><summary><small>per class (test split)</small></summary>{self.per_class.to_html()}</details>"
     head = (f"<b>{self.ref or self.name}</b>: {self.status}, {len(self.history)} epochs in {self.duration_s:.1f} s"
             f"<br><small>run folder: {self.run_dir}</small>{loop}")
-    return f'<div>{head}<div style="display:flex;gap:24px;align-items:center">{self.metrics_table().to_html()}{img}</div>{self.misclassified_html()}</div>'
+    return f'<div>{head}<div style="display:flex;gap:24px;align-items:center">{self.metrics_table().to_html()}{img}</div>{per_class}{self.misclassified_html()}</div>'
 
 # %% ../nbs/04_training.ipynb #0ac60d89
 def _confusion(outputs, y, n) -> np.ndarray:
@@ -596,7 +627,7 @@ def _resume_checkpoint(resume, name: str) -> Path:
 # %% ../nbs/04_training.ipynb #76c7e1c6
 _FIXED_ON_RESUME = ("model", "data", "target", "task", "seed", "val_size", "test_size", "batch_size", "lr", "weight_decay",
                     "optimizer", "scheduler", "precision", "init_from", "image", "augment", "freeze", "unfreeze_after",
-                    "accumulate")  # the checkpoint depends on these
+                    "accumulate", "text", "max_length", "multi_label", "lora", "warmup")  # the checkpoint depends on these
 _FREE_ON_RESUME = ("epochs", "early_stopping", "batches_per_step", "deterministic", "gradient_checkpointing")  # these may change when a run resumes
 
 @dataclass
@@ -623,6 +654,11 @@ class RunSpec(Record):
     freeze: bool|None = None
     unfreeze_after: int|None = None
     accumulate: int|None = None
+    text: str|list|None = None
+    max_length: int|None = None
+    multi_label: bool|None = None
+    lora: str|dict|None = None
+    warmup: float|None = None
     epochs: int|None = None
     early_stopping: int|None = None
     batches_per_step: int|str|None = None
@@ -726,9 +762,14 @@ class Prepared:
     tensors: dict|None; target_mean: float; target_std: float; model_label: str
     processing: object = None  # image data: the model's ImageProcessing (tensors is None: the files stay on disk)
     augment: bool = False  # image data: random resized crops and flips in training
+    batches: dict|None = None  # text data: a `TextBatches` per split (tokenised once, padded per batch)
 
     @property
     def images(self) -> bool: return self.processing is not None
+    @property
+    def texts(self) -> bool: return self.batches is not None
+    @property
+    def truncated(self) -> int: return sum(getattr(b, "truncated", 0) for b in (self.batches or {}).values())
 
     @functools.cached_property
     def fingerprint(self) -> str: return self.ds.fingerprint()  # run.json, resume's check and the card: hashed once
@@ -756,10 +797,14 @@ def _default_name(model, data) -> str:
 
 # %% ../nbs/04_training.ipynb #9a7af56d
 def _is_images(ds) -> bool: return type(ds).__name__ == "ImageDataset"
+def _is_texts(ds) -> bool: return type(ds).__name__ == "TextDataset"
 
-def _load(data, target, task, image) -> Dataset:
-    "The data: image files for a folder, an `ImageDataset`, or a table with an image column (`image`); else `load_data`'s."
+def _load(data, target, task, image, text=None, multi_label=False) -> Dataset:
+    "The data: image files for a folder, an `ImageDataset`, or a table with an image column (`image`); texts (`text`); else `load_data`'s."
     if isinstance(data, Dataset): return data
+    if text is not None or multi_label:
+        from aimass.texts import load_texts
+        return load_texts(data, text=text, target=target, task=task, multi_label=multi_label)
     if image is not None or (isinstance(data, (str, Path)) and str(data) not in BUILTIN_DATASETS and Path(data).expanduser().is_dir()):
         from aimass.images import load_images
         ds = load_images(data, image=image, target=target, task=task)
@@ -806,33 +851,63 @@ def _image_model(model, ds, model_kwargs) -> tuple:
     return net, spec, Preprocessor.for_images(processing), processing
 
 # %% ../nbs/04_training.ipynb #8528006f
+def _text_model(model, ds, max_length: int, lora) -> tuple:
+    "`(net, spec, Preprocessor)` of a text model: from a resumed run's spec (its tokenizer from the model's folder again), or `resolve_text_model`."
+    from aimass.texts import TextTokenizer
+    if isinstance(model, dict): net, spec, folder = model_from_spec(model), model, _hf_folder(model["pretrained"]["source"])
+    else:
+        net, spec, folder = resolve_text_model(model, ds.classes if ds.task != "regression" else None, ds.task)
+        if lora: spec = {**spec, "lora": parse_lora(lora)}
+    if spec.get("lora"): apply_lora(net, spec["lora"])
+    inputs = spec["tokens"]["inputs"]
+    return net, spec, Preprocessor.for_texts(TextTokenizer.from_folder(folder, inputs=inputs), inputs, max_length, getattr(ds, "pair", False))
+
+# %% ../nbs/04_training.ipynb #dd137a39
+def _targets(y, task: str, tm: float = 0.0, ts: float = 1.0) -> np.ndarray:
+    "Targets as the loss takes them: class ids (int64), 0/1 per class (float32, multilabel), or standardized values (float32)."
+    if task == "classification": return np.asarray(y)
+    if task == "multilabel": return np.asarray(y, np.float32)
+    return ((np.asarray(y) - tm)/ts).astype(np.float32)
+
+# %% ../nbs/04_training.ipynb #fa9f40d8
+def _build(model, ds, sp, model_kwargs, max_length, lora) -> tuple:
+    "`(net, spec, Preprocessor, ImageProcessing or None)` for the data's kind: images, texts, or tables and arrays."
+    if _is_images(ds): return _image_model(model, ds, model_kwargs)
+    if _is_texts(ds): return (*_text_model(model, ds, max_length, lora), None)
+    if lora: raise AimassError("lora trains adapters on a pretrained text model (hf:): this data is not text.")
+    pre, n_out = Preprocessor.fit(sp.train), ds.num_classes if ds.task == "classification" else 1
+    if isinstance(model, dict): return model_from_spec(model, pre.input_shape, n_out), model, pre, None  # a resumed run's spec
+    return (*resolve_model(model, pre.input_shape, n_out, model_kwargs), pre, None)
+
+# %% ../nbs/04_training.ipynb #d3071b09
 def prepare(model, data, target=None, task=None, val_size=0.15, test_size=0.15, seed=0, model_kwargs=None,
             lr=1e-3, weight_decay=0.0, optimizer="adamw", scheduler="cosine", epochs=10, init_from=None,
-            image=None, augment=False, freeze=False, gradient_checkpointing=False) -> Prepared:
-    "Load and split `data`, fit the preprocessing, build the model (and its `TaskModule`), and make the tensors (not of images)."
-    ds = _load(data, target, task, image)
+            image=None, augment=False, freeze=False, gradient_checkpointing=False,
+            text=None, max_length=128, multi_label=False, lora=None, warmup=0.0) -> Prepared:
+    "Load and split `data`, fit the preprocessing, build the model (and its `TaskModule`), and make the tensors (texts: batches; not of images)."
+    ds = _load(data, target, task, image, text, multi_label)
     sp = split(ds, val_size, test_size, seed)
-    images = _is_images(ds)
+    images, texts = _is_images(ds), _is_texts(ds)
+    if lora and (freeze or init_from is not None): raise AimassError("lora trains adapters and the head on the pretrained weights: leave out freeze and init_from.")
     tm, ts = (float(sp.train.y.mean()), float(sp.train.y.std() or 1.0)) if ds.task == "regression" else (0.0, 1.0)
-    n_out = ds.num_classes if ds.task == "classification" else 1
+    n_out = 1 if ds.task == "regression" else ds.num_classes
     with torch.random.fork_rng():
-        torch.manual_seed(seed)  # the same seed gives the same initial weights
-        if images: net, spec, pre, processing = _image_model(model, ds, model_kwargs)
-        else:
-            pre, processing = Preprocessor.fit(sp.train), None
-            if isinstance(model, dict): net, spec = model_from_spec(model, pre.input_shape, n_out), model  # a resumed run's spec
-            else: net, spec = resolve_model(model, pre.input_shape, n_out, model_kwargs)
-    if init_from is not None: load_weights(net, _init_weights(init_from), new_head=images)
+        torch.manual_seed(seed)  # the same seed gives the same initial weights (and LoRA's adapters)
+        net, spec, pre, processing = _build(model, ds, sp, model_kwargs, max_length, lora)
+    if init_from is not None: load_weights(net, _init_weights(init_from), new_head=images or texts)
     _tune(net, images, freeze, gradient_checkpointing)
     if isinstance(net, L.LightningModule): module = net
     else: module = TaskModule(net, ds.task, n_out, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
-                              scheduler=scheduler, max_epochs=epochs, target_mean=tm, target_std=ts)
-    def tensors(part):
-        x = torch.from_numpy(pre.transform(part.X))
-        y = torch.from_numpy(part.y) if ds.task == "classification" else torch.from_numpy(((part.y - tm)/ts).astype(np.float32))
-        return x, y
-    data_tensors = None if images else {k: tensors(getattr(sp, k)) for k in ("train", "val", "test")}
-    return Prepared(ds, sp, pre, module, net, spec, data_tensors, tm, ts, _model_label(model), processing, bool(augment and images))
+                              scheduler=scheduler, max_epochs=epochs, target_mean=tm, target_std=ts, warmup=warmup)
+    parts = {k: getattr(sp, k) for k in ("train", "val", "test")}
+    if texts:
+        from aimass.texts import TextBatches
+        batches, data_tensors = {k: TextBatches(part.X, _targets(part.y, ds.task, tm, ts), pre) for k, part in parts.items()}, None
+    else:
+        batches = None
+        data_tensors = None if images else {k: (torch.from_numpy(pre.transform(part.X)), torch.from_numpy(_targets(part.y, ds.task, tm, ts)))
+                                            for k, part in parts.items()}
+    return Prepared(ds, sp, pre, module, net, spec, data_tensors, tm, ts, _model_label(model), processing, bool(augment and images), batches)
 
 # %% ../nbs/04_training.ipynb #c8a60245
 def _in_ipython():
@@ -859,6 +934,7 @@ def _progress(progress, devices):
 # %% ../nbs/04_training.ipynb #45159810
 def _row_bytes(p: Prepared) -> int:
     if p.images: return int(np.prod(p.pre.input_shape))  # uint8 pixels
+    if p.texts: return len(p.pre.state["inputs"]) * p.pre.state["max_length"] * 8  # int64 tokens, at most max_length
     return p.tensors["train"][0][:1].numel() * p.tensors["train"][0].element_size()
 
 # %% ../nbs/04_training.ipynb #6dff7dcc
@@ -869,6 +945,7 @@ def _loaders(p: Prepared, batch_size: int, seed: int) -> tuple:
         tr, va, pin = p.splits.train, p.splits.val, torch.cuda.is_available()
         return (file_loader(tr.X, tr.y, p.processing, batch_size, True, seed, p.augment, pin=pin),
                 file_loader(va.X, va.y, p.processing, min(eval_rows, 256), False, pin=pin))
+    if p.texts: return text_loader(p.batches["train"], batch_size, True, seed), text_loader(p.batches["val"], min(eval_rows, 64), False)
     tr, va = p.tensors["train"], p.tensors["val"]
     return make_loader(*tr, batch_size, True, seed), make_loader(*va, eval_rows, False)
 
@@ -928,7 +1005,8 @@ def _fit(p: Prepared, run_dir, ckpt_path, epochs, batch_size, seed, accelerator,
     trainer = _trainer(run_dir, [cb, ckpt, *extra, *own, *(callbacks or [])], max_epochs=epochs, accelerator=accelerator, devices=devices,
                        strategy=_devices_strategy(devices, strategy), precision=precision, deterministic=deterministic,
                        accumulate_grad_batches=accumulate)
-    loop, blamed = _choose_loop(p.module, trainer, callbacks or [], batches_per_step, batch_size*_row_bytes(p), 4 if p.images else 16)
+    if isinstance(p.module, TaskModule): p.module.steps_per_epoch = math.ceil(loaders[0].sampler.steps_per_epoch / accumulate)  # a per-step schedule's length
+    loop, blamed = _choose_loop(p.module, trainer, callbacks or [], batches_per_step, batch_size*_row_bytes(p), 4 if p.images or p.texts else 16)
     if blamed and trainer.is_global_zero: warnings.warn(_slower_note(blamed), stacklevel=3)
     status = _run_fit(trainer, p, _use_loop(loop, p, trainer, cb, loaders, batch_size), ckpt_path, stop, display, run_dir)
     if stop: status = stop.reason
@@ -948,25 +1026,78 @@ def _evaluate(p: Prepared, predictor) -> tuple:
     if p.images:
         out_v, out_t = (_file_outputs(predictor, getattr(p.splits, k), p.processing) for k in ("val", "test"))
         return out_v, out_t, {"x": np.asarray(p.splits.test.X, dtype=str), "y": p.splits.test.y}
+    if p.texts:  # held-out texts stay texts (pairs: (N, 2)): export and bench tokenise them as a server would
+        out_v, out_t = (_token_outputs(predictor, p.batches[k]) for k in ("val", "test"))
+        return out_v, out_t, {"x": np.array([list(x) if isinstance(x, tuple) else x for x in p.splits.test.X], dtype=str), "y": p.splits.test.y}
     xv, xt = p.tensors["val"][0].numpy(), p.tensors["test"][0].numpy()
     return batched_outputs(predictor, xv), batched_outputs(predictor, xt), {"x": xt, "y": p.splits.test.y}
 
 # %% ../nbs/04_training.ipynb #ce5ebba3
+def _token_outputs(predictor, batches, batch_size: int = 64) -> np.ndarray:
+    "The predictor's outputs for every text of a `TextBatches`, in batches of similar length (little padding), in the texts' order."
+    order, outs = np.argsort(batches.lengths, kind="stable"), []
+    with torch.inference_mode():
+        for i in range(0, len(order), batch_size): outs.append(predictor(batches[order[i:i + batch_size]][0]).float().numpy())
+    out = np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+    result = np.empty_like(out); result[order] = out
+    return result
+
+# %% ../nbs/04_training.ipynb #686ac840
+def _multilabel_score(outputs, y, threshold: float = 0.5) -> dict:
+    "Multi-label metrics at `threshold`: exact-match accuracy (every label right), macro and micro F1 over the labels."
+    pred, y = np.asarray(outputs) >= threshold, np.asarray(y).astype(bool)
+    tp, fp, fn = (pred & y).sum(0), (pred & ~y).sum(0), (~pred & y).sum(0)
+    f1 = [2*a/(2*a + b + c) for a, b, c in zip(tp, fp, fn) if a + b + c]
+    micro = 2*tp.sum()/max(1, 2*tp.sum() + fp.sum() + fn.sum())
+    return {"accuracy": float((pred == y).all(1).mean()), "f1": float(np.mean(f1)) if f1 else 0.0, "f1_micro": float(micro)}
+
+# %% ../nbs/04_training.ipynb #70cb7943
+def _per_class(p, outputs) -> pd.DataFrame|None:
+    "The test split's precision, recall, F1 and support per class (classification and multilabel)."
+    if p.ds.task not in ("classification", "multilabel"): return None
+    y, n = np.asarray(p.splits.test.y), p.ds.num_classes
+    pred = np.asarray(outputs) >= 0.5 if p.ds.task == "multilabel" else np.eye(n, dtype=bool)[np.asarray(outputs).argmax(-1)]
+    true = y.astype(bool) if p.ds.task == "multilabel" else np.eye(n, dtype=bool)[y]
+    tp, fp, fn = (pred & true).sum(0), (pred & ~true).sum(0), (~pred & true).sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        prec, rec = tp/(tp + fp), tp/(tp + fn)
+        f1 = 2*tp/(2*tp + fp + fn)
+    return pd.DataFrame({"precision": prec, "recall": rec, "f1": f1, "support": true.sum(0)}, index=pd.Index([str(c) for c in p.ds.classes], name="class")).round(4)
+
+# %% ../nbs/04_training.ipynb #e8963d0b
+def _snippet(text, n: int = 160) -> str:
+    "The first `n` characters of a text, cut at a word, with ... where it goes on."
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[:n].rsplit(" ", 1)[0] + " ..."
+
+# %% ../nbs/04_training.ipynb #324cfe63
+def _tokenizer_config(st: dict) -> dict:
+    "A text version's tokenizer_config.json: what `TextTokenizer.from_folder` and transformers' `AutoTokenizer` read beside tokenizer.json."
+    from aimass.texts import TextTokenizer
+    tok = TextTokenizer(st["tokenizer"], st["inputs"], st["pad_id"]).tokenizer
+    return {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": st["max_length"], "model_input_names": st["inputs"],
+            "pad_token": tok.id_to_token(st["pad_id"])}
+
+# %% ../nbs/04_training.ipynb #25a46de8
 def _top_k(outputs, y) -> dict:
     "Top-3 and top-5 accuracy, each where there are more classes than k."
     ranks = np.argsort(-np.asarray(outputs), axis=-1)
     return {f"top{k}_accuracy": float(np.mean((ranks[:, :k] == np.asarray(y)[:, None]).any(1))) for k in (3, 5) if ranks.shape[-1] > k}
 
 def _metrics(p: Prepared, outputs, y) -> dict:
-    "The split's metrics: `score`'s, and top-k accuracy for images."
+    "The split's metrics: `score`'s (multilabel: `_multilabel_score`), and top-k accuracy for images."
+    if p.ds.task == "multilabel": return _multilabel_score(outputs, y)
     return {**score(p.ds.task, outputs, y), **(_top_k(outputs, y) if p.images else {})}
 
 # %% ../nbs/04_training.ipynb #842e839d
-def _misclassified(p: Prepared, out_v) -> pd.DataFrame:
-    "The validation images the model got wrong, most confident first: path, true and predicted class, its probability."
+def _misclassified(p: Prepared, out_v) -> pd.DataFrame|None:
+    "The validation images or texts the model got wrong, most confident first: path (or text), true and predicted class, its probability."
+    if p.ds.task != "classification" or not (p.images or p.texts): return None
     pred, y, cls = out_v.argmax(-1), p.splits.val.y, np.asarray(p.ds.classes, dtype=object)
     w = np.flatnonzero(pred != y)
-    df = pd.DataFrame({"path": np.asarray(p.splits.val.X, dtype=object)[w], "true": cls[y[w]], "predicted": cls[pred[w]],
+    X = np.asarray(p.splits.val.X, dtype=object)[w]
+    if p.texts: X = np.array([" / ".join(x) if isinstance(x, tuple) else x for x in X], dtype=object)  # a pair as "a / b"
+    df = pd.DataFrame({"path" if p.images else "text": X, "true": cls[y[w]], "predicted": cls[pred[w]],
                        "probability": out_v[w, pred[w]].astype(float)})
     return df.sort_values("probability", ascending=False, ignore_index=True)
 
@@ -975,6 +1106,7 @@ def _data_section(p: Prepared, run_dir) -> dict:
     "The card's data: name, fingerprint, rows per split; for images the split file, the folder, and files skipped or ignored."
     d = {"name": p.ds.name, "fingerprint": p.fingerprint, "rows": {k: len(getattr(p.splits, k)) for k in ("train", "val", "test")}}
     if p.images: d.update(split=str(Path(run_dir)/"split.json"), root=p.ds.root, skipped=len(p.ds.skipped), ignored=p.ds.ignored)
+    if p.texts: d.update(text=p.ds.text, truncated=p.truncated, empty=len(p.ds.empty), max_length=p.pre.state["max_length"])
     return d
 
 # %% ../nbs/04_training.ipynb #94fbb197
@@ -985,10 +1117,15 @@ def _write_split(p: Prepared, run_dir):
                                                    "skipped": [list(x) for x in p.ds.skipped], "ignored": p.ds.ignored})
 
 # %% ../nbs/04_training.ipynb #e294b21b
-def _pretrained_files(spec: dict) -> dict:
-    "The files a pretrained model keeps beside its weights: transformers' config.json and preprocessor_config.json, timm's config.json."
+def _pretrained_files(spec: dict, preprocessor: Preprocessor|None = None) -> dict:
+    """The files a pretrained model keeps beside its weights: transformers' config.json and preprocessor_config.json
+    (a text model: its tokenizer.json and tokenizer_config.json), timm's config.json."""
     pre = spec.get("pretrained")
     if not pre: return {}
+    if preprocessor is not None and preprocessor.kind == "text":
+        st = preprocessor.state
+        return {"config.json": json.dumps(pre["config"], indent=2, default=str), "tokenizer.json": st["tokenizer"],
+                "tokenizer_config.json": json.dumps(_tokenizer_config(st), indent=2)}
     if pre.get("library") == "timm":
         return {"config.json": json.dumps({"architecture": pre["name"], "num_classes": pre["num_classes"], "pretrained_cfg": pre["pretrained_cfg"]}, indent=2)}
     return {"config.json": json.dumps(pre["config"], indent=2, default=str),
@@ -1004,7 +1141,7 @@ def _finish(p: Prepared, name, run_dir, status, ckpt, trainer, loop, t0, hparams
     best = Path(ckpt.best_model_path) if ckpt.best_model_path else run_dir/"checkpoints"/"last.ckpt"
     if ckpt.best_step != trainer.global_step:  # else the module already holds the best weights: no step was taken since
         p.module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
-    net = (p.module.net if isinstance(p.module, TaskModule) else p.module).cpu().float().eval()
+    net = merge_lora(p.module.net if isinstance(p.module, TaskModule) else p.module).cpu().float().eval()  # LoRA adapters folded in: a plain model
     predictor = Predictor(net, p.ds.task, p.target_mean, p.target_std).eval()
     out_v, out_t, heldout = _evaluate(p, predictor)
     val_m, test_m = _metrics(p, out_v, p.splits.val.y), _metrics(p, out_t, p.splits.test.y)
@@ -1018,16 +1155,16 @@ def _finish(p: Prepared, name, run_dir, status, ckpt, trainer, loop, t0, hparams
                      run={"dir": str(run_dir), "checkpoint": str(best), "epochs": len(history), "duration_s": round(duration, 2)})
     buf = io.BytesIO(); np.savez(buf, **heldout)
     mv = Registry().save(name, card, net.state_dict(), files={"heldout.npz": buf.getvalue(), "history.json": history.to_json(orient="records"),
-                                                             **_pretrained_files(p.spec)})
+                                                             **_pretrained_files(p.spec, p.pre)})
     mv.card = ModelCard.read(mv.path)  # as loading it gives it: a classification's card stores no target mean and std
     cm = _confusion(out_t, p.splits.test.y, p.ds.num_classes) if p.ds.task == "classification" else None
     return Run(name, run_dir, status, history, test_m, val_m, mv, LoadedModel(mv, net, p.pre), p.ds.task,
-               p.ds.classes, cm, duration, best, loop, _misclassified(p, out_v) if p.images else None)
+               p.ds.classes, cm, duration, best, loop, _misclassified(p, out_v), _per_class(p, out_t), p.truncated)
 
 # %% ../nbs/04_training.ipynb #b4eb4a34
 _HPARAMS = ("epochs", "lr", "batch_size", "seed", "optimizer", "weight_decay", "scheduler", "val_size", "test_size",
             "precision", "early_stopping", "devices", "batches_per_step", "image", "augment", "freeze", "unfreeze_after",
-            "accumulate", "gradient_checkpointing")  # what the card records of train's arguments
+            "accumulate", "gradient_checkpointing", "text", "max_length", "multi_label", "lora", "warmup")  # what the card records of train's arguments
 _FIT_ARGS = ("epochs", "batch_size", "seed", "accelerator", "devices", "strategy", "precision", "deterministic", "early_stopping",
              "progress", "callbacks", "batches_per_step", "accumulate", "unfreeze_after")  # what `_fit` takes of them
 
@@ -1076,14 +1213,15 @@ def train(model: str|type|nn.Module = "mlp",  # a template (mlp, cnn, linear), a
           data: str|Path|pd.DataFrame|tuple|Dataset = "digits",  # a built-in dataset, a CSV/TSV/Parquet file, a DataFrame, (X, y), or a folder of images
           *,
           target: str|None = None,  # the column to predict (files and DataFrames)
-          task: Literal["classification", "regression"]|None = None,  # classification or regression (default: read from the target)
+          task: Literal["classification", "regression", "multilabel"]|None = None,  # classification, regression or multilabel (default: read from the target)
           epochs: int = 10,  # passes over the training split
           lr: float = 1e-3,  # learning rate
           batch_size: int = 32,  # rows per optimizer step
           seed: int = 0,  # seeds the split, the initial weights and the order of batches
           optimizer: Literal["adamw", "sgd"] = "adamw",  # AdamW, or SGD with momentum 0.9
           weight_decay: float = 0.0,  # weight decay (decoupled for adamw)
-          scheduler: Literal["cosine", "constant"] = "cosine",  # cosine: the learning rate decays to 0 over the epochs
+          scheduler: Literal["cosine", "linear", "constant"] = "cosine",  # cosine or linear: the learning rate decays to 0 over the run
+          warmup: float = 0.0,  # share of the optimizer steps over which the learning rate rises from 0 (then decays per step)
           val_size: float = 0.15,  # share of rows for validation (checkpoints and early stopping)
           test_size: float = 0.15,  # share of rows held out for the test metrics
           accelerator: str = "auto",  # Lightning accelerator: auto, cpu, gpu, mps, ...
@@ -1098,6 +1236,10 @@ def train(model: str|type|nn.Module = "mlp",  # a template (mlp, cnn, linear), a
           init_from: str|None = None,  # start from a registered version's weights (a ref), or a weights file (.safetensors, weights-only .pt)
           image: str|None = None,  # the column of image file paths in a CSV/Parquet/DataFrame (a folder of class folders needs none)
           augment: bool = False,  # images: random resized crops and flips in training
+          text: str|list|None = None,  # the text column (or several, joined) of a CSV/TSV/Parquet/JSONL file or DataFrame: a text model (hf:)
+          max_length: int = 128,  # texts: tokens kept of each text; longer ones are truncated (the Run counts them)
+          multi_label: bool = False,  # texts: each target is a set of labels (a list, or "a|b"), sigmoid outputs
+          lora: str|None = None,  # texts: LoRA adapters, r=8,alpha=16 (needs peft: aimass[lora]); merged into the saved weights
           freeze: bool = False,  # train only the head of a pretrained (or init_from) model
           unfreeze_after: int|None = None,  # with freeze: train every layer from this epoch on
           accumulate: int = 1,  # batches whose gradients add up to one optimizer step

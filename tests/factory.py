@@ -161,3 +161,88 @@ QUIRKY_SOURCE = textwrap.dedent('''
 ''')
 QUIRKY_SPEC = {"class": "aimass_user_model:Quirky", "kwargs": {"in_features": 64, "num_outputs": 10}, "lightning": False,
                "source": QUIRKY_SOURCE}
+
+
+_TEXT_TOPICS = {  # label -> scikit-learn dataset descriptions (real English, shipped offline) its sentences come from
+    "faces": ("lfw", "olivetti_faces"),
+    "plants": ("iris", "species_distributions", "covtype"),
+    "medicine": ("breast_cancer", "diabetes"),
+}
+
+
+def _descr_words(names) -> list:
+    "The words of scikit-learn's dataset descriptions `names` (reStructuredText markup left out)."
+    import re
+    from sklearn.datasets import descr
+    text = " ".join((Path(descr.__file__).parent/f"{n}.rst").read_text() for n in names)
+    return re.findall(r"[A-Za-z][A-Za-z'\-]+|\d+", re.sub(r"\.\. _[^:]*:|\*\*|``|:[a-z]+:", " ", text))
+
+
+def text_frame(n=60,          # rows
+               seed=0,        # which word windows are picked
+               classes=None,  # labels, from "faces", "plants", "medicine" (default: all three)
+               ):
+    """A small labelled text DataFrame with real words: each `text` is a window of 4-20 consecutive words of the
+    scikit-learn dataset descriptions of its topic (`label`). Also `title` (the first 3 words), `score` (the text's word
+    count / 10, a regression target) and `tags` (a "|"-joined multi-label target: the label, and "long" for texts of 12
+    words or more)."""
+    import pandas as pd
+    rng, classes = np.random.default_rng(seed), list(classes or _TEXT_TOPICS)
+    words = {c: _descr_words(_TEXT_TOPICS[c]) for c in classes}
+    rows = []
+    for i in range(n):
+        c = classes[i % len(classes)]
+        k = int(rng.integers(4, 21)); start = int(rng.integers(0, len(words[c]) - k))
+        w = words[c][start:start + k]
+        rows.append({"text": " ".join(w), "title": " ".join(w[:3]), "label": c, "score": k / 10,
+                     "tags": "|".join([c] + (["long"] if k >= 12 else []))})
+    return pd.DataFrame(rows)
+
+
+def _train_wordpiece(texts, vocab_size=400):
+    "A BERT-style WordPiece tokenizer (lower-cased, [CLS] a [SEP] b [SEP] with token types) trained on `texts`."
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers, decoders
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    return tok
+
+
+def make_tiny_hf_text(folder,           # where to save it (made if missing)
+                      arch="bert",      # bert (with token_type_ids) or distilbert (without)
+                      num_labels=2,     # the size of its own head (train replaces it)
+                      seed=0,           # torch seed for its random weights
+                      max_position=128, # the longest sequence it takes
+                      ):
+    """A tiny real-architecture Hugging Face sequence classifier with random weights and a WordPiece tokenizer trained
+    on real text (scikit-learn's dataset descriptions), both saved with `save_pretrained`: what `hf:FOLDER` loads, with
+    nothing downloaded. Returns `folder`."""
+    import torch, transformers
+    from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerFast
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    tok = _train_wordpiece([" ".join(_descr_words([n])) for t in _TEXT_TOPICS.values() for n in t] +
+                           list(text_frame(200, seed=1)["text"]))
+    if arch == "bert":
+        config = transformers.BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, intermediate_size=37, max_position_embeddings=max_position,
+                                         num_labels=num_labels)
+        inputs = ["input_ids", "token_type_ids", "attention_mask"]
+    elif arch == "distilbert":
+        config = transformers.DistilBertConfig(vocab_size=tok.get_vocab_size(), dim=32, n_layers=2, n_heads=2, hidden_dim=37,
+                                               max_position_embeddings=max_position, num_labels=num_labels)
+        inputs = ["input_ids", "attention_mask"]
+    else: raise ValueError(f"arch is bert or distilbert, not {arch!r}")
+    config.pad_token_id = tok.token_to_id("[PAD]")
+    torch.manual_seed(seed)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=max_position,
+                                   model_input_names=inputs)
+    fast.save_pretrained(folder)
+    return folder
