@@ -89,6 +89,7 @@ def test_cnn_template_on_a_folder_with_topk_misclassified_and_html(home):
     assert r.version.card.spec["template"] == "cnn" and "pixels" in r.version.card.spec
 
 
+@pytest.mark.slow
 def test_accumulate_2_runs_in_lightnings_loop(home):
     r = train("cnn", home["images"], epochs=1, batch_size=4, accumulate=2, progress=False, name="acc")
     assert r.status == "completed" and r.loop.batches_per_step == 1 and r.loop.reasons[0].startswith("accumulate=2")
