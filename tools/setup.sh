@@ -7,11 +7,13 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 stamp=.venv/.aimass-installed
 # The pytest settings (markers, options) change no install: they are left out of the stamp.
-want=$(awk '/^\[/ {skip = ($0 == "[tool.pytest.ini_options]")} !skip' pyproject.toml | sha256sum | cut -d' ' -f1)
+# The extras the tests and notebooks need: dev tools, and peft for the LoRA examples (optional for users: aimass[lora]).
+extras="dev,lora"
+want=$( (echo "$extras"; awk '/^\[/ {skip = ($0 == "[tool.pytest.ini_options]")} !skip' pyproject.toml) | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   # torch first and pinned: this takes the CPU wheel where one is provided; an unpinned torch pulls GBs of CUDA packages.
   .venv/bin/python -m pip install -q "torch==2.13.0"
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  .venv/bin/python -m pip install -q -e ".[$extras]"
   echo "$want" > "$stamp"
 fi
