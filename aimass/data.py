@@ -257,11 +257,6 @@ class Preprocessor:
             return cls({"kind": "tensor", "shape": list(ds.X.shape[1:]), "mean": float(X.mean()), "std": float(X.std() or 1.0)})
         return cls({"kind": "tabular", "columns": [_fit_column(c, ds.X[c]) for c in ds.X.columns]})
 
-    @classmethod
-    def for_images(cls, processing) -> Preprocessor:
-        "Image rows -> uint8 pixels `(N, H, W, 3)`, by an `aimass.images.ImageProcessing`."
-        return cls({"kind": "image", "processing": processing.to_dict()})
-
     @property
     def kind(self): return self.state["kind"]
     @property
@@ -279,26 +274,36 @@ class Preprocessor:
     def raw_width(self) -> int:
         "Number of raw values in one row."
         return int(np.prod(self.state["shape"])) if self.kind == "tensor" else 1 if self.kind in ("image", "text") else len(self.state["columns"])
-    @property
-    def processing(self):
-        "The `aimass.images.ImageProcessing` of an image preprocessor."
-        from aimass.images import ImageProcessing
-        return ImageProcessing.from_dict(self.state["processing"])
-
-
     def to_dict(self): return self.state
     @classmethod
     def from_dict(cls, d): return cls(d)
-    def __repr__(self):
-        if self.kind == "tensor": return f"Preprocessor(tensor {tuple(self.state['shape'])}, mean={self.state['mean']:.3g}, std={self.state['std']:.3g})"
-        if self.kind == "image":
-            p = self.processing
-            return f"Preprocessor(image -> {'x'.join(map(str, p.output_shape))} uint8 pixels, resize {p.size}, crop {p.crop}, {p.source})"
-        if self.kind == "text":
-            st = self.state
-            return f"Preprocessor(text{' pairs' if st['pair'] else ''} -> int64 tokens ({', '.join(st['inputs'])}), at most {st['max_length']} long)"
-        n = sum(c['kind'] == 'number' for c in self.state['columns'])
-        return f"Preprocessor(tabular: {n} numeric, {len(self.state['columns'])-n} categorical columns -> {self.input_shape[0]} features)"
+
+
+# %% ../nbs/01_data.ipynb #pre-for-images
+@patch(cls_method=True)
+def for_images(cls: Preprocessor, processing) -> Preprocessor:
+    "Image rows -> uint8 pixels `(N, H, W, 3)`, by an `aimass.images.ImageProcessing`."
+    return cls({"kind": "image", "processing": processing.to_dict()})
+
+# %% ../nbs/01_data.ipynb #pre-processing
+@patch(as_prop=True)
+def processing(self: Preprocessor):
+    "The `aimass.images.ImageProcessing` of an image preprocessor."
+    from aimass.images import ImageProcessing
+    return ImageProcessing.from_dict(self.state["processing"])
+
+# %% ../nbs/01_data.ipynb #pre-repr
+@patch
+def __repr__(self: Preprocessor):
+    if self.kind == "tensor": return f"Preprocessor(tensor {tuple(self.state['shape'])}, mean={self.state['mean']:.3g}, std={self.state['std']:.3g})"
+    if self.kind == "image":
+        p = self.processing
+        return f"Preprocessor(image -> {'x'.join(map(str, p.output_shape))} uint8 pixels, resize {p.size}, crop {p.crop}, {p.source})"
+    if self.kind == "text":
+        st = self.state
+        return f"Preprocessor(text{' pairs' if st['pair'] else ''} -> int64 tokens ({', '.join(st['inputs'])}), at most {st['max_length']} long)"
+    n = sum(c['kind'] == 'number' for c in self.state['columns'])
+    return f"Preprocessor(tabular: {n} numeric, {len(self.state['columns'])-n} categorical columns -> {self.input_shape[0]} features)"
 
 # %% ../nbs/01_data.ipynb #588e457b
 @patch(cls_method=True)

@@ -14,6 +14,7 @@ import numpy as np
 from fastcore.basics import patch
 from .core import AimassError, atomic_write_json
 from .data import UnseenCategories, UnseenCategoryWarning
+from . import registry
 from .registry import ModelCard
 
 # %% auto #0
@@ -966,6 +967,19 @@ def _skipped(frame, key: list) -> list:
     names = frame[key[0]].to_numpy() if key else np.arange(len(frame))
     return [(names[i].item() if isinstance(names[i], np.generic) else names[i], errors.iloc[i]) for i in bad]
 
+# %% ../nbs/07_inference.ipynb #pred-check-bs
+def _checked_batch_size(batch_size) -> int:
+    "`batch_size` as an int, or an error: it must be a whole number of rows, at least 1."
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise AimassError(f"batch_size must be a whole number of rows, at least 1, not {batch_size!r}.")
+    return int(batch_size)
+
+# %% ../nbs/07_inference.ipynb #pred-warn-skipped
+def _warn_skipped(skipped: list, rows: int):
+    "Warn that the images in `skipped` (`(path, why)`) could not be read, naming the first."
+    warnings.warn(f"{len(skipped):,} of {rows:,} images could not be read and were skipped (their rows have no prediction "
+                  f"and say why in the error column; Predictions.skipped lists them). The first: {skipped[0][0]}: {skipped[0][1]}", stacklevel=3)
+
 # %% ../nbs/07_inference.ipynb #9e0d3a61
 def predict(ref: str,  # NAME, NAME:vN or NAME@ALIAS (resolved once: a moving alias cannot mix versions in one job)
             data: str|Path|pd.DataFrame|np.ndarray|list,  # a .csv/.tsv(.gz)/.parquet/.jsonl file, a DataFrame, an array or tensor, a list of rows; an image folder
@@ -985,13 +999,10 @@ def predict(ref: str,  # NAME, NAME:vN or NAME@ALIAS (resolved once: a moving al
     ignored. An image model also takes an image folder; its result starts with the image's path, and an image that
     cannot be read is skipped: its row says why in `error`, and `Predictions.skipped` lists it. A text model reads the
     column `text` (two for pairs), and also takes a list of texts; keep an id column with `keep=`."""
-    from aimass.registry import Registry
     t0 = time.perf_counter()
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise AimassError(f"batch_size must be a whole number of rows, at least 1, not {batch_size!r}.")
-    batch_size, keep = int(batch_size), ([keep] if isinstance(keep, str) else list(dict.fromkeys(keep or [])))
+    batch_size, keep = _checked_batch_size(batch_size), ([keep] if isinstance(keep, str) else list(dict.fromkeys(keep or [])))
     out = _output_path(output, overwrite)
-    mv = Registry().get(ref)  # resolved once: a moving alias cannot mix versions in one job
+    mv = registry.Registry().get(ref)  # resolved once: a moving alias cannot mix versions in one job
     runner = _batch_runner(mv, backend, threads)
     src, images = _open_source(data, runner.pre, image, text), runner.pre.kind == "image"
     cols, read = _job_columns(src, runner.pre, keep, mv.ref, _result_columns(runner.task, runner.classes, images))
@@ -1006,7 +1017,6 @@ def predict(ref: str,  # NAME, NAME:vN or NAME@ALIAS (resolved once: a moving al
         if parts: parts.release()  # explicitly: a notebook's last traceback would keep the lock alive
     if parts: parts.remove()
     skipped = _skipped(frame if frame is not None else _read_output(out, columns=[*keep[:1], "error"]), keep[:1]) if images else []
-    if skipped: warnings.warn(f"{len(skipped):,} of {rows:,} images could not be read and were skipped (their rows have no prediction "
-                              f"and say why in the error column; Predictions.skipped lists them). The first: {skipped[0][0]}: {skipped[0][1]}", stacklevel=2)
+    if skipped: _warn_skipped(skipped, rows)
     return Predictions(mv.ref, runner.backend, runner.task, runner.classes, rows, time.perf_counter() - t0, start, out, frame,
                        src.index, runner.unseen, skipped)

@@ -486,8 +486,8 @@ class Need:
             out += [f"{self.path} no longer uses {u!r}" for u in self.uses if u not in said]
         return out
 
-# %% ../nbs/09_litserve_compat.ipynb #1e5c3bf8
-LITSERVE_NEEDS = [
+# %% ../nbs/09_litserve_compat.ipynb #ls-loop-needs
+_LOOP_NEEDS = [  # the transport, the workers' loops and their statuses
     Need("litserve.loops.base._inject_context", "cache_hook_signatures", params=("context", "func")),
     Need("litserve.loops.simple_loops._inject_context", "cache_hook_signatures", params=("context", "func")),
     Need("litserve.transport.base.MessageTransport", "PipeTransport", attrs=("send", "areceive", "close")),
@@ -500,6 +500,10 @@ LITSERVE_NEEDS = [
          params=("transport", "response_queue_id", "uid", "response_data", "status", "response_type")),
     Need("litserve.loops.base.collate_requests", "WorkerBoard (batched workers say which requests they took)", uses=("put_response", "START")),
     Need("litserve.loops.simple_loops.SingleLoop.run_single_loop", "WorkerBoard (workers say which requests they took)", uses=("put_response", "START")),
+]
+
+# %% ../nbs/09_litserve_compat.ipynb #1e5c3bf8
+LITSERVE_NEEDS = _LOOP_NEEDS + [  # the server, its request handlers, and uvicorn beneath it
     Need("litserve.server.response_queue_to_buffer", "PipeTransport", params=("transport", "consumer_id"), uses=("areceive",)),
     Need("litserve.server.BaseRequestHandler.__init__", "_RawBodyHandler", params=("lit_api", "server")),
     Need("litserve.server.BaseRequestHandler._submit_request", "_RawBodyHandler", params=("payload",), uses=("uuid4", "put")),
