@@ -8,7 +8,6 @@ images as file paths (decoded by the version's own Preprocessor wherever they ar
     from tiny_pixels import make_pixel_version
     mv = make_pixel_version(write_image_folder(tmp/"digits", n_per_class=40))   # digits-pixels:v1
 """
-import io
 from pathlib import Path
 import numpy as np
 import torch
@@ -42,29 +41,13 @@ def image_files(folder) -> tuple:
 
 def make_pixel_version(folder, name: str = "digits-pixels", size: int = 32, epochs: int = 40, test_every: int = 4, seed: int = 0):
     "Train `TinyPixels` on the images in `folder` (every `test_every`-th one held out) and register it as `name`."
-    from aimass.data import Preprocessor, score
+    from aimass.data import Preprocessor
     from aimass.images import ImageProcessing
-    from aimass.models import class_spec
-    from aimass.registry import Registry
     paths, y, classes = image_files(folder)
     test = np.arange(len(paths)) % test_every == 0
     proc = ImageProcessing.default(size=size)
     pre = Preprocessor.for_images(proc)
     kwargs = {"num_classes": len(classes), "mean": list(proc.mean), "std": list(proc.std)}
-    torch.manual_seed(seed)
-    net = TinyPixels(**kwargs)
-    x = torch.from_numpy(pre.transform([p for p, t in zip(paths, test) if not t]))
-    yt = torch.from_numpy(y[~test])
-    opt = torch.optim.Adam(net.parameters(), 1e-2)
-    for _ in range(epochs):
-        loss = nn.functional.cross_entropy(net(x), yt)
-        opt.zero_grad(); loss.backward(); opt.step()
-    net.eval()
-    test_paths = [p for p, t in zip(paths, test) if t]
-    with torch.inference_mode(): probs = torch.softmax(net(torch.from_numpy(pre.transform(test_paths))), -1).numpy()
-    buf = io.BytesIO(); np.savez(buf, x=np.array(test_paths), y=y[test])
-    card = {"task": "classification", "classes": classes, "model": "TinyPixels", "spec": class_spec(TinyPixels, kwargs),
-            "input_shape": list(pre.input_shape), "num_outputs": len(classes), "preprocessor": pre.to_dict(),
-            "schema": pre.schema, "metrics": {"test": score("classification", probs, y[test])},
-            "data": {"name": Path(folder).name, "rows": {"train": int((~test).sum()), "test": int(test.sum())}}}
-    return Registry().save(name, card, net.state_dict(), files={"heldout.npz": buf.getvalue()})
+    from factory import register_trained_module
+    return register_trained_module(name, TinyPixels, kwargs, pre, list(paths), y, classes, test, lr=1e-2, epochs=epochs,
+                                   seed=seed, data_name=Path(folder).name)

@@ -8,7 +8,6 @@ the weights, and `heldout.npz` holding the held-out texts (tokenised by the vers
     mv = make_token_version()            # topics-tokens:v1, texts -> faces / medicine / plants
     mv = make_token_version(pair=True)   # pairs (text, title)
 """
-import io
 import numpy as np
 import torch
 from torch import nn
@@ -43,9 +42,6 @@ def token_preprocessor(max_length: int = 32, pair: bool = False, types: bool = T
 def make_token_version(name: str = "topics-tokens", n: int = 120, epochs: int = 60, test_every: int = 4, seed: int = 0,
                        pair: bool = False, max_length: int = 32):
     "Train `TinyTokens` on `text_frame(n)` (every `test_every`-th row held out) and register it as `name`."
-    from aimass.data import score
-    from aimass.models import class_spec
-    from aimass.registry import Registry
     from factory import text_frame
     df = text_frame(n, seed=seed)
     rows = df[["text", "title"]].to_numpy().tolist() if pair else df["text"].tolist()
@@ -54,20 +50,6 @@ def make_token_version(name: str = "topics-tokens", n: int = 120, epochs: int = 
     test = np.arange(len(df)) % test_every == 0
     pre = token_preprocessor(max_length, pair)
     kwargs = {"vocab_size": pre.tokenizer.vocab_size, "num_classes": len(classes)}
-    torch.manual_seed(seed)
-    net = TinyTokens(**kwargs)
-    x = torch.from_numpy(pre.transform([r for r, t in zip(rows, test) if not t]))
-    yt = torch.from_numpy(y[~test])
-    opt = torch.optim.Adam(net.parameters(), 3e-2)
-    for _ in range(epochs):
-        loss = nn.functional.cross_entropy(net(x), yt)
-        opt.zero_grad(); loss.backward(); opt.step()
-    net.eval()
-    test_rows = [r for r, t in zip(rows, test) if t]
-    with torch.inference_mode(): probs = torch.softmax(net(torch.from_numpy(pre.transform(test_rows))), -1).numpy()
-    buf = io.BytesIO(); np.savez(buf, x=np.array(test_rows), y=y[test])
-    card = {"task": "classification", "classes": classes, "model": "TinyTokens", "spec": class_spec(TinyTokens, kwargs),
-            "input_shape": list(pre.input_shape), "num_outputs": len(classes), "preprocessor": pre.to_dict(),
-            "schema": pre.schema, "metrics": {"test": score("classification", probs, y[test])},
-            "data": {"name": "topics", "rows": {"train": int((~test).sum()), "test": int(test.sum())}}}
-    return Registry().save(name, card, net.state_dict(), files={"heldout.npz": buf.getvalue()})
+    from factory import register_trained_module
+    return register_trained_module(name, TinyTokens, kwargs, pre, rows, y, classes, test, lr=3e-2, epochs=epochs,
+                                   seed=seed, data_name="topics")
