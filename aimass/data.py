@@ -6,17 +6,18 @@ Docs: https://aimass.github.io/aimass/data.html.md"""
 
 # %% ../nbs/01_data.ipynb #3aa316bd
 from __future__ import annotations
-import hashlib, warnings
+import dataclasses, hashlib, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 import numpy as np
 import pandas as pd
 from fastcore.basics import patch
 from .core import AimassError
 
 # %% auto #0
-__all__ = ['BUILTIN_DATASETS', 'Dataset', 'load_data', 'Splits', 'split', 'Preprocessor', 'RowError', 'UnseenCategories',
-           'UnseenCategoryWarning', 'score']
+__all__ = ['BUILTIN_DATASETS', 'Dataset', 'with_target_policy', 'load_data', 'Splits', 'split', 'Preprocessor', 'RowError',
+           'UnseenCategories', 'UnseenCategoryWarning', 'score', 'DataSummary', 'summarize']
 
 # %% ../nbs/01_data.ipynb #6015ba80
 @dataclass
@@ -172,11 +173,8 @@ def _from_arrays(X, y, task) -> Dataset:
     return Dataset(X, yt, task or ("classification" if classes is not None else "regression"), classes, name="arrays", dropped=dropped)
 
 # %% ../nbs/01_data.ipynb #4fe4bc0e
-def load_data(data, target: str|None = None, task: str|None = None,
-              image: str|None = None,  # a table's column of image paths: its rows are images (aimass.images.load_images)
-              text: str|list|None = None,  # a table's text column(s): its rows are texts (aimass.texts.load_texts)
-              ) -> Dataset:
-    "Load `data`: a built-in dataset name, a CSV/Parquet path, a DataFrame, an `(X, y)` pair, a `Dataset`, image files, or texts."
+def _load_any(data, target, task, image, text) -> Dataset:
+    "`load_data` but for its missing-target policy: rows without a target are left out (and counted)."
     if isinstance(data, Dataset): return data
     if text is not None:
         from aimass.texts import load_texts
@@ -195,6 +193,28 @@ def load_data(data, target: str|None = None, task: str|None = None,
     if isinstance(data, (tuple, list)) and len(data) == 2: return _from_arrays(data[0], data[1], task)
     raise AimassError(f"Cannot use {type(data).__name__} as data: pass a dataset name ({', '.join(BUILTIN_DATASETS)}), "
                       "a .csv/.parquet path, a DataFrame with target=, (X, y), or a folder of images.")
+
+# %% ../nbs/01_data.ipynb #fe3c4c85
+def with_target_policy(load, missing_target: str = "drop") -> Dataset:
+    "The `Dataset` `load()` gives, under a missing-target policy: rows without a target left out (and counted), or an error."
+    if missing_target not in ("drop", "error"): raise AimassError(f"missing_target must be 'drop' or 'error', not {missing_target!r}.")
+    if missing_target == "drop": return load()
+    with warnings.catch_warnings():  # the error below says it instead of the warning
+        warnings.simplefilter("ignore")
+        ds = load()
+    if ds.dropped:
+        raise AimassError(f"{ds.dropped} of {len(ds) + ds.dropped} rows have no target{f' ({ds.target!r})' if ds.target else ''}: "
+                          "fill or remove them, or pass missing_target='drop' to leave them out.")
+    return ds
+
+# %% ../nbs/01_data.ipynb #962c8437
+def load_data(data, target: str|None = None, task: str|None = None,
+              image: str|None = None,  # a table's column of image paths: its rows are images (aimass.images.load_images)
+              text: str|list|None = None,  # a table's text column(s): its rows are texts (aimass.texts.load_texts)
+              missing_target: Literal["drop", "error"] = "drop",  # rows without a target: left out (and counted), or an error
+              ) -> Dataset:
+    "Load `data`: a built-in dataset name, a CSV/Parquet path, a DataFrame, an `(X, y)` pair, a `Dataset`, image files, or texts."
+    return with_target_policy(lambda: _load_any(data, target, task, image, text), missing_target)
 
 # %% ../nbs/01_data.ipynb #c485d02d
 @dataclass
@@ -277,6 +297,7 @@ class Preprocessor:
     def to_dict(self): return self.state
     @classmethod
     def from_dict(cls, d): return cls(d)
+
 
 
 # %% ../nbs/01_data.ipynb #pre-for-images
@@ -526,3 +547,68 @@ def score(task: str, outputs, y) -> dict:
     out = outputs.reshape(len(y)).astype(np.float64); y = y.astype(np.float64)
     ss_res, ss_tot = np.sum((y - out)**2), np.sum((y - y.mean())**2)
     return {"mse": float(np.mean((y - out)**2)), "mae": float(np.mean(np.abs(y - out))), "r2": float(1 - ss_res/ss_tot) if ss_tot else 0.0}
+
+# %% ../nbs/01_data.ipynb #71f43131
+@dataclass
+class DataSummary:
+    "What a run trained on: rows, columns by kind, missing values, class balance, and which columns were imputed or encoded."
+    name: str
+    rows: int
+    dropped: int = 0                                # rows left out: their target was missing
+    splits: dict|None = None                        # rows per split (train, val, test)
+    kinds: dict = field(default_factory=dict)       # columns by kind: number, category, text, image, array
+    missing: dict = field(default_factory=dict)     # missing values per column, where there are any
+    balance: dict|None = None                       # rows per class (classification), or per label (multilabel)
+    target: dict|None = None                        # regression: the target's mean, std, min and max
+    imputed: dict = field(default_factory=dict)     # numeric columns with missing values: the training median that fills them
+    encoded: dict = field(default_factory=dict)     # category columns: how many categories their one-hot code has
+    def to_dict(self) -> dict: return dataclasses.asdict(self)
+
+# %% ../nbs/01_data.ipynb #7260cd8a
+def _balance(ds: Dataset) -> dict|None:
+    "Rows per class, or per label for multilabel targets."
+    if ds.classes is None: return None
+    y = np.asarray(ds.y)
+    counts = y.sum(0) if y.ndim == 2 else np.bincount(y, minlength=len(ds.classes))
+    return {str(c): int(n) for c, n in zip(ds.classes, counts)}
+
+# %% ../nbs/01_data.ipynb #eb865f9e
+def summarize(ds: Dataset, pre: Preprocessor|None = None, splits: Splits|None = None) -> DataSummary:
+    "The `DataSummary` of `ds`, with what preprocessing `pre` (learned on the training split) does to its columns."
+    s = DataSummary(ds.name, len(ds), ds.dropped, {k: len(getattr(splits, k)) for k in ("train", "val", "test")} if splits else None,
+                    balance=_balance(ds))
+    if ds.task == "regression":
+        y = np.asarray(ds.y, np.float64)
+        s.target = {"mean": float(y.mean()), "std": float(y.std()), "min": float(y.min()), "max": float(y.max())}
+    if getattr(ds, "text", None) is not None:
+        s.kinds = {"text": len(ds.text) if isinstance(ds.text, (list, tuple)) else 1}
+        if getattr(ds, "empty", None): s.missing = {"(empty texts)": len(ds.empty)}
+    elif getattr(ds, "root", None) is not None: s.kinds = {"image": 1}
+    elif not ds.tabular: s.kinds = {"array": int(np.prod(ds.X.shape[1:]))}
+    else:
+        s.missing = {str(c): int(n) for c, n in ds.X.isna().sum().items() if n}
+        cols = pre.state["columns"] if pre is not None and pre.kind == "tabular" else [_fit_column(c, ds.X[c]) for c in ds.X.columns]
+        s.kinds = {k: sum(c["kind"] == k for c in cols) for k in ("number", "category") if any(c["kind"] == k for c in cols)}
+        s.imputed = {c["name"]: c["fill"] for c in cols if c["kind"] == "number" and c["optional"]}
+        s.encoded = {c["name"]: len(c["categories"]) for c in cols if c["kind"] == "category"}
+    return s
+
+# %% ../nbs/01_data.ipynb #a76364be
+@patch
+def __repr__(self: DataSummary) -> str:
+    left = f" ({self.dropped} left out: no target)" if self.dropped else ""
+    lines = [f"{self.name}: {self.rows} rows{left}" + (f", split {'/'.join(map(str, self.splits.values()))}" if self.splits else ""),
+             "columns: " + ", ".join(f"{n} {k}" for k, n in self.kinds.items())]
+    if self.missing: lines.append("missing: " + ", ".join(f"{c} {n}" for c, n in self.missing.items()))
+    if self.balance: lines.append("classes: " + ", ".join(f"{c} {n}" for c, n in self.balance.items()))
+    if self.target: lines.append("target: " + ", ".join(f"{k} {v:.4g}" for k, v in self.target.items()))
+    if self.imputed: lines.append("imputed (training median): " + ", ".join(self.imputed))
+    if self.encoded: lines.append("one-hot: " + ", ".join(f"{c} ({n})" for c, n in self.encoded.items()))
+    return "\n".join(lines)
+
+# %% ../nbs/01_data.ipynb #c9357594
+@patch
+def _repr_html_(self: DataSummary) -> str:
+    import html
+    rows = [(k, html.escape(v)) for k, v in (l.split(": ", 1) if ": " in l else ("data", l) for l in repr(self).splitlines())]
+    return "<table>" + "".join(f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>{v}</td></tr>" for k, v in rows) + "</table>"

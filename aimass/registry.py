@@ -236,7 +236,7 @@ class ModelVersion:
     card: ModelCard
     aliases: list|None = field(default=None, compare=False)  # its aliases, where the registry looked them up (`show`)
     @property
-    def ref(self) -> str: return f"{self.name}:v{self.version}"
+    def ref(self) -> str: return f"{self.name}:v{self.version}" if self.version is not None else f"{self.name} (unregistered)"  # register=False: a run folder's
     @property
     def metrics(self) -> dict: return self.card.metrics
     def file(self, *parts) -> Path: return self.path.joinpath(*parts)

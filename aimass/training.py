@@ -6,7 +6,7 @@ Docs: https://aimass.github.io/aimass/training.html.md"""
 
 # %% ../nbs/04_training.ipynb #1c077e5c
 from __future__ import annotations
-import contextlib, functools, inspect, json, math, os, random, signal, threading, time, uuid, warnings
+import contextlib, functools, inspect, json, math, os, random, shutil, signal, threading, time, uuid, warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
@@ -20,15 +20,15 @@ from fastcore.basics import patch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Checkpoint
 from .core import AimassError, aimass_home, atomic_write_bytes, atomic_write_json, check_name, in_notebook
-from .data import BUILTIN_DATASETS, Dataset, Preprocessor, load_data, score, split
+from .data import BUILTIN_DATASETS, DataSummary, Dataset, Preprocessor, load_data, score, split, summarize, with_target_policy
 from .models import (TEMPLATES, Predictor, TaskModule, batched_outputs, lightning_step_needs, load_weights,
                            model_from_spec, overridden_hooks, read_state_dict, resolve_model, is_pretrained,
                            resolve_image_model, freeze, gradient_checkpointing, _config_size, resolve_text_model,
                            apply_lora, merge_lora, parse_lora, _hf_folder)
-from .registry import LoadedModel, ModelCard, Record, Registry, TargetInfo
+from .registry import LoadedModel, ModelCard, ModelVersion, Record, Registry, TargetInfo
 
 # %% auto #0
-__all__ = ['StopSignal', 'LoopChoice', 'Run', 'train']
+__all__ = ['StopSignal', 'LoopChoice', 'Run', 'register_run', 'train']
 
 # %% ../nbs/04_training.ipynb #609e7bff
 class EpochBatches(torch.utils.data.Sampler):
@@ -207,19 +207,19 @@ def _link_atomic(src: Path, dst: Path):
 # %% ../nbs/04_training.ipynb #9dd7798d
 class EpochCheckpoint(Checkpoint):
     """After every epoch: `last.ckpt`, and `best.ckpt` when `monitor` reached a new low (every epoch without a monitor).
-    `best_step` is the global step the best file holds."""
+    `best_step` is the global step the best file holds, `best_epoch` its epoch (1-based)."""
     def __init__(self, dirpath, monitor: str|None = "val_loss"):
         self.dirpath, self.monitor = Path(dirpath), monitor
-        self.best_score, self.best_step = None, None
+        self.best_score, self.best_step, self.best_epoch = None, None, None
         self.best_model_path = ""  # Lightning's process launchers read and set this one
 
     @property
     def last_model_path(self) -> Path: return self.dirpath/"last.ckpt"
 
-    def state_dict(self): return {"monitor": self.monitor, "best_score": self.best_score, "best_step": self.best_step}
+    def state_dict(self): return {"monitor": self.monitor, "best_score": self.best_score, "best_step": self.best_step, "best_epoch": self.best_epoch}
     def load_state_dict(self, state):
         if state.get("monitor") == self.monitor:
-            self.best_score, self.best_step = state.get("best_score"), state.get("best_step")
+            self.best_score, self.best_step, self.best_epoch = state.get("best_score"), state.get("best_step"), state.get("best_epoch")
             if self.best_step is not None: self.best_model_path = str(self.dirpath/"best.ckpt")
 
     def on_train_epoch_end(self, trainer, pl_module):
@@ -229,7 +229,7 @@ class EpochCheckpoint(Checkpoint):
                                             and (self.best_score is None or float(score) < self.best_score))
         if improved:  # before saving: the file records itself as the best
             self.best_score = float(score) if score is not None else None
-            self.best_step = trainer.global_step
+            self.best_step, self.best_epoch = trainer.global_step, trainer.current_epoch + 1
             self.best_model_path = str(self.dirpath/"best.ckpt")
         trainer.save_checkpoint(self.last_model_path, weights_only=False)
         if improved and trainer.is_global_zero:
@@ -505,9 +505,14 @@ class Run:
     misclassified: pd.DataFrame|None = None  # images and texts: the validation rows it got wrong (path or text, true, predicted, probability)
     per_class: pd.DataFrame|None = None  # classification: the test split's precision, recall, F1 and support per class
     truncated: int = 0  # texts: how many were cut at max_length tokens (all splits)
+    epoch: int|None = None  # the epoch whose weights were kept (registered) and scored
+    weights: str|None = None  # why those: "best val_loss" (lowest validation loss), or "last"
+    data_summary: DataSummary|None = None  # what it trained on: rows, columns by kind, missing values, classes, imputed and encoded columns
 
     @property
     def ref(self): return self.version.ref if self.version is not None else None
+    @property
+    def registered(self) -> bool: return self.version is not None and self.version.version is not None
 
 # %% ../nbs/04_training.ipynb #981600b8
 @patch
@@ -575,7 +580,8 @@ def _snippet_cell(r, size: int) -> str:
 def __repr__(self: Run):
     m = ", ".join(f"{k}={v:.4f}" for k, v in self.test_metrics.items())
     loop = "" if self.loop is None else f"; loop: {'fast path' if self.loop.fast else self.loop}"
-    return f"Run({self.ref or self.name}, {self.status}, {len(self.history)} epochs in {self.duration_s:.1f}s, test: {m}{loop})"
+    kept = f", weights of epoch {self.epoch} ({self.weights})" if self.epoch is not None else ""
+    return f"Run({self.ref or self.name + ' (unregistered)'}, {self.status}, {len(self.history)} epochs in {self.duration_s:.1f}s{kept}, test: {m}{loop})"
 
 # %% ../nbs/04_training.ipynb #d56ce39d
 @patch
@@ -591,8 +597,10 @@ def _repr_html_(self: Run):
     loop = "" if self.loop is None else f"<br><small>loop: {html.escape(str(self.loop))}</small>"
     if self.truncated: loop += f"<br><small>{self.truncated} texts were longer than max_length and truncated</small>"
     per_class = "" if self.per_class is None else f"<details><summary><small>per class (test split)</small></summary>{self.per_class.to_html()}</details>"
-    head = (f"<b>{self.ref or self.name}</b>: {self.status}, {len(self.history)} epochs in {self.duration_s:.1f} s"
+    kept = f"; test metrics of epoch {self.epoch}'s weights ({self.weights})" if self.epoch is not None else ""
+    head = (f"<b>{self.ref or html.escape(self.name) + ' (unregistered)'}</b>: {self.status}, {len(self.history)} epochs in {self.duration_s:.1f} s{kept}"
             f"<br><small>run folder: {self.run_dir}</small>{loop}")
+    if self.data_summary is not None: per_class = f"<details><summary><small>data</small></summary>{self.data_summary._repr_html_()}</details>" + per_class
     return f'<div>{head}<div style="display:flex;gap:24px;align-items:center">{self.metrics_table().to_html()}{img}</div>{per_class}{self.misclassified_html()}</div>'
 
 # %% ../nbs/04_training.ipynb #0ac60d89
@@ -799,7 +807,11 @@ def _default_name(model, data) -> str:
 def _is_images(ds) -> bool: return type(ds).__name__ == "ImageDataset"
 def _is_texts(ds) -> bool: return type(ds).__name__ == "TextDataset"
 
-def _load(data, target, task, image, text=None, multi_label=False) -> Dataset:
+def _load(data, target, task, image, text=None, multi_label=False, missing_target="drop") -> Dataset:
+    "`_load_kind`'s data under the missing-target policy (`aimass.data.with_target_policy`)."
+    return with_target_policy(lambda: _load_kind(data, target, task, image, text, multi_label), missing_target)
+
+def _load_kind(data, target, task, image, text=None, multi_label=False) -> Dataset:
     "The data: image files for a folder, an `ImageDataset`, or a table with an image column (`image`); texts (`text`); else `load_data`'s."
     if isinstance(data, Dataset): return data
     if text is not None or multi_label:
@@ -883,9 +895,9 @@ def _build(model, ds, sp, model_kwargs, max_length, lora) -> tuple:
 def prepare(model, data, target=None, task=None, val_size=0.15, test_size=0.15, seed=0, model_kwargs=None,
             lr=1e-3, weight_decay=0.0, optimizer="adamw", scheduler="cosine", epochs=10, init_from=None,
             image=None, augment=False, freeze=False, gradient_checkpointing=False,
-            text=None, max_length=128, multi_label=False, lora=None, warmup=0.0) -> Prepared:
+            text=None, max_length=128, multi_label=False, lora=None, warmup=0.0, missing_target="drop") -> Prepared:
     "Load and split `data`, fit the preprocessing, build the model (and its `TaskModule`), and make the tensors (texts: batches; not of images)."
-    ds = _load(data, target, task, image, text, multi_label)
+    ds = _load(data, target, task, image, text, multi_label, missing_target)
     sp = split(ds, val_size, test_size, seed)
     images, texts = _is_images(ds), _is_texts(ds)
     if lora and (freeze or init_from is not None): raise AimassError("lora trains adapters and the head on the pretrained weights: leave out freeze and init_from.")
@@ -1132,34 +1144,93 @@ def _pretrained_files(spec: dict, preprocessor: Preprocessor|None = None) -> dic
             **({"preprocessor_config.json": json.dumps(pre["processor"], indent=2)} if pre.get("processor") else {})}
 
 # %% ../nbs/04_training.ipynb #d59ed9bc
-def _finish(p: Prepared, name, run_dir, status, ckpt, trainer, loop, t0, hparams) -> Run|None:
-    "Score the best checkpoint, register it as a new version of `name`, and return the `Run` (None in DDP workers)."
+def _kept_weights(p: Prepared, ckpt, trainer, run_dir: Path, epochs_done: int) -> tuple:
+    """`(checkpoint file, epoch, why)` of the weights a run keeps, loaded into its module: those with the best monitored
+    metric ("best val_loss"), else the last epoch's ("last")."""
+    best = Path(ckpt.best_model_path) if ckpt.best_model_path else run_dir/"checkpoints"/"last.ckpt"
+    if ckpt.best_step != trainer.global_step:  # else the module already holds the best weights: no step was taken since
+        p.module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    if not ckpt.best_model_path: return best, epochs_done, "last"
+    return best, ckpt.best_epoch, f"best {ckpt.monitor}" if ckpt.monitor else "last"
+
+# %% ../nbs/04_training.ipynb #6334bc6e
+def _card(p: Prepared, run_dir: Path, status: str, hparams: dict, metrics: dict, run: dict) -> ModelCard:
+    "The version's card: what the model is and predicts, its preprocessing, metrics, settings, data and run."
+    return ModelCard(task=p.ds.task, classes=p.ds.classes, model=p.model_label, spec=p.spec,
+                     target=TargetInfo(p.ds.target, *((p.target_mean, p.target_std) if p.ds.task == "regression" else (None, None))),
+                     input_shape=list(p.pre.input_shape), num_outputs=p.ds.num_classes or 1, preprocessor=p.pre.to_dict(),
+                     schema=p.pre.schema, metrics=metrics, hparams=hparams, status=status,
+                     data={**_data_section(p, run_dir), "summary": summarize(p.ds, p.pre, p.splits).to_dict()}, run=run)
+
+# %% ../nbs/04_training.ipynb #c34ab6ad
+def _keep(name: str, card: ModelCard, state_dict: dict, files: dict, run_dir: Path, register: bool) -> ModelVersion:
+    """Register the model as a new version of `name`; with `register=False`, write what registering takes to the run's
+    `model/` folder instead (`register_run` registers it later) and return it as a version numbered None."""
+    if register:
+        mv = Registry().save(name, card, state_dict, files)
+        mv.card = ModelCard.read(mv.path)  # as loading it gives it: a classification's card stores no target mean and std
+        return mv
+    from aimass.registry import _save_weights, _write_file
+    folder, tmp = run_dir/"model", run_dir/f".model-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    _save_weights(tmp/"weights.safetensors", state_dict)
+    for fname, data in files.items(): _write_file(tmp/fname, data)
+    atomic_write_json(tmp/"model.json", card.to_dict())
+    old = run_dir/f".model-old-{uuid.uuid4().hex[:8]}"
+    if folder.exists(): os.replace(folder, old)  # a resumed run's earlier one: replaced whole, never half
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return ModelVersion(name, None, folder, ModelCard.read(folder))
+
+# %% ../nbs/04_training.ipynb #1fb3e6a8
+def _finish(p: Prepared, name, run_dir, status, ckpt, trainer, loop, t0, hparams, register: bool = True) -> Run|None:
+    "Score the kept weights, register them as a new version of `name` (or keep them in the run folder), and return the `Run` (None in DDP workers)."
     import io
     if trainer.global_rank != 0: return None  # a DDP worker launched from a script: rank 0 reports
     hparams.update(precision=str(hparams["precision"] or "32-true"), devices=str(hparams["devices"]),
                    strategy=type(trainer.strategy).__name__, loop=loop.to_dict())
-    best = Path(ckpt.best_model_path) if ckpt.best_model_path else run_dir/"checkpoints"/"last.ckpt"
-    if ckpt.best_step != trainer.global_step:  # else the module already holds the best weights: no step was taken since
-        p.module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
-    net = merge_lora(p.module.net if isinstance(p.module, TaskModule) else p.module).cpu().float().eval()  # LoRA adapters folded in: a plain model
-    predictor = Predictor(net, p.ds.task, p.target_mean, p.target_std).eval()
-    out_v, out_t, heldout = _evaluate(p, predictor)
-    val_m, test_m = _metrics(p, out_v, p.splits.val.y), _metrics(p, out_t, p.splits.test.y)
-    hist_file, duration = run_dir/"history.jsonl", time.perf_counter() - t0
+    hist_file = run_dir/"history.jsonl"
     history = pd.DataFrame([json.loads(l) for l in hist_file.read_text().splitlines()]) if hist_file.exists() else pd.DataFrame()
-    card = ModelCard(task=p.ds.task, classes=p.ds.classes, model=p.model_label, spec=p.spec,
-                     target=TargetInfo(p.ds.target, *((p.target_mean, p.target_std) if p.ds.task == "regression" else (None, None))),
-                     input_shape=list(p.pre.input_shape),
-                     num_outputs=p.ds.num_classes or 1, preprocessor=p.pre.to_dict(), schema=p.pre.schema,
-                     metrics={"test": test_m, "val": val_m}, hparams=hparams, status=status, data=_data_section(p, run_dir),
-                     run={"dir": str(run_dir), "checkpoint": str(best), "epochs": len(history), "duration_s": round(duration, 2)})
+    best, epoch, weights = _kept_weights(p, ckpt, trainer, run_dir, len(history))
+    net = merge_lora(p.module.net if isinstance(p.module, TaskModule) else p.module).cpu().float().eval()  # LoRA adapters folded in: a plain model
+    out_v, out_t, heldout = _evaluate(p, Predictor(net, p.ds.task, p.target_mean, p.target_std).eval())
+    val_m, test_m = _metrics(p, out_v, p.splits.val.y), _metrics(p, out_t, p.splits.test.y)
+    duration = time.perf_counter() - t0
+    card = _card(p, run_dir, status, hparams, {"test": test_m, "val": val_m},
+                 {"dir": str(run_dir), "checkpoint": str(best), "epochs": len(history), "epoch": epoch, "weights": weights, "duration_s": round(duration, 2)})
     buf = io.BytesIO(); np.savez(buf, **heldout)
-    mv = Registry().save(name, card, net.state_dict(), files={"heldout.npz": buf.getvalue(), "history.json": history.to_json(orient="records"),
-                                                             **_pretrained_files(p.spec, p.pre)})
-    mv.card = ModelCard.read(mv.path)  # as loading it gives it: a classification's card stores no target mean and std
+    files = {"heldout.npz": buf.getvalue(), "history.json": history.to_json(orient="records"), **_pretrained_files(p.spec, p.pre)}
+    mv = _keep(name, card, net.state_dict(), files, run_dir, register)
     cm = _confusion(out_t, p.splits.test.y, p.ds.num_classes) if p.ds.task == "classification" else None
-    return Run(name, run_dir, status, history, test_m, val_m, mv, LoadedModel(mv, net, p.pre), p.ds.task,
-               p.ds.classes, cm, duration, best, loop, _misclassified(p, out_v), _per_class(p, out_t), p.truncated)
+    return Run(name, run_dir, status, history, test_m, val_m, mv if register else None, LoadedModel(mv, net, p.pre), p.ds.task,
+               p.ds.classes, cm, duration, best, loop, _misclassified(p, out_v), _per_class(p, out_t), p.truncated,
+               epoch, weights, summarize(p.ds, p.pre, p.splits))
+
+# %% ../nbs/04_training.ipynb #17489fbe
+def register_run(run_dir,  # the folder of a run trained with register=False (Run.run_dir)
+                 name: str|None = None,  # the registry name (default: the run's)
+                 ) -> ModelVersion:
+    "Register the model a `train(register=False)` run kept in its folder, as a new version of `name`."
+    run_dir = Path(run_dir); folder, done = run_dir/"model", run_dir/"model"/"registered.json"
+    if not (folder/"model.json").exists(): raise AimassError(f"{run_dir} holds no unregistered model: train(..., register=False) keeps one there.")
+    if done.exists(): raise AimassError(f"The model of {run_dir} is registered already, as {json.loads(done.read_text())['ref']}.")
+    name = name or json.loads((run_dir/"run.json").read_text())["name"]
+    files = {f.name: f for f in folder.iterdir() if f.name not in ("model.json", "weights.safetensors")}
+    mv = Registry().save(name, ModelCard.read(folder), read_state_dict(folder/"weights.safetensors"), files)
+    mv.card = ModelCard.read(mv.path)
+    atomic_write_json(done, {"ref": mv.ref})
+    return mv
+
+# %% ../nbs/04_training.ipynb #d8a9aebe
+@patch
+def register(self: Run, name: str|None = None,  # the registry name (default: the run's)
+             ) -> ModelVersion:
+    "Register this run's model (trained with `register=False`) as a new version of `name`; the `Run` then points to it."
+    if self.version is not None: raise AimassError(f"This run is registered already, as {self.ref}.")
+    mv = register_run(self.run_dir, name)
+    self.version, self.name = mv, mv.name
+    if self.model is not None: self.model.version, self.model.card = mv, mv.card
+    return mv
 
 # %% ../nbs/04_training.ipynb #b4eb4a34
 _HPARAMS = ("epochs", "lr", "batch_size", "seed", "optimizer", "weight_decay", "scheduler", "val_size", "test_size",
@@ -1206,7 +1277,7 @@ def _train_run(a: dict, t0: float) -> Run|None:
     atomic_write_json(run_dir/"run.json", _run_spec(name, p, a).to_dict())
     if p.images: _write_split(p, run_dir)
     status, trainer, ckpt, loop = _fit(p, run_dir, ckpt_path, **{k: a[k] for k in _FIT_ARGS})
-    return _finish(p, name, run_dir, status, ckpt, trainer, loop, t0, {k: a[k] for k in _HPARAMS})
+    return _finish(p, name, run_dir, status, ckpt, trainer, loop, t0, {k: a[k] for k in _HPARAMS}, a["register"])
 
 # %% ../nbs/04_training.ipynb #c3d0e45e
 def train(model: str|type|nn.Module = "mlp",  # a template (mlp, cnn, linear), an nn.Module or LightningModule class or instance, hf:ID_OR_FOLDER or timm:NAME
@@ -1232,6 +1303,7 @@ def train(model: str|type|nn.Module = "mlp",  # a template (mlp, cnn, linear), a
           early_stopping: int|None = None,  # stop after this many epochs without a better validation loss
           batches_per_step: int|Literal["auto"] = "auto",  # batches per Lightning training_step, each its own optimizer step: auto (up to 16 on one device, unless a callback needs per-batch hooks), or 1 for Lightning's own loops
           name: str|None = None,  # the registry name (default: DATA-MODEL)
+          register: bool = True,  # register the result as a new version; --no-register keeps it in the run folder (run.register() later)
           resume: bool|str|None = None,  # continue the newest run of `name` (or a run id, folder or checkpoint) with its model, data and settings; a larger epochs trains longer
           init_from: str|None = None,  # start from a registered version's weights (a ref), or a weights file (.safetensors, weights-only .pt)
           image: str|None = None,  # the column of image file paths in a CSV/Parquet/DataFrame (a folder of class folders needs none)
@@ -1246,6 +1318,7 @@ def train(model: str|type|nn.Module = "mlp",  # a template (mlp, cnn, linear), a
           gradient_checkpointing: bool = False,  # recompute activations in backward (transformers and timm models): less memory
           progress: bool|str = "auto",  # auto: a dashboard in a notebook, a progress bar elsewhere; False: neither
           callbacks: list[L.Callback]|None = None,  # Lightning callbacks, added to aimass's own
+          missing_target: Literal["drop", "error"] = "drop",  # rows without a target: left out (the Run counts them), or an error
           model_kwargs: dict|None = None,  # arguments for the model's constructor (also as keywords: hidden=..., dropout=...)
           **template_kwargs) -> Run:
     "Train `model` on `data` with Lightning, register the result as a new version, and return its `Run`."

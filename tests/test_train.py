@@ -429,3 +429,51 @@ def test_early_stopping_ends_after_patience_epochs_without_improvement(fast_path
     best = int(run.history.val_loss.idxmin()) + 1
     assert len(run.history) == best + 2 < 30  # two epochs without a new low, then stop
     assert_registered_weights_are(run, torch.load(run.run_dir/"checkpoints"/"best.ckpt", weights_only=True))
+
+
+def _iris_with_missing_targets(tmp_path, n_missing=3):
+    from sklearn.datasets import load_iris
+    df = load_iris(as_frame=True).frame.rename(columns={"target": "species"})
+    df.loc[:n_missing - 1, "species"] = np.nan
+    df.to_csv(path := tmp_path/"iris.csv", index=False)
+    return path
+
+
+def test_missing_targets_are_dropped_and_counted_or_refused_by_the_flag(tmp_path):
+    path = _iris_with_missing_targets(tmp_path)
+    with pytest.raises(AimassError, match=r"^3 of 150 rows have no target \('species'\): fill or remove them, or pass missing_target='drop'"):
+        train("linear", path, target="species", missing_target="error", epochs=1, progress=False)
+    with pytest.warns(UserWarning, match="Left out 3 of 150 rows"):
+        run = train("linear", path, target="species", epochs=1, progress=False)
+    s = run.data_summary
+    assert (s.rows, s.dropped, s.kinds, sum(s.splits.values())) == (147, 3, {"number": 4}, 147)
+    assert run.version.card.data["summary"]["dropped"] == 3 and "3 left out: no target" in repr(s)
+
+
+def test_the_run_and_card_say_which_epochs_weights_were_kept_and_scored():
+    run = train("mlp", "iris", epochs=4, lr=0.05, progress=False)
+    best = int(run.history.val_loss.idxmin()) + 1
+    assert (run.epoch, run.weights) == (best, "best val_loss")
+    assert (run.version.card.run["epoch"], run.version.card.run["weights"]) == (best, "best val_loss")
+    assert f"weights of epoch {best} (best val_loss)" in repr(run)
+    # the reported test metrics are those weights': the registered model scores the same on the test split
+    from aimass.data import load_data, score, split
+    test = split(load_data("iris"), 0.15, 0.15, 0).test
+    assert score("classification", load(run.ref).outputs(test.X), test.y) == pytest.approx(run.test_metrics)
+
+
+@pytest.mark.slow
+def test_register_false_registers_nothing_until_asked_also_from_another_process():
+    run = train("linear", "iris", epochs=1, register=False, progress=False, name="later")
+    assert run.version is None and run.model.predict([[5.1, 3.5, 1.4, 0.2]]).shape == (1,)
+    with pytest.raises(AimassError, match="No model named 'later'"): Registry().get("later")
+    code = f"from aimass.training import register_run; print(register_run({str(run.run_dir)!r}).ref)"
+    out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, env=os.environ, check=True).stdout
+    assert out.strip() == "later:v1" and Registry().get("later").card.run["dir"] == str(run.run_dir)
+    with pytest.raises(AimassError, match="registered already, as later:v1"): run.register()
+
+
+def test_no_register_and_missing_target_are_flags():
+    from aimass.commands import verb_parser
+    ns = verb_parser("train").parse_args(["mlp", "--no-register", "--missing-target", "error"])
+    assert (ns.register, ns.missing_target) == (False, "error")

@@ -7,8 +7,9 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 stamp=.venv/.aimass-installed
 # The pytest settings (markers, options) change no install: they are left out of the stamp.
-# The extras the tests and notebooks need: dev tools, and peft for the LoRA examples (optional for users: aimass[lora]).
-extras="dev,lora"
+# The extras the tests and notebooks need: dev tools, peft for the LoRA examples, optuna for tuning, LightGBM and its
+# ONNX converter for the leaderboard (each optional for users: aimass[lora], aimass[tune], aimass[trees]).
+extras="dev,lora,tune,trees"
 want=$( (echo "$extras"; awk '/^\[/ {skip = ($0 == "[tool.pytest.ini_options]")} !skip' pyproject.toml) | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
