@@ -26,6 +26,7 @@ from .models import (TEMPLATES, Predictor, TaskModule, batched_outputs, lightnin
                            resolve_image_model, freeze, gradient_checkpointing, _config_size, resolve_text_model,
                            apply_lora, merge_lora, parse_lora, _hf_folder)
 from .registry import LoadedModel, ModelCard, ModelVersion, Record, Registry, TargetInfo
+from .reporting import EvaluationReport, evaluation_report, permutation_importance
 
 # %% auto #0
 __all__ = ['StopSignal', 'LoopChoice', 'Run', 'register_run', 'train']
@@ -508,6 +509,7 @@ class Run:
     epoch: int|None = None  # the epoch whose weights were kept (registered) and scored
     weights: str|None = None  # why those: "best val_loss" (lowest validation loss), or "last"
     data_summary: DataSummary|None = None  # what it trained on: rows, columns by kind, missing values, classes, imputed and encoded columns
+    report: EvaluationReport|None = None  # the test split's evaluation: curves, calibration, residuals, importance; .save("report.html")
 
     @property
     def ref(self): return self.version.ref if self.version is not None else None
@@ -601,6 +603,9 @@ def _repr_html_(self: Run):
     head = (f"<b>{self.ref or html.escape(self.name) + ' (unregistered)'}</b>: {self.status}, {len(self.history)} epochs in {self.duration_s:.1f} s{kept}"
             f"<br><small>run folder: {self.run_dir}</small>{loop}")
     if self.data_summary is not None: per_class = f"<details><summary><small>data</small></summary>{self.data_summary._repr_html_()}</details>" + per_class
+    if self.report is not None:
+        nums = " · ".join(f"{k} {v:.4g}" for k, v in self.report.metrics.items() if isinstance(v, (int, float)) and k not in self.test_metrics)
+        head += f"<br><small>report: {html.escape(nums)}; <code>run.report</code> shows its curves, <code>run.report.save('report.html')</code> writes it</small>"
     return f'<div>{head}<div style="display:flex;gap:24px;align-items:center">{self.metrics_table().to_html()}{img}</div>{per_class}{self.misclassified_html()}</div>'
 
 # %% ../nbs/04_training.ipynb #0ac60d89
@@ -1183,6 +1188,16 @@ def _keep(name: str, card: ModelCard, state_dict: dict, files: dict, run_dir: Pa
     return ModelVersion(name, None, folder, ModelCard.read(folder))
 
 # %% ../nbs/04_training.ipynb #1fb3e6a8
+def _report(p: Prepared, predictor, out_t, history, epoch, weights, title: str) -> EvaluationReport:
+    "The evaluation report of the kept weights on the test split; a table model's also ranks its raw columns (permutation importance)."
+    importance = None
+    if p.ds.tabular and not (p.images or p.texts):
+        predict = lambda df: batched_outputs(predictor, p.pre.transform(df))
+        importance = permutation_importance(predict, p.splits.test.X, p.splits.test.y, p.ds.task)
+    return evaluation_report(p.ds.task, p.ds.classes, out_t, p.splits.test.y, history=history, epoch=epoch, weights=weights,
+                             importance=importance, title=title)
+
+# %% ../nbs/04_training.ipynb #06f11ca9
 def _finish(p: Prepared, name, run_dir, status, ckpt, trainer, loop, t0, hparams, register: bool = True) -> Run|None:
     "Score the kept weights, register them as a new version of `name` (or keep them in the run folder), and return the `Run` (None in DDP workers)."
     import io
@@ -1193,18 +1208,22 @@ def _finish(p: Prepared, name, run_dir, status, ckpt, trainer, loop, t0, hparams
     history = pd.DataFrame([json.loads(l) for l in hist_file.read_text().splitlines()]) if hist_file.exists() else pd.DataFrame()
     best, epoch, weights = _kept_weights(p, ckpt, trainer, run_dir, len(history))
     net = merge_lora(p.module.net if isinstance(p.module, TaskModule) else p.module).cpu().float().eval()  # LoRA adapters folded in: a plain model
-    out_v, out_t, heldout = _evaluate(p, Predictor(net, p.ds.task, p.target_mean, p.target_std).eval())
+    predictor = Predictor(net, p.ds.task, p.target_mean, p.target_std).eval()
+    out_v, out_t, heldout = _evaluate(p, predictor)
     val_m, test_m = _metrics(p, out_v, p.splits.val.y), _metrics(p, out_t, p.splits.test.y)
     duration = time.perf_counter() - t0
     card = _card(p, run_dir, status, hparams, {"test": test_m, "val": val_m},
                  {"dir": str(run_dir), "checkpoint": str(best), "epochs": len(history), "epoch": epoch, "weights": weights, "duration_s": round(duration, 2)})
     buf = io.BytesIO(); np.savez(buf, **heldout)
-    files = {"heldout.npz": buf.getvalue(), "history.json": history.to_json(orient="records"), **_pretrained_files(p.spec, p.pre)}
+    report = _report(p, predictor, out_t, history, epoch, weights, f"{name}: {p.model_label} on {p.ds.name}")
+    files = {"heldout.npz": buf.getvalue(), "history.json": history.to_json(orient="records"),
+             "report.json": json.dumps(report.to_dict()), **_pretrained_files(p.spec, p.pre)}
     mv = _keep(name, card, net.state_dict(), files, run_dir, register)
+    if register: report.title = f"{mv.ref}: {p.model_label} on {p.ds.name}"
     cm = _confusion(out_t, p.splits.test.y, p.ds.num_classes) if p.ds.task == "classification" else None
     return Run(name, run_dir, status, history, test_m, val_m, mv if register else None, LoadedModel(mv, net, p.pre), p.ds.task,
                p.ds.classes, cm, duration, best, loop, _misclassified(p, out_v), _per_class(p, out_t), p.truncated,
-               epoch, weights, summarize(p.ds, p.pre, p.splits))
+               epoch, weights, summarize(p.ds, p.pre, p.splits), report)
 
 # %% ../nbs/04_training.ipynb #17489fbe
 def register_run(run_dir,  # the folder of a run trained with register=False (Run.run_dir)
