@@ -1,7 +1,7 @@
 """Train, version, export, benchmark and serve PyTorch models from a Jupyter cell.
 
 The verbs are functions of this package: `aimass.train`, `aimass.export`, `aimass.bench`, `aimass.predict`,
-`aimass.serve`, `aimass.loadtest`, `aimass.bundle`, with the registry's `aimass.load`, `aimass.promote`,
+`aimass.serve`, `aimass.loadtest`, `aimass.bundle`, `aimass.tune`, `aimass.compare`, `aimass.report`, `aimass.diff`, with the registry's `aimass.load`, `aimass.promote`,
 `aimass.rollback` and friends. `%load_ext aimass` gives the same verbs as `%aimass VERB`; `aimass VERB` from a shell."""
 __version__ = "0.1.0"
 
@@ -12,14 +12,19 @@ _API = {
     "train": "training", "export": "exporting", "bench": "benchmark", "predict": "inference",
     "serve": "launcher", "servers": "launcher", "stop": "launcher", "loadtest": "loadtesting", "bundle": "deployment",
     "list_models": "registry", "promote": "registry", "rollback": "registry", "delete": "registry", "doctor": "registry",
+    # search, compare and report: Optuna studies, a cross-validated leaderboard, evaluation reports, two versions side by side
+    "tune": "tuning", "compare": "leaderboard", "report": "reporting", "diff": "reporting",
     # the registry and its records
     "load": "registry", "show": "registry", "set_alias": "registry", "Registry": "registry", "ModelCard": "registry",
     # data, and the objects the verbs return
     "load_data": "data", "load_images": "images", "open_image": "images", "ImageProcessing": "images",
     "load_texts": "texts", "TextTokenizer": "texts",
-    "Run": "training", "ExportReport": "exporting", "BenchReport": "benchmark",
+    "Run": "training", "register_run": "training", "ExportReport": "exporting", "BenchReport": "benchmark",
     "Predictions": "inference", "Server": "launcher", "ServerConfig": "launcher", "LoadTestReport": "loadtesting",
-    "Bundle": "deployment",
+    "Bundle": "deployment", "TuneResult": "tuning", "Leaderboard": "leaderboard", "EvaluationReport": "reporting",
+    "VersionDiff": "reporting",
+    # gradient-boosted trees (LightGBM) as versions like any other: train("lightgbm", ...) fits one
+    "fit_tree": "trees", "TreeModel": "trees",
     # image models: pixels in (PixelInput first), pretrained backbones with a new head
     "PixelInput": "models", "pixel_net": "models", "freeze": "models",
     # text models: int64 tokens in (TokenInput first), pretrained sequence classifiers with a new head

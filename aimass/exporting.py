@@ -474,9 +474,9 @@ def _build(lm, work: Path, opset, dynamic_batch, quantize, optimize) -> tuple:
     import onnx, torch
     io_ = {**input_spec(lm.preprocessor, lm.card), "output_name": output_name(lm.task)}
     if not dynamic_batch: io_["input_shape"] = [1, *io_["input_shape"][1:]]
-    module = graph_module(lm.predictor, lm.preprocessor)
-    info = trace_to_onnx(module, _example(io_, dynamic_batch), work/"model.onnx", opset, dynamic_batch,
-                         io_.get("input_names", io_["input_name"]), io_["output_name"], sequence=io_["inputs"] == "tokens")
+    if hasattr(lm.net, "to_onnx"): info = lm.net.to_onnx(work/"model.onnx", lm.preprocessor, io_, opset, dynamic_batch)  # a tree model (aimass.trees): converted, not traced
+    else: info = trace_to_onnx(graph_module(lm.predictor, lm.preprocessor), _example(io_, dynamic_batch), work/"model.onnx", opset, dynamic_batch,
+                               io_.get("input_names", io_["input_name"]), io_["output_name"], sequence=io_["inputs"] == "tokens")
     try: onnx.checker.check_model(str(work/"model.onnx"), full_check=True)
     except Exception as e: raise AimassError(f"The exported graph of {lm.ref} fails onnx.checker: {_first_line(e)}") from None
     files = {"fp32": "model.onnx"}

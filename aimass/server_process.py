@@ -471,6 +471,19 @@ def build_server(cfg: ServerConfig, api_key: str|None = None) -> ls.LitServer:
 KEEP_ALIVE = 5  # s an idle keep-alive connection stays open (uvicorn's default, said explicitly)
 
 # %% ../nbs/10_server_process.ipynb #1773c570
+def _socket_safe_tempdir(limit: int = 60):
+    """Make this process's temp folder short enough for AF_UNIX sockets. LitServe's multiprocessing manager listens on
+    a socket under the temp folder (`pymp-XXXX/listener-XXXX`), and a socket's path holds at most 107 bytes: a long
+    TMPDIR (a deep CI or project folder) would stop the server before it starts. Then this process and its workers
+    use /tmp (or another short system temp folder) instead."""
+    import tempfile
+    if len(tempfile.gettempdir()) <= limit: return
+    for d in ("/tmp", "/var/tmp", "/dev/shm"):
+        if os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK):
+            os.environ["TMPDIR"], tempfile.tempdir = d, None
+            return
+
+# %% ../nbs/10_server_process.ipynb #afa17440
 def main(config_path: str):
     "Run the server a `config.json` (a `ServerConfig`) describes, until SIGTERM or its owner's death."
     cfg = ServerConfig.read(config_path)
@@ -479,6 +492,7 @@ def main(config_path: str):
         if os.getppid() != cfg.owner_pid: _kill_group()  # the owner died before we could ask to be told
         watch_owner(cfg.owner_pid)
     signal.signal(signal.SIGTERM, lambda *_: _drain_then_exit(cfg.timeout))  # no request can take longer: Guard answers 504 by then
+    _socket_safe_tempdir()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     check_litserve()  # a LitServe that changed what aimass relies on stops here, saying what changed
     log = logging.getLogger("aimass.server")

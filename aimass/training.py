@@ -1283,6 +1283,19 @@ def _run_spec(name: str, p: Prepared, args: dict) -> RunSpec:
     keep = {k: args[k] for k in (*_FIXED_ON_RESUME, *_FREE_ON_RESUME) if k not in ("model", "data", "task")}
     return RunSpec(name, p.spec, _data_ref(args["data"]), p.fingerprint, task=p.ds.task, **keep)
 
+# %% ../nbs/04_training.ipynb #bbe9aafd
+def _fit_tree(a: dict) -> Run:
+    """`train("lightgbm", ...)`: gradient-boosted trees (`aimass.trees.fit_tree`), registered like any other version.
+    Its settings (n_estimators, learning_rate, num_leaves, ...) come as model_kwargs; epochs and the optimizer's do not apply."""
+    from aimass.trees import fit_tree
+    if a["resume"] or a["init_from"]: raise AimassError("A LightGBM model is fitted in one go: resume and init_from do not apply to it.")
+    own = [k for k in inspect.signature(fit_tree).parameters if k not in ("data", "target", "task")]
+    if bad := sorted(set(a["model_kwargs"]) - set(own)):
+        raise AimassError(f"lightgbm takes no {', '.join(bad)}; its settings: {', '.join(k for k in own if k not in ('seed', 'name', 'register', 'val_size', 'test_size'))}.")
+    if a["missing_target"] == "error": load_data(a["data"], a["target"], a["task"], missing_target="error")  # refused before fitting
+    return fit_tree(a["data"], a["target"], a["task"], seed=a["seed"], val_size=a["val_size"], test_size=a["test_size"],
+                    name=a["name"], register=a["register"], **a["model_kwargs"])
+
 # %% ../nbs/04_training.ipynb #21abc5e1
 def _train_run(a: dict, t0: float) -> Run|None:
     "`train` with its arguments `a`: find the run to resume, prepare, save `run.json`, fit, and register the result."
@@ -1299,7 +1312,7 @@ def _train_run(a: dict, t0: float) -> Run|None:
     return _finish(p, name, run_dir, status, ckpt, trainer, loop, t0, {k: a[k] for k in _HPARAMS}, a["register"])
 
 # %% ../nbs/04_training.ipynb #c3d0e45e
-def train(model: str|type|nn.Module = "mlp",  # a template (mlp, cnn, linear), an nn.Module or LightningModule class or instance, hf:ID_OR_FOLDER or timm:NAME
+def train(model: str|type|nn.Module = "mlp",  # a template (mlp, cnn, linear), lightgbm, an nn.Module or LightningModule class or instance, hf:ID_OR_FOLDER or timm:NAME
           data: str|Path|pd.DataFrame|tuple|Dataset = "digits",  # a built-in dataset, a CSV/TSV/Parquet file, a DataFrame, (X, y), or a folder of images
           *,
           target: str|None = None,  # the column to predict (files and DataFrames)
@@ -1343,6 +1356,7 @@ def train(model: str|type|nn.Module = "mlp",  # a template (mlp, cnn, linear), a
     "Train `model` on `data` with Lightning, register the result as a new version, and return its `Run`."
     a = {**{k: v for k, v in locals().items() if k != "template_kwargs"}, "model_kwargs": {**(model_kwargs or {}), **template_kwargs}}
     a["freeze"] = freeze or unfreeze_after is not None
+    if isinstance(model, str) and model == "lightgbm": return _fit_tree(a)
     t0 = time.perf_counter()
     _check_args(epochs, batch_size, batches_per_step, accumulate, unfreeze_after)
     with isolated_global_state(): return _train_run(a, t0)

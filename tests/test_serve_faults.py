@@ -78,6 +78,7 @@ def _served_again(srv, rows, since, within=60.0) -> float:
 
 # 1. A killed inference worker
 
+@pytest.mark.serial
 @pytest.mark.slow
 @pytest.mark.parametrize("fast_ipc", [True, False])
 def test_killed_worker_recovers_under_load(home, fast_ipc):
@@ -261,6 +262,7 @@ def _slowloris(port, n, stop, opened):
     for s, _ in socks.values(): s.close()
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_slow_clients_do_not_starve_real_ones(home):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -304,3 +306,15 @@ def test_body_not_utf8_gets_400(home, onnx_server, name, body):
     assert r.status_code == 400 and "UTF-8" in r.json()["detail"], (name, r.status_code, r.text)
     assert len(body) > 40 or "\\u0000" not in r.text  # the answer does not echo the body back
     assert len(_post(onnx_server, home["rows"][:1]).json()["predictions"]) == 1
+
+
+@pytest.mark.slow
+def test_a_long_tmpdir_does_not_stop_the_server(home, tmp_path, monkeypatch):
+    "LitServe's manager listens on an AF_UNIX socket under the temp folder (107 bytes at most): a deep TMPDIR stopped the server."
+    deep = tmp_path/("d"*60)/("e"*40); deep.mkdir(parents=True)
+    monkeypatch.setenv("TMPDIR", str(deep))
+    srv = _serve("digits-cnn", backend="onnx")
+    try:
+        r = _post(srv, home["rows"][:2])
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 2
+    finally: srv.stop()

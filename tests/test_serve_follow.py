@@ -49,6 +49,7 @@ def _wait_for(check, timeout=20.0):
     raise AssertionError("condition not met in time")
 
 
+@pytest.mark.serial
 def test_promote_and_rollback_under_load_drop_nothing(home, ip):
     reg = Registry()
     reg.set_alias("digits", "production", 1)

@@ -13,4 +13,4 @@ echo "== nbdev-test: the layer notebooks"
 .venv/bin/nbdev-test nbs --file-re '^[0-2]' --n-workers 2 --timing
 
 echo "== pytest: the quick tier ($((SECONDS - start)) s so far)"
-.venv/bin/python -m pytest -q -m "not slow and not browser and not venv" "$@"
+OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q -n "${AIMASS_TEST_WORKERS:-3}" -m "not slow and not browser and not venv and not serial" "$@"
