@@ -12,7 +12,7 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['AimassError', 'aimass_home', 'check_name', 'Ref', 'parse_ref', 'atomic_write_bytes', 'atomic_write_json', 'spec_hash',
-           'pid_alive', 'param_docs', 'with_options', 'split_options', 'in_notebook']
+           'pid_alive', 'param_docs', 'with_options', 'split_options', 'in_notebook', 'warn']
 
 # %% ../nbs/00_core.ipynb #42aa9767
 class AimassError(ValueError):
@@ -199,3 +199,17 @@ def in_notebook() -> bool:
         ip = get_ipython()
     except ImportError: return False
     return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
+
+# %% ../nbs/00_core.ipynb #67d1b480
+def _library_frame(filename: str, package: str) -> bool:
+    "Whether code in `filename` is aimass's or an installed library's (IPython running a magic, optuna running a trial), not the user's."
+    path = os.path.abspath(filename)
+    return path.startswith(package + os.sep) or any(p in path.split(os.sep) for p in ("site-packages", "dist-packages"))
+
+def warn(message: str, category: type = UserWarning):
+    "`warnings.warn(message, category)`, attributed to the user's line that led to it (the first caller outside aimass and installed libraries)."
+    import sys, warnings, aimass
+    package, frame, level = os.path.dirname(os.path.abspath(aimass.__file__)), sys._getframe(1), 2
+    while frame is not None and frame.f_back is not None and _library_frame(frame.f_code.co_filename, package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from fastcore.basics import patch
-from .core import AimassError
+from .core import AimassError, warn
 
 # %% auto #0
 __all__ = ['BUILTIN_DATASETS', 'Dataset', 'with_target_policy', 'load_data', 'Splits', 'split', 'Preprocessor', 'RowError',
@@ -97,7 +97,7 @@ def _drop_missing_target(X, y: pd.Series, where: str):
     if not missing.any(): return X, y, 0
     n, keep = int(missing.sum()), ~missing
     if n == len(y): raise AimassError(f"The target {where} has no values: every row's target is missing.")
-    warnings.warn(f"Left out {n} of {len(y)} rows: their target {where} is missing.", stacklevel=4)
+    warn(f"Left out {n} of {len(y)} rows: their target {where} is missing.")
     X = X[keep].reset_index(drop=True) if isinstance(X, pd.DataFrame) else X[keep]
     return X, y[keep].reset_index(drop=True), n
 
@@ -515,8 +515,8 @@ def _transform_tabular(st, X, unseen: UnseenCategories|None = None) -> np.ndarra
     parts = [_encode_number(df[c["name"]], c) if c["kind"] == "number" else _one_hot(df[c["name"]], c, found)
              for c in st["columns"]]
     if unseen is None and found:
-        warnings.warn(f"{found.total:,} value(s) of categories not seen in training, encoded as all zeros: {found}.",
-                      UnseenCategoryWarning, stacklevel=3)
+        warn(f"{found.total:,} value(s) of categories not seen in training, encoded as all zeros: {found}.",
+                      UnseenCategoryWarning)
     return np.concatenate(parts, axis=1, dtype=np.float32) if parts else np.zeros((len(df), 0), np.float32)
 
 # %% ../nbs/01_data.ipynb #feec0f9c

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Literal
 import numpy as np
 from fastcore.basics import patch
-from .core import AimassError, atomic_write_json
+from .core import AimassError, atomic_write_json, warn
 from .data import UnseenCategories, UnseenCategoryWarning
 from . import registry
 from .registry import ModelCard
@@ -160,8 +160,8 @@ def _note(self: Runner, found: UnseenCategories):
     new = [c for c in found.counts if c not in self.unseen.counts]
     self.unseen.update(found)
     if new:
-        warnings.warn(f"{self.ref}: categories not seen in training, encoded as all zeros: {found}. "
-                      "Later ones are counted in Runner.unseen.", UnseenCategoryWarning, stacklevel=3)
+        warn(f"{self.ref}: categories not seen in training, encoded as all zeros: {found}. "
+                      "Later ones are counted in Runner.unseen.", UnseenCategoryWarning)
 
 # %% ../nbs/07_inference.ipynb #d133fb78
 def pad_tokens(arrays: list, pad_id: int = 0,  # the tokenizer's padding id (the "text" Preprocessor's `pad_id`)
@@ -977,8 +977,8 @@ def _checked_batch_size(batch_size) -> int:
 # %% ../nbs/07_inference.ipynb #pred-warn-skipped
 def _warn_skipped(skipped: list, rows: int):
     "Warn that the images in `skipped` (`(path, why)`) could not be read, naming the first."
-    warnings.warn(f"{len(skipped):,} of {rows:,} images could not be read and were skipped (their rows have no prediction "
-                  f"and say why in the error column; Predictions.skipped lists them). The first: {skipped[0][0]}: {skipped[0][1]}", stacklevel=3)
+    warn(f"{len(skipped):,} of {rows:,} images could not be read and were skipped (their rows have no prediction "
+                  f"and say why in the error column; Predictions.skipped lists them). The first: {skipped[0][0]}: {skipped[0][1]}")
 
 # %% ../nbs/07_inference.ipynb #9e0d3a61
 def predict(ref: str,  # NAME, NAME:vN or NAME@ALIAS (resolved once: a moving alias cannot mix versions in one job)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from fastcore.basics import GetAttr, patch
-from .core import AimassError, Ref, aimass_home, atomic_write_json, check_name, parse_ref, pid_alive, spec_hash
+from .core import AimassError, Ref, aimass_home, atomic_write_json, check_name, parse_ref, pid_alive, spec_hash, warn
 
 # %% auto #0
 __all__ = ['Record', 'TargetInfo', 'ExportInfo', 'BenchInfo', 'ModelCard', 'ModelVersion', 'Registry', 'ModelList', 'model_refs',
@@ -293,6 +293,10 @@ def _data_text(card: ModelCard) -> str:
     parts = [str(d.get("name") or "unnamed data")]
     if rows: parts.append(" / ".join(f"{v} {k}" for k, v in rows.items()) + " rows")
     if d.get("fingerprint"): parts.append(f"fingerprint {str(d['fingerprint'])[:12]}")
+    s = d.get("summary") or {}  # what training found in it (aimass.data.DataSummary)
+    if s.get("dropped"): parts.append(f"{s['dropped']} rows without a target left out")
+    if s.get("imputed"): parts.append("missing values filled with the training median in " + ", ".join(s["imputed"]))
+    if s.get("encoded"): parts.append("one-hot: " + ", ".join(f"{c} ({n})" for c, n in s["encoded"].items()))
     return ", ".join(parts)
 
 def _training_text(card: ModelCard) -> str:
@@ -514,7 +518,7 @@ def _commit_version(self: Registry, db, name: str, staging: Path, card: ModelCar
     _clean_leftovers(model_dir)
     on_disk = _folder_versions(model_dir)
     version = max(known | on_disk, default=0) + 1  # above every folder on disk too: none is ever replaced
-    if strays := sorted(on_disk - known): warnings.warn(_stray_warning(name, strays, model_dir, version), stacklevel=4)
+    if strays := sorted(on_disk - known): warn(_stray_warning(name, strays, model_dir, version))
     card = replace(card, name=name, version=version, created_at=card.created_at or _now())
     atomic_write_json(staging/"model.json", card.to_dict())
     _fsync_dir(staging)

@@ -490,7 +490,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in (d or {}).items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and v: out.update(_flat(v, key + "."))
+        if isinstance(v, dict): out.update(_flat(v, key + "."))  # an empty one adds nothing: {} and no key are the same settings
         elif k == "source" and isinstance(v, str): out[key] = "sha256:" + hashlib.sha256(v.encode()).hexdigest()[:12]
         else: out[key] = v
     return out
@@ -498,7 +498,11 @@ def _flat(d: dict, prefix: str = "") -> dict:
 # %% ../nbs/03b_reporting.ipynb #49724842
 def _hparams_diff(ca, cb) -> pd.DataFrame:
     "The hyperparameters and model settings that differ between two cards (`model`, `spec.*`, the rest as trained)."
-    fa, fb = (_flat({"model": c.model, **(c.hparams or {}), "spec": c.spec}) for c in (ca, cb))
+    def settings(c):  # a tuned version's study and trial, not its copy of the trial's parameters (those are its hparams already)
+        h = dict(c.hparams or {})
+        if isinstance(h.get("tune"), dict): h["tune"] = {k: h["tune"].get(k) for k in ("study", "trial")}
+        return _flat({"model": c.model, **h, "spec": c.spec})
+    fa, fb = settings(ca), settings(cb)
     rows = [{"parameter": k, "a": fa.get(k), "b": fb.get(k)} for k in dict.fromkeys([*fa, *fb]) if fa.get(k) != fb.get(k)]
     return pd.DataFrame(rows, columns=["parameter", "a", "b"])
 

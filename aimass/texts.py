@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from fastcore.basics import patch
-from .core import AimassError
+from .core import AimassError, warn
 from .data import Dataset, Preprocessor, RowError, _drop_missing_target, _encode_target, _infer_task, _read_table, no_file_error
 
 # %% auto #0
@@ -307,8 +307,8 @@ def _warn_empty(empty: list, n: int, where: str):
     "A warning that says how many rows had no text, and which."
     if not empty: return
     first = ", ".join(map(str, empty[:5])) + (", ..." if len(empty) > 5 else "")
-    warnings.warn(f"{len(empty)} of {n} rows of {where} have no text (missing or empty); they are kept as \"\" "
-                  f"(the model sees only its special tokens): rows {first}. TextDataset.empty lists them.", stacklevel=4)
+    warn(f"{len(empty)} of {n} rows of {where} have no text (missing or empty); they are kept as \"\" "
+                  f"(the model sees only its special tokens): rows {first}. TextDataset.empty lists them.")
 
 # %% ../nbs/01b_texts.ipynb #6a1bfaf3
 def load_texts(data,                         # a DataFrame, or a CSV/TSV/Parquet/JSONL file

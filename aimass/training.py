@@ -19,7 +19,7 @@ import lightning as L
 from fastcore.basics import patch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Checkpoint
-from .core import AimassError, aimass_home, atomic_write_bytes, atomic_write_json, check_name, in_notebook
+from .core import AimassError, aimass_home, atomic_write_bytes, atomic_write_json, check_name, in_notebook, warn
 from .data import BUILTIN_DATASETS, DataSummary, Dataset, Preprocessor, load_data, score, split, summarize, with_target_policy
 from .models import (TEMPLATES, Predictor, TaskModule, batched_outputs, lightning_step_needs, load_weights,
                            model_from_spec, overridden_hooks, read_state_dict, resolve_model, is_pretrained,
@@ -1024,7 +1024,7 @@ def _fit(p: Prepared, run_dir, ckpt_path, epochs, batch_size, seed, accelerator,
                        accumulate_grad_batches=accumulate)
     if isinstance(p.module, TaskModule): p.module.steps_per_epoch = math.ceil(loaders[0].sampler.steps_per_epoch / accumulate)  # a per-step schedule's length
     loop, blamed = _choose_loop(p.module, trainer, callbacks or [], batches_per_step, batch_size*_row_bytes(p), 4 if p.images or p.texts else 16)
-    if blamed and trainer.is_global_zero: warnings.warn(_slower_note(blamed), stacklevel=3)
+    if blamed and trainer.is_global_zero: warn(_slower_note(blamed))
     status = _run_fit(trainer, p, _use_loop(loop, p, trainer, cb, loaders, batch_size), ckpt_path, stop, display, run_dir)
     if stop: status = stop.reason
     elif status == "completed" and trainer.current_epoch < epochs and extra and trainer.should_stop: status = "early-stopped"
