@@ -14,7 +14,7 @@ from fastcore.basics import patch
 from .core import AimassError, aimass_home, check_name, in_notebook
 
 # %% auto #0
-__all__ = ['Param', 'parse_space', 'search_space', 'resolve_metric', 'TuneResult', 'tune']
+__all__ = ['Param', 'parse_space', 'search_space', 'resolve_metric', 'study_storage', 'TuneResult', 'tune']
 
 # %% ../nbs/04b_tuning.ipynb #284dd111
 def _optuna():
@@ -198,9 +198,18 @@ def resolve_metric(metric: str|None = None,  # a history column, like val_loss o
 
 # %% ../nbs/04b_tuning.ipynb #dddb8507
 def study_path(name: str) -> Path:
-    "Where study `name` is stored."
+    "Where study `name` is stored: optuna's journal file (`study_storage` opens it)."
     d = aimass_home()/"studies"; d.mkdir(parents=True, exist_ok=True)
-    return d/f"{check_name(name, 'study name')}.db"
+    return d/f"{check_name(name, 'study name')}.log"
+
+# %% ../nbs/04b_tuning.ipynb #46ad5f27
+def study_storage(name: str):
+    """The optuna storage of study `name`: a journal file (`optuna.load_study(study_name=name, storage=study_storage(name))`).
+    A journal, not SQLite: it opens in milliseconds (an RDB storage sets up SQLAlchemy and its schema: about a second
+    per `tune` call), appends each trial's events with a file lock, and optuna-dashboard reads it."""
+    optuna = _optuna()
+    from optuna.storages.journal import JournalFileBackend
+    return optuna.storages.JournalStorage(JournalFileBackend(str(study_path(name))))
 
 # %% ../nbs/04b_tuning.ipynb #33d1170b
 def _mark_stale_failed(study) -> int:
@@ -215,7 +224,7 @@ def _open_study(name: str, metric: str, direction: str, resume: bool, seed: int,
     "Study `name`: a new one, or (with `resume`) the stored one, its stale trials marked failed."
     optuna = _optuna()
     path = study_path(name)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{path}")
+    storage = study_storage(name)
     exists = any(s.study_name == name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
     if exists and not resume:
         raise AimassError(f"A study named {name!r} exists ({path}): pass --resume (resume=True) to continue it, or another --name.")

@@ -6,7 +6,7 @@
     target at most 1.1x.
 (b) The same trials budget with pruning on (median pruner) vs off (the run of (a)), same sampler seed: the wall time
     cut (target at least 30%) and both best scores (val_loss, lower is better).
-A warm-up train call runs first so that neither side pays the first call's imports.
+A warm-up train call and a one-trial study run first, so that neither side pays first-call imports (optuna's included).
 
     .venv/bin/python bench/bench_tune.py [--trials 20] [--epochs 5] [--repeats 1]
 """
@@ -18,6 +18,7 @@ def main(trials: int, epochs: int, repeats: int = 1):
     import aimass
     from aimass.tuning import _train_kwargs
     aimass.train("mlp", "digits", epochs=1, register=False, progress=False)  # warm-up: imports, first-call costs
+    aimass.tune("mlp", "digits", trials=1, epochs=1, name="warm-up", register=False, progress=False)  # optuna's imports, TPE's
 
     def tuned(prune, name):
         t0 = time.perf_counter()

@@ -5,7 +5,7 @@ import pytest
 
 import aimass
 from aimass.core import AimassError
-from aimass.tuning import Param, parse_space, search_space, resolve_metric, study_path, tune
+from aimass.tuning import Param, parse_space, search_space, resolve_metric, study_path, study_storage, tune
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_pruning_prunes_bad_trials(small):
 def test_interrupted_trial_is_failed_and_resume_goes_on(small):
     import optuna
     t = tune("mlp", small, trials=1, epochs=1, name="t3", progress=False, register=False)
-    st = optuna.load_study(study_name="t3", storage=f"sqlite:///{study_path('t3')}")
+    st = optuna.load_study(study_name="t3", storage=study_storage("t3"))
     st.ask()  # a trial whose process was killed: left RUNNING
     t2 = tune("mlp", small, trials=1, epochs=1, name="t3", resume=True, progress=False)
     assert list(t2.trials.state) == ["COMPLETE", "FAIL", "COMPLETE"] and t2.version is not None
