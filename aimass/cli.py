@@ -6,7 +6,7 @@ Docs: https://aimass.github.io/aimass/cli.html.md"""
 
 # %% ../nbs/22_cli.ipynb #6c214b63
 from __future__ import annotations
-import sys
+import os, sys
 from .core import AimassError
 
 # %% auto #0
@@ -26,11 +26,16 @@ def _print_result(result):
 
 # %% ../nbs/22_cli.ipynb #4bc5982b
 def main(argv=None) -> int:
-    "Entry point of the `aimass` console script. Exit status: 0 done, 2 bad command, 1 failed."
+    "Entry point of the `aimass` console script. Exit status: 0 done, 2 bad command, 1 failed, 141 output pipe closed."
     from aimass.commands import HelpRequested, run
-    try: result, _ = run(sys.argv[1:] if argv is None else argv)
-    except HelpRequested as h: print(h.text); return 0
-    except AimassError as e: print(f"aimass: {e}", file=sys.stderr); return 2
-    except KeyboardInterrupt: print("aimass: interrupted", file=sys.stderr); return 130
-    _print_result(result)
+    try:
+        try: result, _ = run(sys.argv[1:] if argv is None else argv)
+        except HelpRequested as h: print(h.text); return 0
+        except AimassError as e: print(f"aimass: {e}", file=sys.stderr); return 2
+        except KeyboardInterrupt: print("aimass: interrupted", file=sys.stderr); return 130
+        _print_result(result)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `aimass models | head`: the reader has what it wanted; no traceback, as SIGPIPE would end a C tool
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the interpreter's own flush at exit says nothing
+        return 141
     return 0

@@ -15,7 +15,7 @@ cannot run it), and every page has the sidebar of nbs/sidebar.yml, with the prev
          only when every notebook passed, and review the diff before committing it
 """
 import copy, functools, glob, html, os, re, subprocess, sys, tempfile, time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 import nbformat, yaml
 from nbclient import NotebookClient
@@ -206,12 +206,14 @@ def main(args):
     paths = notebooks(args)
     # Two kernels at a time (this machine has two cores), the end-to-end notebooks (the longest) first.
     order = sorted(paths, key=lambda p: not (p.parent.name == "tutorials" or p.name == "index.ipynb"))
+    done, t0 = {}, time.perf_counter()
     with ThreadPoolExecutor(2) as pool:
-        done = {r[0]: r for r in pool.map(lambda p: render(p, force), order)}
+        for fut in as_completed([pool.submit(render, p, force) for p in order]):  # each line as its notebook ends: CI logs show progress
+            p, _, e, dt = done.setdefault(fut.result()[0], fut.result())
+            print(f"{'FAIL' if e else 'ok  '} {dt:6.1f}s {os.path.relpath(p, ROOT)}  ({time.perf_counter() - t0:.0f} s)"
+                  + (f"\n      {e}" if e else ""), flush=True)
     results = [done[p] for p in paths]
     failed = [r for r in results if r[2]]
-    for p, _, e, dt in results:
-        print(f"{'FAIL' if e else 'ok  '} {dt:6.1f}s {os.path.relpath(p, ROOT)}" + (f"\n      {e}" if e else ""))
     print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
     if do_save and not failed:
         save(results); print(f"saved the outputs into {len(results)} notebooks (nbdev-clean ran)")
