@@ -436,7 +436,7 @@ def _parquet_source(path: Path) -> _Source:
     except Exception as e: raise AimassError(f"Cannot read {path} as Parquet: {e}") from None
     if meta.num_rows == 0: raise AimassError(f"{path} has no rows: there is nothing to predict.")
     def chunks(start, size, cols):
-        with pq.ParquetFile(path) as pf:
+        with pq.ParquetFile(path, pre_buffer=False) as pf:  # pre-buffering keeps every row group read so far: memory would grow with the file
             group, first = 0, 0  # start in the row group holding row `start`
             while group < meta.num_row_groups and first + meta.row_group(group).num_rows <= start:
                 first += meta.row_group(group).num_rows; group += 1
@@ -669,13 +669,21 @@ class _Parts:
         if self._lock: self._lock.close(); self._lock = None
 
 # %% ../nbs/07_inference.ipynb #4a7be7c1
+def _dictionary_columns(schema) -> list:
+    "The columns worth Parquet's dictionary encoding: all but floats (probabilities are almost all distinct: trying costs 2x the write)."
+    import pyarrow as pa
+    return [f.name for f in schema if not pa.types.is_floating(f.type)]
+
+# %% ../nbs/07_inference.ipynb #53a80eab
 @patch
 def write(self: _Parts, i: int, frame):
     "Save chunk `i` atomically."
+    import pyarrow as pa, pyarrow.parquet as pq
     path = self.part(i)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        frame.to_parquet(tmp, index=False)
+        table = pa.Table.from_pandas(frame, preserve_index=False)  # what frame.to_parquet(index=False) writes
+        pq.write_table(table, tmp, use_dictionary=_dictionary_columns(table.schema))
         os.replace(tmp, path)
     finally: tmp.unlink(missing_ok=True)
 
@@ -742,7 +750,7 @@ def _write_output(parts: list, output: Path, collect: bool):
     try:
         if _file_suffix(output) in _PARQUET:
             schema, pending = _common_schema([pq.read_schema(p) for p in parts]), []
-            with pq.ParquetWriter(tmp, schema) as w:
+            with pq.ParquetWriter(tmp, schema, use_dictionary=_dictionary_columns(schema)) as w:
                 for i, p in enumerate(parts):
                     pending.append(pq.read_table(p).cast(schema))
                     if collect: frames.append(pending[-1].to_pandas())
@@ -974,6 +982,23 @@ def _checked_batch_size(batch_size) -> int:
         raise AimassError(f"batch_size must be a whole number of rows, at least 1, not {batch_size!r}.")
     return int(batch_size)
 
+# %% ../nbs/07_inference.ipynb #822876bd
+CHUNK_BYTES = 16 << 20  # tables and arrays: a default chunk holds about this much model input (or output) as float32
+
+def _default_batch_size(runner: Runner) -> int:
+    "Rows per chunk when `batch_size` is not given: 1,024 images or texts; for tables and arrays, about `CHUNK_BYTES` of inputs, 1,024 to 32,768 rows."
+    if runner.pre.kind in ("image", "text"): return 1024  # decoded pixels and a transformer's activations are large per row
+    width = max(int(np.prod(runner.pre.input_shape)), runner.pre.raw_width, len(runner.classes or []), 1)
+    return int(min(1 << 15, max(1024, CHUNK_BYTES // (4 * width))))  # more rows per chunk: no faster, more memory (the model's activations)
+
+# %% ../nbs/07_inference.ipynb #8934ba85
+def _saved_batch_size(out: Path|None) -> int|None:
+    "The chunk size of the interrupted job whose saved chunks wait beside `out`: resuming without `batch_size` goes on in its chunks."
+    if out is None: return None
+    try: size = json.loads(out.with_name(out.name + ".parts").joinpath("manifest.json").read_text()).get("batch_size")
+    except (OSError, ValueError, AttributeError): return None
+    return size if isinstance(size, int) and size >= 1 else None
+
 # %% ../nbs/07_inference.ipynb #pred-warn-skipped
 def _warn_skipped(skipped: list, rows: int):
     "Warn that the images in `skipped` (`(path, why)`) could not be read, naming the first."
@@ -988,7 +1013,7 @@ def predict(ref: str,  # NAME, NAME:vN or NAME@ALIAS (resolved once: a moving al
             overwrite: bool = False,  # replace an existing output (and discard another job's saved chunks)
             keep: list[str]|None = None,  # input columns to carry into the result, first (an id, say)
             backend: Literal["auto", "onnx", "torch"] = "auto",  # auto: the benchmark's pick when exported, else ONNX when exported, else torch
-            batch_size: int = 1024,  # rows per chunk (files are read a chunk at a time)
+            batch_size: int|None = None,  # rows per chunk (default: 32,768 table rows, fewer for wide arrays; 1,024 images or texts)
             threads: int|None = None,  # ONNX Runtime threads (default: every core this process may use)
             progress: bool|str = "auto",  # auto: a bar unless one chunk does it; or a function (rows_done, total)
             image: str|None = None,  # image models: the column of a CSV/Parquet/DataFrame that holds image paths (default 'image')
@@ -1000,10 +1025,12 @@ def predict(ref: str,  # NAME, NAME:vN or NAME@ALIAS (resolved once: a moving al
     cannot be read is skipped: its row says why in `error`, and `Predictions.skipped` lists it. A text model reads the
     column `text` (two for pairs), and also takes a list of texts; keep an id column with `keep=`."""
     t0 = time.perf_counter()
-    batch_size, keep = _checked_batch_size(batch_size), ([keep] if isinstance(keep, str) else list(dict.fromkeys(keep or [])))
+    if batch_size is not None: batch_size = _checked_batch_size(batch_size)
+    keep = [keep] if isinstance(keep, str) else list(dict.fromkeys(keep or []))
     out = _output_path(output, overwrite)
     mv = registry.Registry().get(ref)  # resolved once: a moving alias cannot mix versions in one job
     runner = _batch_runner(mv, backend, threads)
+    batch_size = batch_size or _saved_batch_size(out) or _default_batch_size(runner)  # large chunks: per-chunk costs vanish, memory stays bounded
     src, images = _open_source(data, runner.pre, image, text), runner.pre.kind == "image"
     cols, read = _job_columns(src, runner.pre, keep, mv.ref, _result_columns(runner.task, runner.classes, images))
     if images and cols: keep = list(dict.fromkeys([*cols, *keep]))  # the image's path is the key column

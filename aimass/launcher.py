@@ -42,7 +42,7 @@ class ServerConfig(Record):
     host: str = "127.0.0.1"  # 127.0.0.1: this machine only; 0.0.0.0 or :: for every interface
     port: int|None = None  # the port to listen on (None: a free one)
     max_batch_size: int = 8  # requests run together as one batch
-    batch_timeout: float = 0.001  # seconds to wait for a batch to fill
+    batch_timeout: float = 0.0  # seconds to wait for a batch to fill (0: run what queued while the last batch ran)
     workers: int = 1  # inference processes per model
     threads: int = 1  # compute threads per inference process
     api_servers: int = 1  # HTTP processes
@@ -119,7 +119,8 @@ def summarize_stats(snapshots: list, window: float = 10.0) -> dict:
         by_status.update({int(k): v for k, v in s["by_status"].items()})
         by_path.update(s.get("by_path") or {})
         lat += s["latencies"]
-        recent += sum(t > now - window for t in s["done_at"])
+        if "done_per_s" in s: recent += sum(v for k, v in s["done_per_s"].items() if int(k) >= now - window)  # whole seconds
+        else: recent += sum(t > now - window for t in s.get("done_at", ()))  # a server started by an older aimass
     q = [float(v) for v in np.percentile(lat, [50, 99]) * 1000] if lat else [None, None]  # None, not NaN: the answer is JSON
     return {"requests": sum(by_status.values()), "rate": recent / window, "p50_ms": q[0], "p99_ms": q[1],
             "errors": sum(v for k, v in by_status.items() if k >= 400), "errors_by_status": {k: v for k, v in sorted(by_status.items()) if k >= 400},

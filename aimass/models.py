@@ -569,13 +569,13 @@ class TaskModule(L.LightningModule):
         import torchmetrics as tm
         if task == "classification":
             mk = lambda: tm.MetricCollection({"acc": tm.classification.MulticlassAccuracy(num_outputs, average="micro"),
-                                              "f1": tm.classification.MulticlassF1Score(num_outputs, average="macro")})
+                                              "f1": tm.classification.MulticlassF1Score(num_outputs, average="macro")}, prefix="val_")
         elif task == "multilabel":
             mk = lambda: tm.MetricCollection({"acc": tm.classification.MultilabelAccuracy(num_outputs, average="micro"),
-                                              "f1": tm.classification.MultilabelF1Score(num_outputs, average="macro")})
+                                              "f1": tm.classification.MultilabelF1Score(num_outputs, average="macro")}, prefix="val_")
         else:
-            mk = lambda: tm.MetricCollection({"mse": tm.MeanSquaredError(), "mae": tm.MeanAbsoluteError(), "r2": tm.R2Score()})
-        self.val_metrics = mk().clone(prefix="val_")
+            mk = lambda: tm.MetricCollection({"mse": tm.MeanSquaredError(), "mae": tm.MeanAbsoluteError(), "r2": tm.R2Score()}, prefix="val_")
+        self.val_metrics = mk()  # built with its prefix: a clone would deep-copy it
 
     def forward(self, x): return self.net(x)
 
@@ -647,13 +647,22 @@ def _step_schedule(self: TaskModule, opt) -> dict:
             "interval": "step"}
 
 # %% ../nbs/02_models.ipynb #9e690332
+def _chunk_mean(losses: list, sizes: list) -> torch.Tensor:
+    """The mean of a chunk's batch losses weighted by the batches' sizes, summed in float32 in the batches' order
+    (as a running sum of tensors would, at one tensor operation a chunk instead of three a batch)."""
+    values, total = torch.stack(losses).float().cpu().numpy(), np.float32(0.0)
+    for v, n in zip(values, sizes): total = np.float32(total + np.float32(v*np.float32(n)))
+    return torch.tensor(total) / sum(sizes)
+
+# %% ../nbs/02_models.ipynb #8d8f116c
 @patch
 def training_step(self: TaskModule, batch, batch_idx):
     "The batch's loss; in chunks, the chunk's mean loss after one optimizer step per batch."
     x, y = batch
     if not self.chunked: return self._loss(self(x), y)  # no per-step self.log: it costs more than the step on small models; aimass's callback averages the loss
-    opt, total = self.optimizers(), 0.0
+    opt, losses, sizes, after = self.optimizers(), [], [], self.after_step
     progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress if self._direct_steps else None
+    schedule = self.lr_schedulers() if self._per_step_schedule else None  # Lightning steps no schedule in manual optimization
     for xb, yb in zip(x.split(self.step_size), y.split(self.step_size)):
         opt.zero_grad()
         loss = self._loss(self(xb), yb)
@@ -663,10 +672,10 @@ def training_step(self: TaskModule, batch, batch_idx):
         else:
             self.manual_backward(loss)
             opt.step()
-        if self._per_step_schedule: self.lr_schedulers().step()  # Lightning steps no schedule in manual optimization
-        total = total + loss.detach().float()*len(yb)  # in float32 even when the step runs in half precision
-        if self.after_step is not None: self.after_step(loss, len(yb))
-    return total / len(y)
+        if schedule is not None: schedule.step()
+        losses.append(loss.detach()); sizes.append(len(yb))
+        if after is not None: after(loss, sizes[-1])
+    return _chunk_mean(losses, sizes)
 
 # %% ../nbs/02_models.ipynb #038e034e
 @patch

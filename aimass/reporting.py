@@ -399,7 +399,8 @@ def _plain(v):
         extra = {**({"index_name": v.index.name} if v.index.name else {}), **({"attrs": _plain(v.attrs)} if v.attrs else {})}
         return {"frame": _plain(v.to_dict(orient="split")), **extra}
     if isinstance(v, dict): return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple, np.ndarray)): return [_plain(x) for x in v]
+    if isinstance(v, (list, tuple, np.ndarray)):  # plain numbers and strings as they are: a report holds thousands
+        return [x if type(x) in (int, str, bool) or x is None or (type(x) is float and math.isfinite(x)) else _plain(x) for x in v]
     if isinstance(v, np.generic): v = v.item()
     return None if isinstance(v, float) and not math.isfinite(v) else v
 

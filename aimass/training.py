@@ -157,11 +157,22 @@ def _quiet_lightning():
             for l, lv in zip(loggers, levels): l.setLevel(lv)
 
 # %% ../nbs/04_training.ipynb #5adfd12e
+def _state_copy(state, limit: int = 64 << 20):
+    """A copy of a checkpoint's state dict, kept in memory so that `train` reads no file back for the best weights;
+    None when it is larger than `limit` bytes or not all on the CPU."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) and v.device.type == "cpu" for v in state.values()): return None
+    if sum(v.numel()*v.element_size() for v in state.values()) > limit: return None
+    out = type(state)((k, v.detach().clone()) for k, v in state.items())
+    if hasattr(state, "_metadata"): out._metadata = state._metadata  # what load_state_dict reads of module versions
+    return out
+
+# %% ../nbs/04_training.ipynb #5e7108f9
 class BackgroundCheckpointIO(TorchCheckpointIO):
     "Lightning's checkpoint IO, writing in a background thread; `then(fn)` runs `fn` after the writes queued before it."
     def __init__(self):
         super().__init__()
         self._pool, self._pending = None, []
+        self.copy_state, self.saved_state = False, None  # copy_state: keep the next save's state dict in memory too
 
     def _submit(self, fn, *args):
         done = [f for f in self._pending if f.done()]
@@ -175,6 +186,7 @@ class BackgroundCheckpointIO(TorchCheckpointIO):
         import io
         buf = io.BytesIO(); torch.save(checkpoint, buf)
         self._submit(atomic_write_bytes, Path(path), buf.getvalue())
+        self.saved_state = _state_copy(checkpoint.get("state_dict")) if self.copy_state else None
 
     def then(self, fn): self._submit(fn)
 
@@ -213,6 +225,7 @@ class EpochCheckpoint(Checkpoint):
         self.dirpath, self.monitor = Path(dirpath), monitor
         self.best_score, self.best_step, self.best_epoch = None, None, None
         self.best_model_path = ""  # Lightning's process launchers read and set this one
+        self.best_state = None  # the best file's state dict, when the checkpoint IO kept a copy (small models on the CPU)
 
     @property
     def last_model_path(self) -> Path: return self.dirpath/"last.ckpt"
@@ -232,11 +245,14 @@ class EpochCheckpoint(Checkpoint):
             self.best_score = float(score) if score is not None else None
             self.best_step, self.best_epoch = trainer.global_step, trainer.current_epoch + 1
             self.best_model_path = str(self.dirpath/"best.ckpt")
+        io_plugin = trainer.strategy.checkpoint_io
+        background = isinstance(io_plugin, BackgroundCheckpointIO)
+        if background: io_plugin.copy_state = improved
         trainer.save_checkpoint(self.last_model_path, weights_only=False)
+        if improved: self.best_state = io_plugin.saved_state if background else None
         if improved and trainer.is_global_zero:
             link = lambda: _link_atomic(self.last_model_path, self.dirpath/"best.ckpt")
-            io_plugin = trainer.strategy.checkpoint_io
-            io_plugin.then(link) if isinstance(io_plugin, BackgroundCheckpointIO) else link()
+            io_plugin.then(link) if background else link()
 
 # %% ../nbs/04_training.ipynb #d2c97263
 class AimassCallback(L.Callback):
@@ -335,16 +351,21 @@ def _after_step(self: AimassCallback, trainer):
         raise StopRequested(self.stop.reason)
 
 # %% ../nbs/04_training.ipynb #446f9d3f
+def _publish(trainer, metrics: dict):
+    """Make one-pass validation's metrics what `LightningModule.log_dict` in `on_train_epoch_end` would: tensors in
+    `trainer.callback_metrics` (checkpoints, early stopping, callbacks) and `trainer.logged_metrics`, at a fraction of
+    its cost (its per-metric bookkeeping takes about as long as validating a small model). `train` runs without loggers."""
+    values = {k: torch.tensor(float(v)) for k, v in metrics.items()}  # the default dtype, as `log` makes them
+    trainer.callback_metrics.update(values); trainer.logged_metrics.update(values)
+
+# %% ../nbs/04_training.ipynb #200fb165
 @patch
 def on_train_epoch_end(self: AimassCallback, trainer, pl_module):
     "Validate (in one pass, when asked), then record the epoch's row in the history and the progress display."
     val = {}
-    if self.val_tensors is not None:
-        val = pl_module.validate_tensors(*self.val_tensors, batch_size=self.val_batch_size)
-        pl_module.log_dict(val)
-    elif self.val_loader is not None:
-        val = pl_module.validate_batches(self.val_loader)
-        pl_module.log_dict(val)
+    if self.val_tensors is not None: val = pl_module.validate_tensors(*self.val_tensors, batch_size=self.val_batch_size)
+    elif self.val_loader is not None: val = pl_module.validate_batches(self.val_loader)
+    if val: _publish(trainer, val)
     if not trainer.is_global_zero: return
     row = {"epoch": trainer.current_epoch + 1, "train_loss": self._loss_sum / max(self._loss_n, 1),
            **{k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1 and not k.startswith("train_loss")}, **val}
@@ -1023,7 +1044,7 @@ def _fit(p: Prepared, run_dir, ckpt_path, epochs, batch_size, seed, accelerator,
                        strategy=_devices_strategy(devices, strategy), precision=precision, deterministic=deterministic,
                        accumulate_grad_batches=accumulate)
     if isinstance(p.module, TaskModule): p.module.steps_per_epoch = math.ceil(loaders[0].sampler.steps_per_epoch / accumulate)  # a per-step schedule's length
-    loop, blamed = _choose_loop(p.module, trainer, callbacks or [], batches_per_step, batch_size*_row_bytes(p), 4 if p.images or p.texts else 16)
+    loop, blamed = _choose_loop(p.module, trainer, callbacks or [], batches_per_step, batch_size*_row_bytes(p), 4 if p.images or p.texts else 64)
     if blamed and trainer.is_global_zero: warn(_slower_note(blamed))
     status = _run_fit(trainer, p, _use_loop(loop, p, trainer, cb, loaders, batch_size), ckpt_path, stop, display, run_dir)
     if stop: status = stop.reason
@@ -1154,7 +1175,8 @@ def _kept_weights(p: Prepared, ckpt, trainer, run_dir: Path, epochs_done: int) -
     metric ("best val_loss"), else the last epoch's ("last")."""
     best = Path(ckpt.best_model_path) if ckpt.best_model_path else run_dir/"checkpoints"/"last.ckpt"
     if ckpt.best_step != trainer.global_step:  # else the module already holds the best weights: no step was taken since
-        p.module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+        state = ckpt.best_state  # the copy kept when the best file was written, else the file
+        p.module.load_state_dict(state if state is not None else torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
     if not ckpt.best_model_path: return best, epochs_done, "last"
     return best, ckpt.best_epoch, f"best {ckpt.monitor}" if ckpt.monitor else "last"
 
@@ -1333,7 +1355,7 @@ def train(model: str|type|nn.Module = "mlp",  # a template (mlp, cnn, linear), l
           precision: str|None = None,  # 32-true (the default), bf16-mixed, 16-mixed, 64-true, ...
           deterministic: bool = False,  # only deterministic algorithms (reproducible on GPUs, slower)
           early_stopping: int|None = None,  # stop after this many epochs without a better validation loss
-          batches_per_step: int|Literal["auto"] = "auto",  # batches per Lightning training_step, each its own optimizer step: auto (up to 16 on one device, unless a callback needs per-batch hooks), or 1 for Lightning's own loops
+          batches_per_step: int|Literal["auto"] = "auto",  # batches per Lightning training_step, each its own optimizer step: auto (up to 64 on one device, unless a callback needs per-batch hooks), or 1 for Lightning's own loops
           name: str|None = None,  # the registry name (default: DATA-MODEL)
           register: bool = True,  # register the result as a new version; --no-register keeps it in the run folder (run.register() later)
           resume: bool|str|None = None,  # continue the newest run of `name` (or a run id, folder or checkpoint) with its model, data and settings; a larger epochs trains longer

@@ -47,6 +47,13 @@ def _running(procs) -> list:
     return [p.pid for p in procs if running(p)]
 
 
+def _port_freed(port: int, within: float = 5.0) -> bool:
+    "Whether `port` is free within `within` s: the kernel frees it as the last process holding it finishes exiting."
+    end = time.monotonic() + within
+    while S.port_in_use(port) and time.monotonic() < end: time.sleep(0.02)
+    return not S.port_in_use(port)
+
+
 def _killed_leader() -> tuple:
     "`(server, its children, those still running)` after its leader got SIGKILL."
     srv = S.serve("digits-linear", new=True)
@@ -66,7 +73,7 @@ def test_crashed_server_is_shown_as_such_and_what_it_left_is_ended(home):
     took = time.perf_counter() - t0
     print(f"\nservers() after the leader's SIGKILL, {len(left)} of its processes left: {took:.3f} s")
     assert table.loc[srv.name, "status"] == "crashed (killed by SIGKILL)"
-    assert _running(children) == [] and not S.port_in_use(srv.port)
+    assert _running(children) == [] and _port_freed(srv.port)
     assert srv.status == "crashed (killed by SIGKILL)" and "crashed" in repr(srv) and "crashed" in S._status_html(srv)
     assert S.stop(srv.name) == [srv.name] and srv.name not in set(S.servers().name)
 
@@ -79,7 +86,7 @@ def test_stop_ends_what_a_crashed_server_left(home):
     took = time.perf_counter() - t0
     print(f"\nstop() of a server whose leader was SIGKILLed, {len(left)} of its processes left: {took:.3f} s")
     assert took < 5, "no grace period to wait for: the leader is gone"
-    assert _running(children) == [] and not S.port_in_use(srv.port)
+    assert _running(children) == [] and _port_freed(srv.port)
 
 
 OWNER = textwrap.dedent('''

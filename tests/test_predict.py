@@ -167,6 +167,62 @@ def test_resume_parquet_input_across_row_groups(tmp_path):
     assert back.prediction.tolist() == list(Registry().load("pengs:v1").predict(df))
 
 
+def test_a_job_resumes_in_its_own_chunks_without_batch_size(tmp_path):
+    "A job begun with another chunk size (say the old default, 1,024 rows) resumes when the same call leaves batch_size out."
+    df = _penguins(1000, seed=3)
+    def stop(done, total):
+        if done >= 300: raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        predict("pengs:v1", df, output=tmp_path/"o.parquet", keep=["id"], batch_size=150, progress=stop)
+    again = predict("pengs:v1", df, output=tmp_path/"o.parquet", keep=["id"], progress=False)
+    assert (again.resumed_from, again.rows) == (300, 1000)
+    assert pd.read_parquet(tmp_path/"o.parquet").id.tolist() == df.id.tolist()
+
+
+def test_default_chunks_match_the_registry(tmp_path):
+    "Without batch_size a table is read 32,768 rows at a time: a Parquet file of two such chunks (row groups of another size) gives the registry's predictions, in order."
+    df = _penguins(40_000, seed=5)
+    df.to_parquet(tmp_path/"rows.parquet", index=False, row_group_size=15_000)
+    seen = []
+    got = predict("pengs:v1", tmp_path/"rows.parquet", output=tmp_path/"out.parquet", keep=["id"], progress=lambda done, total: seen.append(done))
+    assert seen == [32_768, 40_000] and got.rows == 40_000
+    lm, back = Registry().load("pengs:v1"), pd.read_parquet(tmp_path/"out.parquet")
+    assert back.id.tolist() == df.id.tolist()
+    assert back.prediction.tolist() == list(lm.predict(df))
+    np.testing.assert_allclose(CLASSES_PROBS(back), lm.outputs(df), atol=1e-5)
+    pd.testing.assert_frame_equal(got.frame, back)
+    mem = predict("pengs:v1", df.set_index("id"), progress=False).frame  # in memory: the same chunks, the same answers
+    assert mem.prediction.tolist() == back.prediction.tolist() and mem.index.equals(df.set_index("id").index)
+
+
+def test_parquet_memory_stays_bounded(tmp_path):
+    "Arrow memory held while reading a Parquet file does not grow with the rows read (pyarrow's pre-buffering kept every row group)."
+    import pyarrow as pa
+    _penguins(150_000, seed=8).to_parquet(tmp_path/"rows.parquet", index=False, row_group_size=2_000)
+    held = []
+    predict("pengs:v1", tmp_path/"rows.parquet", output=tmp_path/"out.parquet", keep=["id"], batch_size=5_000,
+            progress=lambda done, total: held.append(pa.total_allocated_bytes()))
+    size = (tmp_path/"rows.parquet").stat().st_size  # ~1.4 MB: pre-buffered, the whole file stayed in memory (~2.1 MB held)
+    assert len(held) == 30 and max(held) < size, (size, held)  # one row group and a chunk at a time: ~0.7 MB
+
+
+def test_one_hot_lookup_matches_pandas():
+    "The Arrow lookup that encodes categories gives pandas' codes: str() of each value, missing and unseen values all zeros."
+    from aimass.data import UnseenCategories, _one_hot
+    c = {"name": "x", "categories": ["a", "b", "1", "1.5", "True"]}
+    for s in (pd.Series(["a", None, 1, 1.5, "z", np.nan, "b", True, "1"], dtype=object), pd.Series(["b", None, "a", "q"], dtype="string"),
+              pd.Series(["a", "z", None], dtype="category"), pd.Series([1.0, np.nan, 1.5])):
+        unseen = UnseenCategories()
+        got = _one_hot(s, c, unseen)
+        text = s.astype("string")
+        codes = pd.Index(c["categories"], dtype="string").get_indexer(text)
+        codes[text.isna().to_numpy()] = -1
+        want = np.zeros((len(s), len(c["categories"])), np.float32)
+        want[np.flatnonzero(codes >= 0), codes[codes >= 0]] = 1
+        np.testing.assert_array_equal(got, want)
+        assert unseen.total == int(((codes < 0) & text.notna().to_numpy()).sum())
+
+
 def test_missing_column(tmp_path):
     csv = tmp_path/"rows.csv"
     _penguins(50).drop(columns="flipper").to_csv(csv, index=False)

@@ -190,9 +190,15 @@ def test_port_in_use(home):
         assert _server_processes() == before
 
 
-def _server_processes():
+def _server_processes(everywhere: bool = False):
+    "Server processes: this test process's descendants (other tests, in parallel, start and stop their own), or all."
     import psutil
-    return {p.pid for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] and "aimass.server_process" in " ".join(p.info["cmdline"])}
+    out = set()
+    for p in (psutil.process_iter() if everywhere else psutil.Process().children(recursive=True)):
+        try:
+            if "aimass.server_process" in " ".join(p.cmdline()): out.add(p.pid)
+        except psutil.Error: pass
+    return out
 
 
 def test_stop_frees_port_and_lists(home):
@@ -299,7 +305,7 @@ def test_serve_errors(home):
 def test_nothing_left_running(home):
     S.stop(all=True)
     assert S.SERVERS == {}
-    mine = [p for p in _server_processes() if _owned_by_me(p)]
+    mine = [p for p in _server_processes(everywhere=True) if _owned_by_me(p)]
     assert mine == []
 
 

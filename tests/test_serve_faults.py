@@ -48,8 +48,9 @@ def _serve(ref, **options):
 
 
 def _workers(srv) -> list:
-    "The server's inference workers (spawned processes), as psutil processes."
-    return [p for p in psutil.Process(srv.pid).children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
+    "The server's live inference workers, as psutil processes: those whose state (their pid) is in the run folder."
+    pids = {st["pid"] for d in (srv.run_dir/"state").iterdir() for st in S.live_states(d)}
+    return [p for p in psutil.Process(srv.pid).children(recursive=True) if p.pid in pids]
 
 
 def _group(pgid: int) -> list:
@@ -173,8 +174,16 @@ def test_children_exit_when_the_leader_is_killed(home, fast_ipc):
         print(f"\nfast_ipc={fast_ipc}: {len(members) - 1} children of the killed leader gone after {took:.2f} s")
         assert not left, left
         assert took < 5
+        while S.port_in_use(port) and time.monotonic() - killed < 5: time.sleep(0.02)  # the kernel frees it as the last holder exits
         assert not S.port_in_use(port)
     finally: srv.stop()
+
+
+def test_workers_do_not_hold_the_port(home, onnx_server):
+    # workers are forked from the leader after it bound the port: they close that socket, so only HTTP processes hold it
+    assert _workers(onnx_server)
+    for p in _workers(onnx_server):
+        assert not [c for c in p.net_connections("inet") if c.laddr and c.laddr.port == onnx_server.port], p.pid
 
 
 # 5. Oversized and timed-out work

@@ -296,7 +296,7 @@ def test_several_batches_per_lightning_step_make_the_same_updates(direct_steps):
     counter = CountSteps() if direct_steps else CountBackward()
     chunked = train("mlp", "digits", epochs=3, batch_size=16, name="chunked", progress=False, callbacks=[counter])
     plain = train("mlp", "digits", epochs=3, batch_size=16, name="plain", progress=False, batches_per_step=1)
-    assert (chunked.loop.batches_per_step, chunked.loop.validation, chunked.loop.direct_steps) == (16, "one pass", direct_steps)
+    assert (chunked.loop.batches_per_step, chunked.loop.validation, chunked.loop.direct_steps) == (64, "one pass", direct_steps)
     assert (plain.loop.batches_per_step, plain.loop.validation, plain.loop.checkpoints) == (1, "lightning", "in place")
     a, b = (read_state_dict(r.version.path/"weights.safetensors") for r in (chunked, plain))
     assert a.keys() == b.keys()
@@ -358,7 +358,7 @@ def test_a_validation_loop_callback_gets_lightnings_validation_loop():
     with pytest.warns(UserWarning, match="WatchValidation overrides on_validation_epoch_end, so validation runs in Lightning's loop"):
         run = train("mlp", "digits", epochs=3, name="watched", progress=False, callbacks=[watch])
     assert watch.calls == 3
-    assert (run.loop.batches_per_step, run.loop.validation, run.loop.direct_steps) == (16, "lightning", True)
+    assert (run.loop.batches_per_step, run.loop.validation, run.loop.direct_steps) == (64, "lightning", True)
 
 
 def test_batches_per_step_1_forces_lightnings_own_loops():
@@ -372,7 +372,7 @@ def test_batches_per_step_1_forces_lightnings_own_loops():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         run = train("mlp", "digits", epochs=1, name="plain", progress=False, callbacks=[plain], batches_per_step=1)
-    assert fast.seen == (False, -(-digits_steps(1) // 16), 0, "BackgroundCheckpointIO")
+    assert fast.seen == (False, -(-digits_steps(1) // 64), 0, "BackgroundCheckpointIO")
     assert plain.seen[0] is True and plain.seen[1] == digits_steps(1) and plain.seen[2] > 0 and plain.seen[3] == "TorchCheckpointIO"
     assert run.loop == LoopChoice(1, "lightning", "in place", False, ["batches_per_step=1: Lightning's own loops"], 1)
     assert not aimass_notes(caught)
