@@ -493,14 +493,28 @@ class UnseenCategories:
 class UnseenCategoryWarning(UserWarning):
     "Rows held categories not seen in training: they were encoded as all zeros (no category)."
 
+# %% ../nbs/01_data.ipynb #62e8c3df
+ARROW_LOOKUP_ROWS = 4096  # from this many rows a column's categories are looked up with Arrow (where pyarrow is installed)
+
+def _category_codes(text: pd.Series, categories: list) -> np.ndarray:
+    """The index of each value of string column `text` in `categories`, -1 where missing or unseen. Long columns (batch
+    scoring) use Arrow's hash lookup, ~10x pandas' `get_indexer`; short ones (a server's requests) pandas', so a
+    deployment bundle needs no pyarrow."""
+    if len(text) >= ARROW_LOOKUP_ROWS:
+        try: import pyarrow as pa, pyarrow.compute as pc
+        except ImportError: pa = None
+        if pa is not None:
+            arr = pa.array(text.array)
+            known = pa.array(pd.array(categories, dtype="string")).cast(arr.type)
+            return pc.index_in(arr, value_set=known).fill_null(-1).to_numpy().astype(np.intp)
+    return pd.Index(categories, dtype="string").get_indexer(text).astype(np.intp)
+
+
 # %% ../nbs/01_data.ipynb #1c8d3fb5
 def _one_hot(s: pd.Series, c: dict, unseen: UnseenCategories) -> np.ndarray:
     "Column `s` one-hot over `c`'s categories, float32 `(N, k)`; missing and unseen values are all zeros, unseen ones counted."
     text = s.astype("string")  # str() of each value, <NA> where missing; vectorised: batch scoring runs this on every row
-    import pyarrow as pa, pyarrow.compute as pc  # Arrow's hash lookup: ~10x pandas' get_indexer on a string column
-    arr = pa.array(text.array)
-    known = pa.array(pd.array(c["categories"], dtype="string")).cast(arr.type)
-    codes = pc.index_in(arr, value_set=known).fill_null(-1).to_numpy().astype(np.intp)  # -1: missing or unseen
+    codes = _category_codes(text, c["categories"])  # -1: missing or unseen
     missing = text.isna().to_numpy()
     new = (codes < 0) & ~missing
     if new.any(): unseen.add(c["name"], text[new])
