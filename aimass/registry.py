@@ -450,7 +450,10 @@ def check(self: Registry):
             _migrate(db, self.models_dir)
         if db.execute("SELECT 1 FROM versions LIMIT 1").fetchone(): return
     found = _version_folders(self.models_dir)
-    if found: raise AimassError(_empty_index_error(self, found))
+    if not found: return
+    with self._write() as db:  # a writer may be between moving its folder into place and recording it: wait for its transaction
+        if db.execute("SELECT 1 FROM versions LIMIT 1").fetchone(): return
+    raise AimassError(_empty_index_error(self, found))
 
 # %% ../nbs/03_registry.ipynb #442a56e4
 def _fsync_dir(path):

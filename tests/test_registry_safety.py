@@ -196,3 +196,21 @@ def test_unusable_home_is_one_clear_line(tmp_path, monkeypatch):
     (tmp_path/"ro").mkdir()
     monkeypatch.setattr(os, "access", lambda *a, **k: False)  # root may write anywhere: pretend it may not
     with pytest.raises(AimassError, match="cannot write"): aimass_home()
+
+
+def test_opening_the_registry_while_a_writer_records_its_first_version_waits_for_it(aimass_home):
+    "A writer moves its version folder into place, then records it, in one transaction: opening the registry in between is no damaged index."
+    import threading, time
+    reg = Registry()
+    staging = reg.models_dir/"first"/".staging-x"; staging.mkdir(parents=True)
+    (staging/"model.json").write_text(json.dumps({"task": "regression", "name": "first", "version": 1, "created_at": "2026-11-30T00:00:00+00:00"}))
+    from aimass.registry import ModelCard
+    with reg._write() as db:  # the writer's transaction, held while the other side opens the registry
+        os.rename(staging, reg.models_dir/"first"/"v1")
+        opened = {}
+        t = threading.Thread(target=lambda: opened.setdefault("reg", Registry()))
+        t.start(); time.sleep(0.5)
+        assert t.is_alive(), "the registry opened (or failed) before the writer committed"
+        reg._insert_version(db, ModelCard.read(reg.models_dir/"first"/"v1"))
+    t.join(10)
+    assert "reg" in opened and opened["reg"].get("first").ref == "first:v1"
