@@ -1006,6 +1006,26 @@ def _warn_skipped(skipped: list, rows: int):
                   f"and say why in the error column; Predictions.skipped lists them). The first: {skipped[0][0]}: {skipped[0][1]}")
 
 # %% ../nbs/07_inference.ipynb #9e0d3a61
+def _predict_job(mv, runner: Runner, src: _Source, out: Path|None, keep: list, batch_size: int, overwrite: bool, progress, t0: float) -> Predictions:
+    "`predict`'s job once its version, runner, source and chunk size are settled: resume or start, run the chunks, report skipped images."
+    images = runner.pre.kind == "image"
+    cols, read = _job_columns(src, runner.pre, keep, mv.ref, _result_columns(runner.task, runner.classes, images))
+    if images and cols: keep = list(dict.fromkeys([*cols, *keep]))  # the image's path is the key column
+    parts, bar = (_Parts(out) if out else None), _Progress(progress, src.total or src.estimate, batch_size, f"{mv.ref} ({runner.backend})")
+    try:
+        chunk, start = parts.start(_manifest(mv, runner, src, read, batch_size, keep, out), overwrite) if parts else (0, 0)
+        if start: print(f"Resuming at {_rows_of(start, src)}: the rows before it are saved in {parts.dir}.")
+        rows, frame = _run_chunks(runner, src, cols, read, keep, batch_size, chunk, start, parts, bar)
+    finally:
+        bar.close()
+        if parts: parts.release()  # explicitly: a notebook's last traceback would keep the lock alive
+    if parts: parts.remove()
+    skipped = _skipped(frame if frame is not None else _read_output(out, columns=[*keep[:1], "error"]), keep[:1]) if images else []
+    if skipped: _warn_skipped(skipped, rows)
+    return Predictions(mv.ref, runner.backend, runner.task, runner.classes, rows, time.perf_counter() - t0, start, out, frame,
+                       src.index, runner.unseen, skipped)
+
+# %% ../nbs/07_inference.ipynb #d8b3fd79
 def predict(ref: str,  # NAME, NAME:vN or NAME@ALIAS (resolved once: a moving alias cannot mix versions in one job)
             data: str|Path|pd.DataFrame|np.ndarray|list,  # a .csv/.tsv(.gz)/.parquet/.jsonl file, a DataFrame, an array or tensor, a list of rows; an image folder
             *,
@@ -1031,19 +1051,4 @@ def predict(ref: str,  # NAME, NAME:vN or NAME@ALIAS (resolved once: a moving al
     mv = registry.Registry().get(ref)  # resolved once: a moving alias cannot mix versions in one job
     runner = _batch_runner(mv, backend, threads)
     batch_size = batch_size or _saved_batch_size(out) or _default_batch_size(runner)  # large chunks: per-chunk costs vanish, memory stays bounded
-    src, images = _open_source(data, runner.pre, image, text), runner.pre.kind == "image"
-    cols, read = _job_columns(src, runner.pre, keep, mv.ref, _result_columns(runner.task, runner.classes, images))
-    if images and cols: keep = list(dict.fromkeys([*cols, *keep]))  # the image's path is the key column
-    parts, bar = (_Parts(out) if out else None), _Progress(progress, src.total or src.estimate, batch_size, f"{mv.ref} ({runner.backend})")
-    try:
-        chunk, start = parts.start(_manifest(mv, runner, src, read, batch_size, keep, out), overwrite) if parts else (0, 0)
-        if start: print(f"Resuming at {_rows_of(start, src)}: the rows before it are saved in {parts.dir}.")
-        rows, frame = _run_chunks(runner, src, cols, read, keep, batch_size, chunk, start, parts, bar)
-    finally:
-        bar.close()
-        if parts: parts.release()  # explicitly: a notebook's last traceback would keep the lock alive
-    if parts: parts.remove()
-    skipped = _skipped(frame if frame is not None else _read_output(out, columns=[*keep[:1], "error"]), keep[:1]) if images else []
-    if skipped: _warn_skipped(skipped, rows)
-    return Predictions(mv.ref, runner.backend, runner.task, runner.classes, rows, time.perf_counter() - t0, start, out, frame,
-                       src.index, runner.unseen, skipped)
+    return _predict_job(mv, runner, _open_source(data, runner.pre, image, text), out, keep, batch_size, overwrite, progress, t0)

@@ -1334,6 +1334,15 @@ def _train_run(a: dict, t0: float) -> Run|None:
     return _finish(p, name, run_dir, status, ckpt, trainer, loop, t0, {k: a[k] for k in _HPARAMS}, a["register"])
 
 # %% ../nbs/04_training.ipynb #c3d0e45e
+def _train(a: dict) -> Run:
+    "`train` with its arguments `a` (the templates' keywords in `model_kwargs`): a LightGBM fit, or a Lightning run in isolated global state."
+    t0 = time.perf_counter()
+    a["freeze"] = a["freeze"] or a["unfreeze_after"] is not None
+    if isinstance(a["model"], str) and a["model"] == "lightgbm": return _fit_tree(a)
+    _check_args(a["epochs"], a["batch_size"], a["batches_per_step"], a["accumulate"], a["unfreeze_after"])
+    with isolated_global_state(): return _train_run(a, t0)
+
+# %% ../nbs/04_training.ipynb #a8d692a6
 def train(model: str|type|nn.Module = "mlp",  # a template (mlp, cnn, linear), lightgbm, an nn.Module or LightningModule class or instance, hf:ID_OR_FOLDER or timm:NAME
           data: str|Path|pd.DataFrame|tuple|Dataset = "digits",  # a built-in dataset, a CSV/TSV/Parquet file, a DataFrame, (X, y), or a folder of images
           *,
@@ -1376,12 +1385,7 @@ def train(model: str|type|nn.Module = "mlp",  # a template (mlp, cnn, linear), l
           model_kwargs: dict|None = None,  # arguments for the model's constructor (also as keywords: hidden=..., dropout=...)
           **template_kwargs) -> Run:
     "Train `model` on `data` with Lightning, register the result as a new version, and return its `Run`."
-    a = {**{k: v for k, v in locals().items() if k != "template_kwargs"}, "model_kwargs": {**(model_kwargs or {}), **template_kwargs}}
-    a["freeze"] = freeze or unfreeze_after is not None
-    if isinstance(model, str) and model == "lightgbm": return _fit_tree(a)
-    t0 = time.perf_counter()
-    _check_args(epochs, batch_size, batches_per_step, accumulate, unfreeze_after)
-    with isolated_global_state(): return _train_run(a, t0)
+    return _train({**{k: v for k, v in locals().items() if k != "template_kwargs"}, "model_kwargs": {**(model_kwargs or {}), **template_kwargs}})
 
 # %% ../nbs/04_training.ipynb #e3edf7f1
 train.__kwargs_from__ = lambda: list(TEMPLATES.values())  # the templates' own arguments are flags of `%aimass train` too

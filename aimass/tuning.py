@@ -465,6 +465,25 @@ def _models():
     return aimass.models
 
 # %% ../nbs/04b_tuning.ipynb #bbfa1d95
+def _tune(model, data, own: dict, given: dict, trials, timeout, space, metric, direction, prune, name, resume, register, progress) -> TuneResult:
+    "`tune` with train's arguments: `own` (tune's own parameters) and `given` (`**train_kwargs`: fixed, not searched). Check, run the trials, register the best."
+    optuna = _optuna()
+    if not isinstance(trials, int) or trials < 1: raise AimassError(f"trials must be a whole number of at least 1, not {trials!r}.")
+    metric, direction = resolve_metric(metric, direction, own["task"])
+    sp = search_space(model, space, {k: v for k, v in given.items() if k not in ("callbacks", "model_kwargs")})
+    from aimass.training import _default_name
+    name = check_name(name or _default_name(model, data))
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=max(1, own["epochs"] // 5)) if prune else optuna.pruners.NopPruner()
+    study, runs = _open_study(name, metric, direction, resume, own["seed"], pruner), {}
+    status = _run_study(study, _objective(model, data, sp, metric, {**own, "name": name, **given}, runs), trials, timeout,
+                        TuneProgress(progress, trials, name, metric, direction))
+    result = TuneResult(study, metric, direction, study_path(name), status=status, space=sp)
+    if result.best_trial is not None:
+        result.best_run = runs.get(result.best_trial.number)
+        if register and status == "completed": result.version = _register_best(result, name)
+    return result
+
+# %% ../nbs/04b_tuning.ipynb #b244a2d0
 def tune(model: str|type = "mlp",  # a template (mlp, cnn, linear), hf:ID or timm:NAME, or a model class
          data: str|Path|object = "digits",  # what train takes: a built-in dataset, a file, a DataFrame, (X, y), a folder
          *,
@@ -491,24 +510,8 @@ def tune(model: str|type = "mlp",  # a template (mlp, cnn, linear), hf:ID or tim
          progress: bool|str = "auto",  # auto: a live table in a notebook, a progress bar elsewhere; False: neither
          **train_kwargs) -> TuneResult:
     "Search `model`'s hyperparameters on `data` with Optuna (TPE, pruning per epoch), and register the best trial."
-    optuna = _optuna()
-    if not isinstance(trials, int) or trials < 1: raise AimassError(f"trials must be a whole number of at least 1, not {trials!r}.")
-    metric, direction = resolve_metric(metric, direction, task)
-    fixed = {k: v for k, v in train_kwargs.items() if k not in ("callbacks", "model_kwargs")}
-    sp = search_space(model, space, fixed)
-    from aimass.training import _default_name
-    name = check_name(name or _default_name(model, data))
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=max(1, epochs // 5)) if prune else optuna.pruners.NopPruner()
-    study = _open_study(name, metric, direction, resume, seed, pruner)
-    runs = {}
-    kw = dict(target=target, task=task, epochs=epochs, seed=seed, val_size=val_size, test_size=test_size, accelerator=accelerator,
-              devices=devices, precision=precision, image=image, text=text, name=name, **train_kwargs)
-    status = _run_study(study, _objective(model, data, sp, metric, kw, runs), trials, timeout,
-                        TuneProgress(progress, trials, name, metric, direction))
-    result = TuneResult(study, metric, direction, study_path(name), status=status, space=sp)
-    if result.best_trial is not None:
-        result.best_run = runs.get(result.best_trial.number)
-        if register and status == "completed": result.version = _register_best(result, name)
-    return result
+    own = dict(target=target, task=task, epochs=epochs, seed=seed, val_size=val_size, test_size=test_size, accelerator=accelerator,
+               devices=devices, precision=precision, image=image, text=text)
+    return _tune(model, data, own, train_kwargs, trials, timeout, space, metric, direction, prune, name, resume, register, progress)
 
 tune.__kwargs_from__ = lambda: list(_models().TEMPLATES.values())  # the templates' own arguments (fixed, not searched) are flags too
