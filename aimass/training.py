@@ -1181,13 +1181,13 @@ def _kept_weights(p: Prepared, ckpt, trainer, run_dir: Path, epochs_done: int) -
     return best, ckpt.best_epoch, f"best {ckpt.monitor}" if ckpt.monitor else "last"
 
 # %% ../nbs/04_training.ipynb #6334bc6e
-def _card(p: Prepared, run_dir: Path, status: str, hparams: dict, metrics: dict, run: dict) -> ModelCard:
+def _card(p: Prepared, run_dir: Path, status: str, hparams: dict, metrics: dict, run: dict, summary: DataSummary) -> ModelCard:
     "The version's card: what the model is and predicts, its preprocessing, metrics, settings, data and run."
     return ModelCard(task=p.ds.task, classes=p.ds.classes, model=p.model_label, spec=p.spec,
                      target=TargetInfo(p.ds.target, *((p.target_mean, p.target_std) if p.ds.task == "regression" else (None, None))),
                      input_shape=list(p.pre.input_shape), num_outputs=p.ds.num_classes or 1, preprocessor=p.pre.to_dict(),
                      schema=p.pre.schema, metrics=metrics, hparams=hparams, status=status,
-                     data={**_data_section(p, run_dir), "summary": summarize(p.ds, p.pre, p.splits).to_dict()}, run=run)
+                     data={**_data_section(p, run_dir), "summary": summary.to_dict()}, run=run)
 
 # %% ../nbs/04_training.ipynb #c34ab6ad
 def _keep(name: str, card: ModelCard, state_dict: dict, files: dict, run_dir: Path, register: bool) -> ModelVersion:
@@ -1210,13 +1210,13 @@ def _keep(name: str, card: ModelCard, state_dict: dict, files: dict, run_dir: Pa
     return ModelVersion(name, None, folder, ModelCard.read(folder))
 
 # %% ../nbs/04_training.ipynb #1fb3e6a8
-def _report(p: Prepared, predictor, out_t, history, epoch, weights, title: str) -> EvaluationReport:
-    "The evaluation report of the kept weights on the test split; a table model's also ranks its raw columns (permutation importance)."
+def _report(ds: Dataset, test: Dataset, pre: Preprocessor, predictor, out_t, history, epoch, weights, title: str) -> EvaluationReport:
+    """The evaluation report of the kept weights on the `test` split of `ds` (`out_t`: their outputs); a table model's
+    (a LightGBM one's too) also ranks its raw columns by permutation importance."""
     importance = None
-    if p.ds.tabular and not (p.images or p.texts):
-        predict = lambda df: batched_outputs(predictor, p.pre.transform(df))
-        importance = permutation_importance(predict, p.splits.test.X, p.splits.test.y, p.ds.task)
-    return evaluation_report(p.ds.task, p.ds.classes, out_t, p.splits.test.y, history=history, epoch=epoch, weights=weights,
+    if ds.tabular and not (_is_images(ds) or _is_texts(ds)):
+        importance = permutation_importance(lambda df: batched_outputs(predictor, pre.transform(df)), test.X, test.y, ds.task)
+    return evaluation_report(ds.task, ds.classes, out_t, test.y, history=history, epoch=epoch, weights=weights,
                              importance=importance, title=title)
 
 # %% ../nbs/04_training.ipynb #06f11ca9
@@ -1234,10 +1234,12 @@ def _finish(p: Prepared, name, run_dir, status, ckpt, trainer, loop, t0, hparams
     out_v, out_t, heldout = _evaluate(p, predictor)
     val_m, test_m = _metrics(p, out_v, p.splits.val.y), _metrics(p, out_t, p.splits.test.y)
     duration = time.perf_counter() - t0
+    summary = summarize(p.ds, p.pre, p.splits)
     card = _card(p, run_dir, status, hparams, {"test": test_m, "val": val_m},
-                 {"dir": str(run_dir), "checkpoint": str(best), "epochs": len(history), "epoch": epoch, "weights": weights, "duration_s": round(duration, 2)})
+                 {"dir": str(run_dir), "checkpoint": str(best), "epochs": len(history), "epoch": epoch, "weights": weights, "duration_s": round(duration, 2)},
+                 summary)
     buf = io.BytesIO(); np.savez(buf, **heldout)
-    report = _report(p, predictor, out_t, history, epoch, weights, f"{name}: {p.model_label} on {p.ds.name}")
+    report = _report(p.ds, p.splits.test, p.pre, predictor, out_t, history, epoch, weights, f"{name}: {p.model_label} on {p.ds.name}")
     files = {"heldout.npz": buf.getvalue(), "history.json": history.to_json(orient="records"),
              "report.json": json.dumps(report.to_dict()), **_pretrained_files(p.spec, p.pre)}
     mv = _keep(name, card, net.state_dict(), files, run_dir, register)
@@ -1245,7 +1247,7 @@ def _finish(p: Prepared, name, run_dir, status, ckpt, trainer, loop, t0, hparams
     cm = _confusion(out_t, p.splits.test.y, p.ds.num_classes) if p.ds.task == "classification" else None
     return Run(name, run_dir, status, history, test_m, val_m, mv if register else None, LoadedModel(mv, net, p.pre), p.ds.task,
                p.ds.classes, cm, duration, best, loop, _misclassified(p, out_v), _per_class(p, out_t), p.truncated,
-               epoch, weights, summarize(p.ds, p.pre, p.splits), report)
+               epoch, weights, summary, report)
 
 # %% ../nbs/04_training.ipynb #17489fbe
 def register_run(run_dir,  # the folder of a run trained with register=False (Run.run_dir)
@@ -1311,12 +1313,10 @@ def _fit_tree(a: dict) -> Run:
     Its settings (n_estimators, learning_rate, num_leaves, ...) come as model_kwargs; epochs and the optimizer's do not apply."""
     from aimass.trees import fit_tree
     if a["resume"] or a["init_from"]: raise AimassError("A LightGBM model is fitted in one go: resume and init_from do not apply to it.")
-    own = [k for k in inspect.signature(fit_tree).parameters if k not in ("data", "target", "task")]
-    if bad := sorted(set(a["model_kwargs"]) - set(own)):
-        raise AimassError(f"lightgbm takes no {', '.join(bad)}; its settings: {', '.join(k for k in own if k not in ('seed', 'name', 'register', 'val_size', 'test_size'))}.")
-    if a["missing_target"] == "error": load_data(a["data"], a["target"], a["task"], missing_target="error")  # refused before fitting
-    return fit_tree(a["data"], a["target"], a["task"], seed=a["seed"], val_size=a["val_size"], test_size=a["test_size"],
-                    name=a["name"], register=a["register"], **a["model_kwargs"])
+    given = {k: a[k] for k in ("seed", "val_size", "test_size", "name", "register", "missing_target")}  # train's own arguments
+    own = [k for k in inspect.signature(fit_tree).parameters if k not in ("data", "target", "task", *given)]
+    if bad := sorted(set(a["model_kwargs"]) - set(own)): raise AimassError(f"lightgbm takes no {', '.join(bad)}; its settings: {', '.join(own)}.")
+    return fit_tree(a["data"], a["target"], a["task"], **given, **a["model_kwargs"])
 
 # %% ../nbs/04_training.ipynb #21abc5e1
 def _train_run(a: dict, t0: float) -> Run|None:

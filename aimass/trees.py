@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from torch import nn
 from fastcore.basics import patch
-from .core import AimassError
+from .core import AimassError, check_name
 
 # %% auto #0
 __all__ = ['float32_thresholds', 'TreeModel', 'tree_dataset', 'fit_booster', 'fit_tree']
@@ -140,10 +140,10 @@ def to_onnx(self: TreeModel, path, pre, io_: dict, opset=None, dynamic_batch: bo
     return {"exporter": "onnxmltools", "notes": [f"a LightGBM model: converted by onnxmltools {import_onnxmltools().__version__}, not traced"]}
 
 # %% ../nbs/02b_trees.ipynb #b0795e99
-def tree_dataset(data, target=None, task=None):
+def tree_dataset(data, target=None, task=None, missing_target="drop"):
     "Load `data` for a tree model: a table (or `(X, y)`); images, texts and multi-label targets get a one-line refusal."
     from aimass.data import Dataset, load_data
-    ds = load_data(data, target, task)
+    ds = load_data(data, target, task, missing_target=missing_target)
     kind = "images" if getattr(ds, "root", None) is not None else "texts" if getattr(ds, "text", None) is not None else None
     if kind is None and not ds.tabular: kind = f"image-like arrays (rows of shape {tuple(ds.X.shape[1:])})"
     if kind: raise AimassError(f"A tree model (lightgbm) takes a table of numeric and categorical columns, not {kind}: "
@@ -223,15 +223,6 @@ def _run(name, run_dir, card, mv, net, pre, out_t, y_test, history, duration, su
                data_summary=summary, report=report)
 
 # %% ../nbs/02b_trees.ipynb #5559ce2e
-def _tree_report(ds, splits, pre, predictor, out_t, history, card):
-    "The evaluation report of a tree on the test split, with permutation importance on the raw columns (as `train` gives a table model)."
-    from aimass.models import batched_outputs
-    from aimass.reporting import evaluation_report, permutation_importance
-    imp = permutation_importance(lambda df: batched_outputs(predictor, pre.transform(df)), splits.test.X, splits.test.y, ds.task)
-    return evaluation_report(ds.task, ds.classes, out_t, splits.test.y, history=history, epoch=card.run["epoch"],
-                             weights=card.run["weights"], importance=imp, title=f"{card.model} on {ds.name}")
-
-# %% ../nbs/02b_trees.ipynb #be7da15c
 def fit_tree(data="breast_cancer",  # a built-in table, a CSV/Parquet file, a DataFrame, or (X, y)
              target: str|None = None,  # the column to predict (files and DataFrames)
              task: str|None = None,  # classification or regression (default: read from the target)
@@ -245,14 +236,14 @@ def fit_tree(data="breast_cancer",  # a built-in table, a CSV/Parquet file, a Da
              seed: int = 0,  # seeds the split and LightGBM
              name: str|None = None,  # the registry name (default: DATA-lightgbm)
              register: bool = True,  # register the model as a new version; False keeps it in the run folder
+             missing_target: str = "drop",  # rows without a target: left out (the Run counts them), or "error"
              ):
     "Fit a LightGBM model on a table, stopped early on the validation split, and register it as a version like any other; returns its `Run`."
-    from aimass.core import check_name
     from aimass.data import score, split, summarize
     from aimass.models import Predictor, batched_outputs
-    from aimass.training import _default_name, _keep, _new_run_dir
+    from aimass.training import _default_name, _keep, _new_run_dir, _report
     t0 = time.perf_counter()
-    ds = tree_dataset(data, target, task)
+    ds = tree_dataset(data, target, task, missing_target)
     splits = split(ds, val_size, test_size, seed)
     net, pre, history = fit_booster(splits.train, splits.val, n_estimators, learning_rate, num_leaves, min_child_samples, early_stopping, seed)
     predictor = Predictor(net, ds.task, net.target_mean, net.target_std).eval()
@@ -264,7 +255,8 @@ def fit_tree(data="breast_cancer",  # a built-in table, a CSV/Parquet file, a Da
     hparams = dict(n_estimators=n_estimators, learning_rate=learning_rate, num_leaves=num_leaves, min_child_samples=min_child_samples,
                    early_stopping=early_stopping, seed=seed, val_size=val_size, test_size=test_size)
     card = _card(net, pre, ds, splits, history, metrics, hparams, run_dir, time.perf_counter() - t0)
-    report, summary = _tree_report(ds, splits, pre, predictor, out_t, history, card), summarize(ds, pre, splits)
+    report = _report(ds, splits.test, pre, predictor, out_t, history, card.run["epoch"], card.run["weights"], f"{card.model} on {ds.name}")
+    summary = summarize(ds, pre, splits)
     card.data["summary"] = summary.to_dict()
     files = {**_version_files(net, xt, splits.test.y, history), "report.json": json.dumps(report.to_dict())}
     (run_dir/"run.json").write_text(json.dumps({"name": name, "model": "lightgbm", "hparams": hparams}))  # register_run reads the name
