@@ -150,16 +150,15 @@ def plot(self: Leaderboard, ax=None):
 # %% ../nbs/04c_leaderboard.ipynb #ca54910a
 @patch
 def _repr_html_(self: Leaderboard):
-    import base64, io, html
+    import html
     import matplotlib; matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    with matplotlib.rc_context({"figure.dpi": 90}):
-        ax = self.plot(); buf = io.BytesIO(); ax.figure.tight_layout(); ax.figure.savefig(buf, format="png"); plt.close(ax.figure)
+    from aimass.reporting import _png
+    with matplotlib.rc_context({"figure.dpi": 90}): img = _png(self.plot().figure)
     best = lambda row: ["background:#dfeaf7;font-weight:bold" if row.model == self.best else ""] * len(row)
     table = self.table.style.apply(best, axis=1).format(precision=4).hide(axis="index").to_html()
     head = html.escape(repr(self).splitlines()[0])
     return (f'<div><b>{head}</b><div style="display:flex;gap:24px;align-items:center">{table}'
-            f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"/></div></div>')
+            f'{img}</div></div>')
 
 # %% ../nbs/04c_leaderboard.ipynb #e0a3825d
 def _register_best(best: str, ds, target, epochs, lr, seed, name: str):

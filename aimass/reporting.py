@@ -219,9 +219,14 @@ def _figure(panels: int, width: float = 4.2, height: float = 3.3):
     return fig, list(axes)
 
 # %% ../nbs/03b_reporting.ipynb #6715e430
-def _png(fig) -> str:
-    "The figure as an inline `<img>` (base64 PNG): the page needs no other file."
-    buf = io.BytesIO(); fig.savefig(buf, format="png")
+def _png(fig, dpi: int|None = None) -> str:
+    """Figure `fig` as an inline `<img>` (base64 PNG: the page needs no other file), laid out tightly unless it has a
+    layout engine of its own; a pyplot figure is closed after (reports, tuning, the leaderboard and the Run show theirs so)."""
+    if fig.get_layout_engine() is None: fig.tight_layout()
+    buf = io.BytesIO(); fig.savefig(buf, format="png", **({"dpi": dpi} if dpi else {}))
+    if getattr(fig, "number", None) is not None:  # made by pyplot, which keeps it until closed
+        import matplotlib.pyplot as plt
+        plt.close(fig)
     return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"/>'
 
 # %% ../nbs/03b_reporting.ipynb #43998a8c

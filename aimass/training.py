@@ -609,14 +609,12 @@ def __repr__(self: Run):
 # %% ../nbs/04_training.ipynb #d56ce39d
 @patch
 def _repr_html_(self: Run):
-    import base64, io, html
+    import html
     img = ""
     if self.confusion is not None:
-        import matplotlib; import matplotlib.pyplot as plt
-        with matplotlib.rc_context({"figure.dpi": 90}):
-            ax = self.plot_confusion(); buf = io.BytesIO()
-            ax.figure.tight_layout(); ax.figure.savefig(buf, format="png"); plt.close(ax.figure)
-        img = f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"/>'
+        import matplotlib
+        from aimass.reporting import _png
+        with matplotlib.rc_context({"figure.dpi": 90}): img = _png(self.plot_confusion().figure)
     loop = "" if self.loop is None else f"<br><small>loop: {html.escape(str(self.loop))}</small>"
     if self.truncated: loop += f"<br><small>{self.truncated} texts were longer than max_length and truncated</small>"
     per_class = "" if self.per_class is None else f"<details><summary><small>per class (test split)</small></summary>{self.per_class.to_html()}</details>"

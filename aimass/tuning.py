@@ -6,7 +6,7 @@ Docs: https://aimass.github.io/aimass/tuning.html.md"""
 
 # %% ../nbs/04b_tuning.ipynb #b742babc
 from __future__ import annotations
-import base64, io, html, inspect, json, math, re, time
+import html, inspect, json, math, re, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -301,10 +301,9 @@ def _best_so_far(df, direction: str) -> list:
 
 # %% ../nbs/04b_tuning.ipynb #e0da5257
 def _png(fig) -> str:
-    "`fig` as an inline <img> (PNG, base64), then closed."
-    import matplotlib.pyplot as plt
-    buf = io.BytesIO(); fig.tight_layout(); fig.savefig(buf, format="png", dpi=80); plt.close(fig)
-    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"/>'
+    "`fig` as an inline <img> at 80 dpi (a live table's plot stays small), then closed: `aimass.reporting._png`'s."
+    from aimass.reporting import _png as inline_png
+    return inline_png(fig, dpi=80)
 
 # %% ../nbs/04b_tuning.ipynb #141c2fc9
 def _history_axes(df, direction: str, metric: str, ax=None):
