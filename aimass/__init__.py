@@ -11,9 +11,12 @@ _API = {
     # verbs: also `%aimass VERB` and `aimass VERB`, with flags from their signatures (see aimass.commands)
     "train": "training", "export": "exporting", "bench": "benchmark", "predict": "inference",
     "serve": "launcher", "servers": "launcher", "stop": "launcher", "loadtest": "loadtesting", "bundle": "deployment",
+    "diagnose": "observability", "Diagnosis": "observability",  # what went wrong on a server lately (its metrics: GET /metrics)
     "list_models": "registry", "promote": "registry", "rollback": "registry", "delete": "registry", "doctor": "registry",
     # search, compare and report: Optuna studies, a cross-validated leaderboard, evaluation reports, two versions side by side
     "tune": "tuning", "compare": "leaderboard", "report": "reporting", "diff": "reporting",
+    # drift: new rows (a file, or the server's sampled traffic) against the training data
+    "drift": "monitoring", "monitor": "monitoring", "DriftReport": "monitoring",
     # the registry and its records
     "load": "registry", "show": "registry", "set_alias": "registry", "Registry": "registry", "ModelCard": "registry",
     # data, and the objects the verbs return

@@ -43,7 +43,8 @@ def server_parser(manifest: dict, defaults) -> argparse.ArgumentParser:
     from aimass.launcher import ServerConfig
     docs = {**param_docs(ServerConfig), **_HELP}
     p = argparse.ArgumentParser(prog="server.py", description=(
-        f"Serve {manifest['name']} ({manifest['ref']}) at POST /predict. Set AIMASS_API_KEY (or AIMASS_API_KEY_FILE, "
+        f"Serve {manifest['name']} ({manifest['ref']}) at POST /predict, with KServe v1 and v2 (Open Inference Protocol) "
+        "routes beside it. Set AIMASS_API_KEY (or AIMASS_API_KEY_FILE, "
         "a file holding it) to require an X-API-Key header."))
     for f in flag_fields():
         default = getattr(defaults, f.name)

@@ -17,9 +17,10 @@ __all__ = ['VERBS', 'verb_function', 'Flag', 'CommandError', 'HelpRequested', 'v
 
 # %% ../nbs/20_commands.ipynb #f8500123
 VERBS = {"train": "train", "tune": "tune", "compare": "compare", "export": "export", "bench": "bench", "predict": "predict",
-         "serve": "serve", "servers": "servers", "stop": "stop", "loadtest": "loadtest", "bundle": "bundle",
+         "serve": "serve", "servers": "servers", "stop": "stop", "diagnose": "diagnose", "loadtest": "loadtest", "bundle": "bundle",
          "models": "list_models", "show": "show", "report": "report", "diff": "diff", "promote": "promote",
-         "rollback": "rollback", "delete": "delete", "doctor": "doctor"}
+         "rollback": "rollback", "delete": "delete", "doctor": "doctor",
+         "drift": "drift", "monitor": "monitor"}
 
 # %% ../nbs/20_commands.ipynb #6f9150bb
 def verb_function(verb: str):

@@ -213,3 +213,25 @@ def warn(message: str, category: type = UserWarning):
     while frame is not None and frame.f_back is not None and _library_frame(frame.f_code.co_filename, package):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)
+
+# %% ../nbs/00_core.ipynb #85d3713b
+class SavedPerProcess:
+    """Mixin for counters each (forked) server process keeps: `touch()` marks a change, and a daemon thread of that
+    process writes `self.snapshot()` to `folder/<pid>.json` every `save_every` seconds while it changes."""
+    folder, save_every, _pid, _dirty = None, 0.25, None, False
+
+    def touch(self):
+        self._dirty = True
+        if self.folder and self._pid != os.getpid(): self._start_saver()  # the first change in this process: start its saver
+
+    def _start_saver(self):
+        import threading, time
+        self._pid = os.getpid()
+        def save():
+            while True:
+                time.sleep(self.save_every)
+                if not self._dirty: continue
+                self._dirty = False
+                try: atomic_write_json(Path(self.folder)/f"{os.getpid()}.json", self.snapshot())
+                except (OSError, RuntimeError): self._dirty = True  # RuntimeError: a dict changed size while copied; next time
+        threading.Thread(target=save, daemon=True, name=f"aimass-{type(self).__name__}").start()

@@ -1,4 +1,4 @@
-"""Hand a model to production: a standalone folder that serves it over HTTP with `python server.py` or Docker, without torch, lightning or Jupyter.
+"""Hand a model to production: a standalone folder that serves it over HTTP with `python server.py`, Docker or Kubernetes, without torch, lightning or Jupyter.
 
 Docs: https://aimass.github.io/aimass/deployment.html.md"""
 
@@ -6,8 +6,8 @@ Docs: https://aimass.github.io/aimass/deployment.html.md"""
 
 # %% ../nbs/13_deployment.ipynb #7ea4b00b
 from __future__ import annotations
-import hashlib, html, json, os, platform, shlex, shutil, string, subprocess, sys, tempfile, uuid, warnings
-from dataclasses import dataclass, field, fields, replace
+import hashlib, html, json, os, platform, re, shlex, shutil, string, subprocess, sys, tempfile, uuid, warnings
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np
@@ -18,7 +18,7 @@ from fastcore.basics import patch
 from .registry import ModelCard, Registry
 
 # %% auto #0
-__all__ = ['Bundle', 'open_bundle', 'bundle']
+__all__ = ['K8sConfig', 'Bundle', 'open_bundle', 'bundle']
 
 # %% ../nbs/13_deployment.ipynb #bc733d01
 def ensure_export(mv, registry=None):
@@ -79,7 +79,7 @@ def training_only(name: str) -> bool:
     return n in {canonicalize_name(t) for t in TRAINING_ONLY} or n.startswith("jupyter")
 
 # %% ../nbs/13_deployment.ipynb #80fd324e
-RUNTIME_REQUIREMENTS = ("numpy", "pandas", "onnx", "onnxruntime", "litserve", "fastapi", "uvicorn", "pydantic", "fastcore")
+RUNTIME_REQUIREMENTS = ("numpy", "pandas", "onnx", "onnxruntime", "litserve", "fastapi", "uvicorn", "pydantic", "fastcore", "prometheus-client")
 
 def pinned_requirements(roots=RUNTIME_REQUIREMENTS) -> list:
     "`NAME==VERSION` for `roots` and everything they require, as installed now (markers evaluated for this interpreter)."
@@ -252,8 +252,8 @@ docker run --rm -p {port}:{port} {image}                  # add -e AIMASS_API_KE
 server.py's options (the image adds `--host 0.0.0.0`; `$PORT` sets the default port):
 
 {_options_md(server)}
-With `AIMASS_API_KEY` (or `AIMASS_API_KEY_FILE`, a file holding the key) set, every request but `/health` needs an
-`X-API-Key` header.
+With `AIMASS_API_KEY` (or `AIMASS_API_KEY_FILE`, a file holding the key) set, every request but the health checks (`/health`,
+`/`, `/v2/health/live`, `/v2/health/ready`) needs an `X-API-Key` header.
 """
 
 # %% ../nbs/13_deployment.ipynb #df1c7349
@@ -284,6 +284,7 @@ _README_REFERENCE = string.Template("""## Endpoints
 |---|---|---|
 | POST | `/predict` | `{"instances": [row, ...]}` -> `{"predictions": [...]}`, one per row, in order; header `X-Model-Version: $ref` |
 | GET | `/health` | 200 `ok` once every worker is ready, 503 before |
+| GET | `/v2/health/ready`, `/v2/health/live` | Open Inference Protocol readiness (like `/health`) and liveness: Kubernetes' probes |
 | GET | `/info` | the model: ref, task, classes, input schema, backend, limits |
 | GET | `/stats` | request count, rate, p50/p99 latency, errors by status |
 | GET | `/docs`, `/openapi.json` | OpenAPI docs |
@@ -310,10 +311,221 @@ server.py's defaults, and a sha256 of every file: `aimass.deployment.open_bundle
 """)
 
 # %% ../nbs/13_deployment.ipynb #dff06183
-def readme(card: ModelCard, request: dict, response: dict, server: ServerConfig, image: str) -> str:
-    "The bundle's README.md for the version `card` describes; `request`/`response`: the example and the model's answer; `server`: server.py's defaults."
-    return "\n".join([_readme_intro(card), _readme_run(server, image), _readme_query(server.port, request, response),
+def readme(card: ModelCard, request: dict, response: dict, server: ServerConfig, image: str, k8s_md: str = "") -> str:
+    "The bundle's README.md for the version `card` describes; `request`/`response`: the example and the model's answer; `server`: server.py's defaults; `k8s_md`: the Kubernetes section, if any."
+    return "\n".join([_readme_intro(card), _readme_run(server, image), _readme_query(server.port, request, response), *([k8s_md] if k8s_md else []),
                       _README_REFERENCE.substitute(ref=card.ref)])
+
+# %% ../nbs/13_deployment.ipynb #d31dd473
+@dataclass
+class K8sConfig:
+    "How a bundle's Kubernetes manifests run it: pods, autoscaling, and what each pod requests (None: derived from the model and server)."
+    replicas: int = 1  # pods to start with: the Deployment's replicas and the autoscaler's minimum
+    max_replicas: int|None = None  # the autoscaler's most pods (None: 4 x replicas)
+    cpu_target: int = 70  # average CPU use, in % of the pods' request, above which the autoscaler adds pods
+    cpu: str|None = None  # CPU each pod requests, e.g. 500m or 2 (None: from workers and threads)
+    memory: str|None = None  # memory each pod requests, e.g. 512Mi or 2Gi (None: from the ONNX file's size)
+    cpu_limit: str|None = None  # most CPU a pod may use (None: twice its request)
+    memory_limit: str|None = None  # most memory a pod may use before it is restarted (None: twice its request)
+
+    @property
+    def most(self) -> int: return self.max_replicas if self.max_replicas is not None else 4 * self.replicas
+
+# %% ../nbs/13_deployment.ipynb #5c7f0357
+_QUANTITY = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?")
+_SCALE = {None: 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+
+def quantity(value, what: str) -> float:
+    "Kubernetes resource quantity `value` (`500m`, `2`, `1.5Gi`) as a number; an `AimassError` naming `what` unless it is one more than 0."
+    m = _QUANTITY.fullmatch(str(value).strip())
+    if not m or float(m[1]) <= 0:
+        raise AimassError(f"{what} must be a Kubernetes quantity above 0, such as {'500m or 2' if 'cpu' in what else '512Mi or 2Gi'}; got {value!r}.")
+    return float(m[1]) * _SCALE[m[2]]
+
+# %% ../nbs/13_deployment.ipynb #0dfa446d
+@patch
+def validate(self: K8sConfig) -> K8sConfig:
+    "Check every setting; an `AimassError` that names the first one that is wrong."
+    for k in ("replicas", "cpu_target"):
+        v = getattr(self, k)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise AimassError(f"{k} must be a whole number of at least 1, not {v!r}.")
+    if not isinstance(self.most, int) or isinstance(self.most, bool) or self.most < self.replicas:
+        raise AimassError(f"max_replicas must be a whole number of at least replicas ({self.replicas}), not {self.max_replicas!r}.")
+    for k in ("cpu", "memory", "cpu_limit", "memory_limit"):
+        if getattr(self, k) is not None: quantity(getattr(self, k), k)
+    for k in ("cpu", "memory"):
+        request, limit = getattr(self, k), getattr(self, k + "_limit")
+        if request is not None and limit is not None and quantity(limit, k) < quantity(request, k):
+            raise AimassError(f"{k}_limit ({limit}) is below the {k} request ({request}): a pod could never get what it asks for.")
+    return self
+
+# %% ../nbs/13_deployment.ipynb #6bd44214
+_MiB = 2**20
+
+def _mebibytes(n: float) -> str: return f"{int(-(-n // (64 * _MiB)) * 64)}Mi"  # rounded up to 64 Mi
+
+def pod_resources(kube: K8sConfig, server: ServerConfig, onnx_bytes: int) -> dict:
+    "A pod's `resources` (requests and limits): `kube`'s where given, else derived from `server`'s processes and the model's size."
+    cpu = kube.cpu or f"{1000 * server.workers * server.threads + 250 * server.api_servers}m"
+    baseline = 200 * _MiB + 40 * _MiB * (server.workers - 1) + 16 * _MiB * (server.api_servers - 1)  # measured: see above
+    memory = kube.memory or _mebibytes(baseline + 2 * onnx_bytes * server.workers)
+    cpu_limit = kube.cpu_limit or f"{round(2 * quantity(cpu, 'cpu') * 1000)}m"
+    memory_limit = kube.memory_limit or _mebibytes(2 * quantity(memory, "memory"))
+    return {"requests": {"cpu": str(cpu), "memory": str(memory)}, "limits": {"cpu": str(cpu_limit), "memory": str(memory_limit)}}
+
+# %% ../nbs/13_deployment.ipynb #e27e8e21
+def k8s_name(name: str) -> str:
+    "Model name `name` as a Kubernetes resource name: lower case, `-` for anything else, starting with a letter, at most 40 characters (room for suffixes)."
+    s = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    if not s or not s[0].isalpha(): s = "model-" + s
+    return s[:40].rstrip("-")
+
+# %% ../nbs/13_deployment.ipynb #cafc6b4b
+def container_spec(name: str, image: str, port: int, resources: dict, secret: str, port_name: str = "http") -> dict:
+    "The server's container `name`: `image` running server.py on `port`, its API key from Secret `secret`."
+    probe = lambda path, period, failures: {"httpGet": {"path": path, "port": port}, "periodSeconds": period, "timeoutSeconds": 3,
+                                            "failureThreshold": failures}
+    return {"name": name, "image": image, "imagePullPolicy": "IfNotPresent",
+            "command": ["python", "server.py"], "args": ["--host", "0.0.0.0", "--port", str(port)],
+            "ports": [{"name": port_name, "containerPort": port, "protocol": "TCP"}],
+            "env": [{"name": "AIMASS_API_KEY", "valueFrom": {"secretKeyRef": {"name": secret, "key": "api-key"}}}],
+            "resources": resources,
+            "startupProbe": probe("/v2/health/live", 2, 90),  # up to 3 minutes to load the model before liveness counts
+            "readinessProbe": probe("/v2/health/ready", 5, 2),
+            "livenessProbe": probe("/v2/health/live", 10, 3),
+            "lifecycle": {"preStop": {"exec": {"command": ["sleep", "5"]}}},  # the Service stops routing here before SIGTERM
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "allowPrivilegeEscalation": False,
+                                "capabilities": {"drop": ["ALL"]}}}
+
+# %% ../nbs/13_deployment.ipynb #a81e59bc
+def k8s_manifests(mv, image: str, server: ServerConfig, kube: K8sConfig, onnx_bytes: int) -> dict:
+    "`{path under k8s/: [manifest, ...]}` that run the bundle of version `mv` from `image` on Kubernetes."
+    name, port = k8s_name(mv.name), server.port
+    labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/version": f"v{mv.version}", "app.kubernetes.io/component": "model-server"}
+    meta = {"name": name, "labels": labels, "annotations": {"aimass/model": mv.ref}}
+    resources = pod_resources(kube, server, onnx_bytes)
+    container = container_spec(name, image, port, resources, f"{name}-api-key")
+    pod = {"metadata": {"labels": labels}, "spec": {"terminationGracePeriodSeconds": int(server.timeout) + 15, "containers": [container]}}
+    selector = {"app.kubernetes.io/name": name}
+    isvc_container = container_spec("kserve-container", image, port, resources, f"{name}-api-key", "http1")  # KServe's names
+    return {
+        "deployment.yaml": [{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": {
+            "replicas": kube.replicas, "selector": {"matchLabels": selector},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}, "template": pod}}],
+        "service.yaml": [{"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": {
+            "type": "ClusterIP", "selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]}}],
+        "hpa.yaml": [{"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": meta, "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": kube.replicas, "maxReplicas": kube.most,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": kube.cpu_target}}}]}}],
+        "kserve/inferenceservice.yaml": [{"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {
+            **meta, "annotations": {**meta["annotations"], "serving.kserve.io/deploymentMode": "RawDeployment", "serving.kserve.io/autoscalerClass": "hpa"}},
+            "spec": {"predictor": {"minReplicas": kube.replicas, "maxReplicas": kube.most, "scaleMetric": "cpu", "scaleTarget": kube.cpu_target,
+                                   "containers": [isvc_container]}}}],
+    }
+
+# %% ../nbs/13_deployment.ipynb #fa2b46a4
+_K8S_NOTES = {"args": "--host 0.0.0.0: every interface of the container, whose network is the pod's own: the container is\n"
+                      "the boundary, and the Service decides who reaches it"}
+
+def to_yaml(docs: list, header: str, notes: dict = _K8S_NOTES) -> str:
+    "`docs` as one YAML stream, after `header` (as comments), with `notes[key]` as a comment above each `key:` line."
+    import yaml
+    texts = []
+    for d in docs:
+        text = yaml.safe_dump(json.loads(json.dumps(d)), sort_keys=False, width=120)  # a copy: no YAML anchors for shared parts
+        for key, note in notes.items():
+            text = re.sub(rf"^( *){key}:", lambda m: "".join(f"{m[1]}# {l}\n" for l in note.splitlines()) + m[0], text, flags=re.M)
+        texts.append(text)
+    return "".join(f"# {l}\n".replace("# \n", "#\n") for l in header.splitlines()) + "---\n".join(texts)
+
+# %% ../nbs/13_deployment.ipynb #d9992f5e
+def secret_template(name: str) -> str:
+    "The API key's Secret as a template: its shape, with a placeholder where the key goes."
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"{name}-api-key"}, "type": "Opaque",
+              "stringData": {"api-key": "REPLACE-WITH-A-LONG-RANDOM-KEY"}}
+    return to_yaml([secret], f"""A template only: `kubectl apply -f k8s/` skips it (its name does not end in .yaml). Never write a real key
+into a file you keep. Create the Secret from a fresh key instead:
+  kubectl create secret generic {name}-api-key --from-literal=api-key="$(openssl rand -hex 32)"
+""")
+
+# %% ../nbs/13_deployment.ipynb #1d9775f0
+_README_K8S_RUN = string.Template("""## Run on Kubernetes
+
+`k8s/` runs this server on a cluster, where Kubernetes spreads its pods over machines, replaces failed ones and adds
+more under load. Each pod is the Docker image above running `server.py` with this bundle's settings.
+
+1. Build the image and push it where the cluster pulls from. The manifests name `$image`; to name your registry,
+   build the bundle again with `image="registry.example.com/team/$name:v1"` (`--image`).
+
+   ```bash
+   docker build -t $image . && docker push $image
+   ```
+2. Create the Secret that holds the API key (the pods do not start without it). Clients send the key as `X-API-Key`.
+   `k8s/api-key-secret.yaml.template` shows the Secret's shape; it holds a placeholder, never a key.
+
+   ```bash
+   kubectl create secret generic $name-api-key --from-literal=api-key="$$(openssl rand -hex 32)"
+   KEY=$$(kubectl get secret $name-api-key -o jsonpath='{.data.api-key}' | base64 -d)   # the key, for your clients
+   ```
+3. Apply the manifests, wait for the pods, and query the Service:
+
+   ```bash
+   kubectl apply -f k8s/
+   kubectl rollout status deployment/$name
+   kubectl port-forward service/$name 8080:80 &
+   curl -s localhost:8080/v2/health/ready && curl -s localhost:8080/predict -H "X-API-Key: $$KEY" -H 'Content-Type: application/json' -d @example.json
+   ```
+""")
+
+# %% ../nbs/13_deployment.ipynb #747d6aa7
+_README_K8S_MORE = string.Template("""| file | what |
+|---|---|
+| `k8s/deployment.yaml` | $replicas pod(s); each requests $cpu CPU and $memory memory (limits: $cpu_limit, $memory_limit); readiness on `/v2/health/ready`, liveness on `/v2/health/live`; rolling updates with no pod down |
+| `k8s/service.yaml` | `http://$name/` inside the cluster, port 80 to the pods' port $port |
+| `k8s/hpa.yaml` | the HorizontalPodAutoscaler: $replicas to $most pods, at $cpu_target% CPU of the request |
+| `k8s/kserve/inferenceservice.yaml` | the same server as a KServe InferenceService (custom predictor) |
+
+**Scaling.** The autoscaler owns the pod count (it needs the cluster's metrics-server; `kubectl top pods` shows what it
+sees): `kubectl get hpa $name --watch` follows it, `kubectl scale` is undone by it. Change its range with
+`kubectl patch hpa $name -p '{"spec": {"minReplicas": 3, "maxReplicas": 20}}'`, or build the bundle again with
+`replicas=`/`max_replicas=` (`--replicas`, `--max-replicas`). Within a pod, `workers` (here $workers) sets the inference
+processes; give each pod more CPU with `cpu=` when you raise it.
+
+**KServe.** On a cluster with KServe, `kubectl apply -f k8s/kserve/` instead of `k8s/` (not both): KServe makes the
+Deployment, Service and autoscaler from the same image, port, probes and Secret (raw deployment mode, no Knative).
+`kubectl get inferenceservice $name` shows its URL.
+""")
+
+def _readme_k8s(name: str, image: str, server: ServerConfig, kube: K8sConfig, resources: dict) -> str:
+    "The README's 'Run on Kubernetes' section."
+    req, lim = resources["requests"], resources["limits"]
+    values = dict(name=name, image=image, port=server.port, workers=server.workers, replicas=kube.replicas, most=kube.most,
+                  cpu_target=kube.cpu_target, cpu=req["cpu"], memory=req["memory"], cpu_limit=lim["cpu"], memory_limit=lim["memory"])
+    return _README_K8S_RUN.substitute(values) + "\n" + _README_K8S_MORE.substitute(values)
+
+# %% ../nbs/13_deployment.ipynb #f048eb13
+def _k8s_headers(name: str, ref: str, image: str, kube: K8sConfig) -> dict:
+    "Each manifest file's header comment."
+    apply = "kubectl apply -f k8s/ (create the API key's Secret first: see README.md, 'Run on Kubernetes')"
+    return {"deployment.yaml": f"{ref}: {kube.replicas} pod(s) of {image}, each running server.py.\n{apply}",
+            "service.yaml": f"http://{name}/ inside the cluster (port 80 -> the pods' port). Reach it from outside with an Ingress,\n"
+                            f"a LoadBalancer Service or: kubectl port-forward service/{name} 8080:80",
+            "hpa.yaml": f"Keeps {kube.replicas} to {kube.most} pods of {name}, adding pods while their CPU use is over {kube.cpu_target}% of\n"
+                        "their request (needs metrics-server in the cluster).",
+            "kserve/inferenceservice.yaml": f"{ref} on KServe: the same image, port, probes and Secret as k8s/*.yaml, for clusters with KServe.\n"
+                                            "kubectl apply -f k8s/kserve/   (instead of k8s/*.yaml, not as well)"}
+
+# %% ../nbs/13_deployment.ipynb #55948355
+def _write_k8s(stage: Path, mv, image: str, server: ServerConfig, kube: K8sConfig) -> str:
+    "Write `k8s/` for the bundle being built in `stage`; its README section."
+    onnx_bytes = sum(p.stat().st_size for p in (stage/"model").rglob("*") if p.is_file())
+    manifests, name = k8s_manifests(mv, image, server, kube, onnx_bytes), k8s_name(mv.name)
+    for rel, docs in manifests.items(): _write(stage, f"k8s/{rel}", to_yaml(docs, _k8s_headers(name, mv.ref, image, kube)[rel]))
+    _write(stage, "k8s/api-key-secret.yaml.template", secret_template(name))
+    resources = manifests["deployment.yaml"][0]["spec"]["template"]["spec"]["containers"][0]["resources"]
+    return _readme_k8s(name, image, server, kube, resources)
 
 # %% ../nbs/13_deployment.ipynb #67d372d5
 _PROBE = r'''
@@ -464,10 +676,10 @@ def _write(stage: Path, rel: str, data):
     else: path.write_bytes(data.encode() if isinstance(data, str) else data)
 
 # %% ../nbs/13_deployment.ipynb #7a8e4ff4
-def _write_contents(stage: Path, mv, server: ServerConfig, requirements: list) -> tuple:
-    "Write every file of the bundle of version `mv` but bundle.json into `stage`; `(example request, the registry ONNX file's outputs for it)`."
+def _write_contents(stage: Path, mv, server: ServerConfig, requirements: list, image: str, kube: K8sConfig|None = None) -> tuple:
+    "Write every file of the bundle of version `mv` but bundle.json into `stage` (`k8s/` too, given `kube`); `(example request, the registry ONNX file's outputs for it)`."
     from aimass.inference import Runner
-    image, request = f"{mv.name.lower()}:v{mv.version}", example_request(mv.card.preprocessing())
+    request = example_request(mv.card.preprocessing())
     for rel, src in model_files(mv).items(): _write(stage, f"model/{rel}", src)
     _write(stage, "model/model.json", json.dumps(bundle_card(mv.card).to_dict(), indent=2) + "\n")
     for rel, src in runtime_files().items(): _write(stage, rel, src)
@@ -478,11 +690,12 @@ def _write_contents(stage: Path, mv, server: ServerConfig, requirements: list) -
     _write(stage, "example.json", json.dumps(request, indent=2) + "\n")
     runner = Runner(stage/"model", "onnx")
     response = {"predictions": runner.encode(runner.outputs(request["instances"]))}
-    _write(stage, "README.md", readme(mv.card, request, _rounded(response), server, image))
+    k8s_md = _write_k8s(stage, mv, image, server, kube) if kube else ""
+    _write(stage, "README.md", readme(mv.card, request, _rounded(response), server, image, k8s_md))
     return request, Runner(mv.path, "onnx").outputs(request["instances"])
 
 # %% ../nbs/13_deployment.ipynb #63b91a83
-def _manifest(stage: Path, mv, requested, server: ServerConfig, checked: bool, notes: list) -> dict:
+def _manifest(stage: Path, mv, requested, server: ServerConfig, checked: bool, notes: list, image: str, kube: K8sConfig|None) -> dict:
     "bundle.json for the files in `stage`: what it serves, how it was built, server.py's defaults, each file's sha256."
     import aimass
     files = sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file())
@@ -491,10 +704,39 @@ def _manifest(stage: Path, mv, requested, server: ServerConfig, checked: bool, n
             "python": platform.python_version(), "platform": f"{platform.system()}-{platform.machine()}".lower(),
             "onnx": {"variant": mv.card.onnx_variant(), "file": "model/" + next(iter(bundle_card(mv.card).export.files.values())),
                      "inputs": mv.card.export.inputs},
-            "server": _server_settings(server), "checked": bool(checked), "notes": notes,
+            "server": _server_settings(server), "image": image, "k8s": asdict(kube) if kube else None, "checked": bool(checked), "notes": notes,
             "files": {f: {"sha256": _sha256(stage/f), "bytes": (stage/f).stat().st_size} for f in files}}
 
-# %% ../nbs/13_deployment.ipynb #289a07cf
+# %% ../nbs/13_deployment.ipynb #36cfa64b
+def _k8s_settings(k8s: bool, kube: K8sConfig) -> K8sConfig|None:
+    "`kube`, checked, when `k8s`; else None, or an error when a Kubernetes setting was given without `k8s`."
+    if k8s: return kube.validate()
+    given = [f.name for f in fields(K8sConfig) if getattr(kube, f.name) != f.default]
+    if given: raise AimassError(f"{', '.join(given)} only apply to the Kubernetes manifests: add k8s=True (--k8s), or leave them out.")
+
+# %% ../nbs/13_deployment.ipynb #92078b12
+_IMAGE = re.compile(r"(?:[a-zA-Z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+                    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?")
+
+def image_name(image: str|None, mv=None) -> str|None:
+    "`image`, checked, or (None) the version `mv`'s default `NAME:vN`; None when neither is known yet."
+    if image is None: return None if mv is None else f"{mv.name.lower()}:v{mv.version}"
+    if not isinstance(image, str) or not _IMAGE.fullmatch(image):
+        raise AimassError(f"image must be a Docker image name such as registry.example.com/team/model:v1 (lower case, no spaces), not {image!r}.")
+    return image
+
+# %% ../nbs/13_deployment.ipynb #a16f11c4
+def _build(stage: Path, mv, requested: str, server: ServerConfig, kube: K8sConfig|None, image: str, check: bool, notes: list) -> dict:
+    "Write the whole bundle of version `mv` into `stage` (self-checked when `check`); its manifest."
+    stage.chmod(0o755)
+    requirements = _runtime_requirements(mv.card)
+    request, expected = _write_contents(stage, mv, server, requirements, image, kube)
+    if check: self_check(stage, request["instances"], expected, requirements)
+    manifest = _manifest(stage, mv, requested, server, check, notes, image, kube)
+    _write(stage, "bundle.json", json.dumps(manifest, indent=2) + "\n")  # plain writes: readable by the image's non-root user
+    return manifest
+
+# %% ../nbs/13_deployment.ipynb #d8f74bf7
 @with_options(ServerConfig, exclude=_BUNDLE_EXCLUDES)
 def bundle(ref: str,  # NAME, NAME:vN or NAME@ALIAS (resolved once, to the version it points to now)
            dir: str|Path,  # the folder to write
@@ -502,27 +744,32 @@ def bundle(ref: str,  # NAME, NAME:vN or NAME@ALIAS (resolved once, to the versi
            overwrite: bool = False,  # replace an earlier bundle in `dir`
            port: int = 8000,  # the port server.py listens on by default (its --port and $PORT override it)
            check: bool = True,  # run the bundled runtime in a fresh process and check its answers before finishing
+           image: str|None = None,  # the Docker image's name, as in the README and k8s/ (default: NAME:vN)
+           k8s: bool = False,  # also write Kubernetes manifests in k8s/: Deployment, Service, autoscaler, KServe InferenceService
+           replicas: int = 1,  # with k8s: pods to start with, the autoscaler's minimum
+           max_replicas: int|None = None,  # with k8s: the autoscaler's most pods (default: 4 x replicas)
+           cpu_target: int = 70,  # with k8s: average CPU use (% of the request) above which the autoscaler adds pods
+           cpu: str|None = None,  # with k8s: CPU per pod, e.g. 500m or 2 (default: from workers and threads)
+           memory: str|None = None,  # with k8s: memory per pod, e.g. 512Mi (default: from the ONNX file's size)
+           cpu_limit: str|None = None,  # with k8s: most CPU per pod (default: twice the request)
+           memory_limit: str|None = None,  # with k8s: most memory per pod (default: twice the request)
            registry: Registry|None = None,  # the registry to use (default: the one under $AIMASS_HOME)
            **options) -> Bundle:
-    """Write a standalone folder that serves registered model `ref` over HTTP: `python server.py`, or its Dockerfile.
+    """Write a standalone folder that serves registered model `ref` over HTTP: `python server.py`, its Dockerfile, or `k8s/`.
 
-    The folder serves the version's ONNX export (exported first when it has none) with the same server as
-    `aimass.serve`, and carries the aimass runtime, pinned requirements, a Dockerfile, a README and a manifest.
+    The folder serves the version's ONNX export (exported first when it has none) with the same server as `aimass.serve`.
     The server options (`workers`, `max_batch_size`, ...) are server.py's defaults; its flags override them."""
     opts, _ = split_options(bundle, options)
     server = ServerConfig(port=port, **opts).validate()
+    kube = _k8s_settings(k8s, K8sConfig(replicas, max_replicas, cpu_target, cpu, memory, cpu_limit, memory_limit))
+    image_name(image)
     dest = Path(dir).expanduser().resolve()
     _check_destination(dest, overwrite)
     mv, notes = _version_to_bundle(ref, registry or Registry())
-    requirements = _runtime_requirements(mv.card)
     dest.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.building-", dir=dest.parent))
     try:
-        stage.chmod(0o755)
-        request, expected = _write_contents(stage, mv, server, requirements)
-        if check: self_check(stage, request["instances"], expected, requirements)
-        manifest = _manifest(stage, mv, ref, server, check, notes)
-        _write(stage, "bundle.json", json.dumps(manifest, indent=2) + "\n")  # plain writes: readable by the image's non-root user
+        manifest = _build(stage, mv, ref, server, kube, image_name(image, mv), check, notes)
         _move_into_place(stage, dest, overwrite)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

@@ -256,11 +256,19 @@ def session_options(threads: int = 1):
     return so
 
 # %% ../nbs/05_exporting.ipynb #39d8f887
+SLOW_FUSIONS = ["SkipLayerNormFusion"]  # ORT graph transformers left out of every session (slower than what they replace)
+
+def _ort_session(path, so):
+    "A CPU session for `path` with options `so`, without `SLOW_FUSIONS`."
+    import onnxruntime as ort
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"], disabled_optimizers=SLOW_FUSIONS)
+
+# %% ../nbs/05_exporting.ipynb #ab772395
 def load_onnx(path, model_dir=None, threads: int = 1, options=None):
     "An ONNX Runtime CPU session for `path`, after checking its external data stays inside `model_dir`."
     import onnxruntime as ort
     check_external_data(path, model_dir)
-    try: return ort.InferenceSession(str(path), options or session_options(threads), providers=["CPUExecutionProvider"])
+    try: return _ort_session(path, options or session_options(threads))
     except Exception as e:
         msg = str(e)
         m = re.search(r"IR version[^\n]*", msg)
@@ -393,11 +401,14 @@ class ExportReport:
     def passed(self) -> bool: return all(c["passed"] for c in self.checks.values())
     @property
     def model_path(self) -> Path: return self.path.parent/self.files["fp32"]
+    @property
+    def served(self) -> str|None:  # what serve runs by default, as ModelCard.onnx_variant picks it (int8 only where bench finds it best)
+        return next((v for v in ("fp32-opt", "fp32") if self.checks.get(v, {}).get("passed")), None)
 
     def to_dict(self) -> dict:
         return {"ref": self.ref, "files": self.files, "exporter": self.exporter, "opset": self.opset, "ir_version": self.ir_version,
                 **self.io, "parity": self.parity.to_dict("records"), "metrics": self.metrics, "checks": self.checks,
-                "passed": self.passed, "notes": self.notes}
+                "passed": self.passed, "served": self.served, "notes": self.notes}
 
 # %% ../nbs/05_exporting.ipynb #8bd852cc
 @patch
@@ -418,7 +429,8 @@ def _head(self: ExportReport) -> str:
     status = "passed" if self.passed else "FAILED"
     return (f"ONNX export of {self.ref}: {status} ({self.exporter} exporter, opset {self.opset}, IR {self.ir_version}; "
             f"input {', '.join(map(repr, self.io.get('input_names', [self.io['input_name']])))} {self.io['input_shape']} {self.io['inputs']}"
-            + (f", {self.io['dtype']} {self.io['layout']}" if self.io.get("layout") else "") + ")")
+            + (f", {self.io['dtype']} {self.io['layout']}" if self.io.get("layout") else "") + ")"
+            + (f"; serve runs {self.served}" if self.served else ""))
 
 # %% ../nbs/05_exporting.ipynb #95b665f0
 def markdown_table(df: pd.DataFrame) -> str:
@@ -452,13 +464,73 @@ def ort_optimize(src, dst, level="extended"):
     so.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
                                    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}[level]
     so.optimized_model_filepath = str(dst)
-    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    _ort_session(src, so)
 
 # %% ../nbs/05_exporting.ipynb #494a46cc
 def quantize_int8(src, dst):
-    "Dynamic int8 quantization of the weights (activations quantized on the fly)."
+    "Dynamic int8 quantization of the weights (activations quantized on the fly); a fused text graph's Attention becomes QAttention."
+    import onnx
     from onnxruntime.quantization import quantize_dynamic, QuantType
-    with _quiet(): quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    with _quiet():  # outputs of contrib ops (Attention, BiasGelu) have no inferred type: they are float
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+
+# %% ../nbs/05_exporting.ipynb #e4c2462a
+def _hf_models(module) -> list:
+    "The Hugging Face models inside `module` (what `set_attn_implementation` switches)."
+    return [m for m in module.modules() if hasattr(m, "set_attn_implementation") and hasattr(m, "config")]
+
+@contextlib.contextmanager
+def _eager_attention(module):
+    "Within the block, every Hugging Face model in `module` computes attention eagerly: the subgraph ORT's fusions recognise."
+    models = _hf_models(module)
+    before = [m.config._attn_implementation for m in models]
+    for m in models: m.set_attn_implementation("eager")
+    try: yield
+    finally:
+        for m, b in zip(models, before): m.set_attn_implementation(b)
+
+# %% ../nbs/05_exporting.ipynb #4713072d
+def _attention_shape(module) -> tuple|None:
+    "(heads, hidden size) of the first Hugging Face encoder in `module`, from its config; None when it has none."
+    for m in _hf_models(module):
+        c = m.config
+        heads, hidden = getattr(c, "num_attention_heads", getattr(c, "n_heads", None)), getattr(c, "hidden_size", getattr(c, "dim", None))
+        if heads and hidden: return int(heads), int(hidden)
+    return None
+
+# %% ../nbs/05_exporting.ipynb #f0d66a39
+def fuse_transformer(lm, example: tuple, names: dict, dst) -> dict|None:
+    """Save the transformer-fused graph of text version `lm` at `dst` and return the fused-op counts, or return None
+    when it has no Hugging Face encoder or no attention fused. `example` and `names` are the trace's inputs and names."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+    shape = _attention_shape(lm.predictor)
+    if shape is None: return None
+    opts = FusionOptions("bert")
+    opts.enable_skip_layer_norm = False  # SLOW_FUSIONS
+    opts.use_raw_attention_mask(True)    # masks as given (a mask index assumes right padding)
+    with tempfile.TemporaryDirectory(prefix="aimass-fuse-") as d, _eager_attention(lm.predictor):
+        src = Path(d)/"torchscript.onnx"
+        _legacy_export(graph_module(lm.predictor, lm.preprocessor), example, src, [{0: "batch", 1: "sequence"}]*len(example), **names)
+        with _quiet(): m = optimize_model(str(src), model_type="bert", num_heads=shape[0], hidden_size=shape[1], opt_level=0,
+                                          optimization_options=opts)
+    stats = {k: v for k, v in m.get_fused_operator_statistics().items() if v}
+    if not stats.get("Attention"): return None
+    m.save_model_to_file(str(dst))
+    return stats
+
+# %% ../nbs/05_exporting.ipynb #cabee09c
+def _optimized_copy(lm, work: Path, io_: dict, example: tuple, names: dict, notes: list) -> tuple:
+    "Write `model.opt.onnx`: the transformer-fused graph for a text encoder, else ORT's portable optimizations. `(file, fused)`."
+    if io_["inputs"] == "tokens" and not hasattr(lm.net, "to_onnx"):
+        try: stats = fuse_transformer(lm, example, names, work/"model.opt.onnx")
+        except Exception as e: stats = None; notes.append(f"fp32-opt: the transformer fusions failed ({_first_line(e)[:300]}); kept ONNX Runtime's optimized copy.")
+        if stats:
+            notes.append("fp32-opt: ONNX Runtime's transformer-fused graph (" + ", ".join(f"{k} x{v}" for k, v in stats.items()) +
+                         "), made from a TorchScript export with eager attention.")
+            return "model.opt.onnx", True
+    ort_optimize(work/"model.onnx", work/"model.opt.onnx")
+    return "model.opt.onnx", False
 
 # %% ../nbs/05_exporting.ipynb #0ced8497
 def _example(io_: dict, dynamic_batch: bool):
@@ -474,15 +546,17 @@ def _build(lm, work: Path, opset, dynamic_batch, quantize, optimize) -> tuple:
     import onnx, torch
     io_ = {**input_spec(lm.preprocessor, lm.card), "output_name": output_name(lm.task)}
     if not dynamic_batch: io_["input_shape"] = [1, *io_["input_shape"][1:]]
+    example = _example(io_, dynamic_batch)
+    names = dict(input_names=io_.get("input_names", [io_["input_name"]]), output_names=[io_["output_name"]], **({"opset_version": int(opset)} if opset else {}))
     if hasattr(lm.net, "to_onnx"): info = lm.net.to_onnx(work/"model.onnx", lm.preprocessor, io_, opset, dynamic_batch)  # a tree model (aimass.trees): converted, not traced
-    else: info = trace_to_onnx(graph_module(lm.predictor, lm.preprocessor), _example(io_, dynamic_batch), work/"model.onnx", opset, dynamic_batch,
+    else: info = trace_to_onnx(graph_module(lm.predictor, lm.preprocessor), example, work/"model.onnx", opset, dynamic_batch,
                                io_.get("input_names", io_["input_name"]), io_["output_name"], sequence=io_["inputs"] == "tokens")
     try: onnx.checker.check_model(str(work/"model.onnx"), full_check=True)
     except Exception as e: raise AimassError(f"The exported graph of {lm.ref} fails onnx.checker: {_first_line(e)}") from None
-    files = {"fp32": "model.onnx"}
-    if optimize: ort_optimize(work/"model.onnx", work/"model.opt.onnx"); files["fp32-opt"] = "model.opt.onnx"
+    files, fused = {"fp32": "model.onnx"}, False
+    if optimize: files["fp32-opt"], fused = _optimized_copy(lm, work, io_, example, names, info["notes"])
     if quantize not in (None, "int8"): raise AimassError(f"quantize={quantize!r} is not supported: use None or 'int8'.")
-    if quantize: quantize_int8(work/"model.onnx", work/"model.int8.onnx"); files["int8"] = "model.int8.onnx"
+    if quantize: quantize_int8(work/files["fp32-opt" if fused else "fp32"], work/"model.int8.onnx"); files["int8"] = "model.int8.onnx"
     return files, io_, info
 
 # %% ../nbs/05_exporting.ipynb #10e64b14

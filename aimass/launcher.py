@@ -52,14 +52,19 @@ class ServerConfig(Record):
     max_rows: int = 10_000  # most rows in one request; more get 413 (so one request stays well within the timeout)
     fast_ipc: bool = True  # pipes between processes instead of LitServe's manager queues (see 09_litserve_compat)
     follow_interval: float = 0.5  # seconds between looks at a followed alias
+    sample_traffic: float = 0.1  # share of requests logged for drift checks (aimass.monitor); 0 turns it off
+    log_inputs: bool = True  # keep raw inputs in the traffic log; False keeps statistics only
+    traffic_mb: float = 64.0  # cap on one version's traffic log in MB; the oldest files go first
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "warning"  # the HTTP server's log level (info logs every request)
+    metrics_auth: bool = True  # /metrics requires the API key like every other route (False: open to a scraper without it)
     models: list[ServedModel] = field(default_factory=list)  # what it serves
     run_dir: str|None = None  # its scratch folder: config, log, counters, workers' state
     registry_root: str|None = None  # where followed aliases are looked up
     owner_pid: int|None = None  # the process whose death stops the server
+    routes: dict|None = None  # a canary and/or shadow beside one model, planned by serve (see aimass.routing)
     parent_death_signal: bool = True  # also ask Linux to signal the server when its parent dies
 
-    internal = ("models", "run_dir", "registry_root", "owner_pid", "parent_death_signal")  # set by whoever starts it
+    internal = ("models", "run_dir", "registry_root", "owner_pid", "parent_death_signal", "routes")  # set by whoever starts it
     limit_names = ("timeout", "max_queue", "max_payload", "max_rows", "max_batch_size", "batch_timeout", "workers")
 
     def __post_init__(self):
@@ -87,6 +92,8 @@ def validate(self: ServerConfig) -> ServerConfig:
     if not (self.timeout > 0 and 0 <= self.batch_timeout < self.timeout):
         raise AimassError(f"Need timeout > 0 and 0 <= batch_timeout < timeout (got {self.timeout}, {self.batch_timeout}).")
     if self.follow_interval <= 0: raise AimassError("follow_interval must be more than 0 seconds.")
+    if not 0 <= self.sample_traffic <= 1: raise AimassError(f"sample_traffic is a share of requests, from 0 to 1 (got {self.sample_traffic!r}).")
+    if self.traffic_mb <= 0: raise AimassError(f"traffic_mb must be more than 0 (got {self.traffic_mb!r}); sample_traffic=0 turns the log off.")
     return self
 
 # %% ../nbs/08_launcher.ipynb #3982d304
@@ -270,9 +277,17 @@ class Server:
         (_servers_dir()/f"{self.name}.json").unlink(missing_ok=True)
         self._stopped.set()
 
-    def __repr__(self): return f"Server({self.ref} at {self.url}, {self.backend}, {self.status}, pid {self.pid})"
     def __enter__(self): return self
     def __exit__(self, *exc): self.stop()
+
+# %% ../nbs/08_launcher.ipynb #72209d17
+@patch
+def __repr__(self: Server):
+    note = ""
+    if self.config.routes:  # its canary and shadow
+        from aimass.routing import routes_note
+        note = routes_note(self)
+    return f"Server({self.ref} at {self.url}, {self.backend}, {self.status}, pid {self.pid}{note})"
 
 # %% ../nbs/08_launcher.ipynb #5dd639c8
 @patch(as_prop=True)
@@ -385,9 +400,9 @@ def health(self: Server) -> bool:
 # %% ../nbs/08_launcher.ipynb #72d913e4
 @patch
 def info(self: Server, model: str|None = None) -> dict:
-    "What the server serves: GET /info (with several models, `model` picks one: GET /v1/models/NAME)."
+    "What the server serves: GET /info (with several models, `model` picks one: GET /v1/models/NAME/info)."
     if model is None and len(self.models) > 1: return self._http().get("/info").json()
-    return self._http().get("/info" if len(self.models) == 1 else f"/v1/models/{self._model(model).name}").json()
+    return self._http().get("/info" if len(self.models) == 1 else f"/v1/models/{self._model(model).name}/info").json()
 
 # %% ../nbs/08_launcher.ipynb #bbe0c314
 @patch
@@ -489,6 +504,7 @@ def request_usage(card: ModelCard) -> dict:
         pair = card.preprocessor.get("pair")
         return {"request": {"json": {"instances": [{"text": "first text", "text_pair": "its pair"}, ["a text", "its pair"]] if pair
                                      else ["a text", {"text": "another text"}]},
+                            **({} if pair else {"raw": "one text as the body, with Content-Type: text/plain (UTF-8)"}),
                             "limits": f"at most {MAX_TEXT_CHARS:,} characters per text (413 beyond); the model reads the first "
                                       f"{card.preprocessor.get('max_length')} tokens of each"}, "answer": answer}
     return {"request": {"json": {"instances": [{"image": {"b64": "<base64 of an image file>"}}]},
@@ -570,7 +586,7 @@ def _running_twin(models: list[ServedModel], asked: dict, api_key: str|None) -> 
     any; an `AimassError` when it runs with other settings than `asked`."""
     same = lambda ms: [(m.name, m.ref, m.follow, m.backend, None if m.follow else m.version_ref) for m in ms]
     port = asked.get("port")  # another port: another server, asked for
-    twin = next((s for s in SERVERS.values() if s.alive and same(s.models.values()) == same(models) and port in (None, s.port)), None)
+    twin = next((s for s in SERVERS.values() if s.alive and not s.config.routes and same(s.models.values()) == same(models) and port in (None, s.port)), None)
     if twin is None: return None
     differ = [f"{k}={getattr(twin.config, k)!r} (not {v!r})" for k, v in asked.items() if v is not None and getattr(twin.config, k) != v]
     if api_key is not None and api_key != twin.api_key: differ.append("another api_key")
@@ -595,18 +611,28 @@ def serve(ref: str|list|dict,  # NAME, NAME:vN or NAME@ALIAS; several as a list 
           api_key: str|None = None,  # require this X-API-Key header on every request but /health
           start_timeout: float = 60.0,  # seconds to wait for the server to answer GET /health
           new: bool = False,  # start another server even when this process already serves these models
+          canary: str|None = None,  # NAME@ALIAS or NAME:vN that answers a `weight` share of the model's requests
+          weight: float = 0.1,  # the canary's share of requests, from 0 to 1
+          sticky: str|None = None,  # a request header (e.g. X-User-Id) whose value always lands on the same side
+          shadow: str|None = None,  # NAME@ALIAS or NAME:vN sent a copy of requests: its answers are compared, never returned
+          shadow_rate: float = 1.0,  # the share of requests copied to the shadow, from 0 to 1
           **options) -> Server:
     """Serve registered models over HTTP in a process group of their own; return a `Server` once GET /health answers 200.
 
     One model answers at `POST /predict`; several each at `POST /v1/models/NAME:predict`. A followed alias is looked up
     every `follow_interval` s: when it moves (promote, rollback) the server switches versions without dropping a request.
+    A `canary` or `shadow` runs beside the model (see aimass.routing): `Server.canary()` counts them by version.
     The server stops with this process, or with `Server.stop()`, `stop(...)` or `%aimass stop`."""
     from aimass.registry import Registry
     asked = split_options(serve, options)[0]
     if asked.get("host") == "localhost": asked["host"] = "127.0.0.1"
     cfg = ServerConfig(**asked).validate()
     entries = _model_entries(ref, backend, follow)
-    twin = None if new else _running_twin([m for m, _ in entries], asked, api_key)
+    routes = None
+    if canary or shadow:
+        from aimass.routing import plan_routes
+        routes = plan_routes(entries, canary, weight, sticky, shadow, shadow_rate, backend)
+    twin = None if new or routes else _running_twin([m for m, _ in entries], asked, api_key)
     if twin: return twin
     _warn_if_exposed(cfg, api_key)
     if cfg.port is None: cfg.port = free_port()
@@ -615,10 +641,13 @@ def serve(ref: str|list|dict,  # NAME, NAME:vN or NAME@ALIAS; several as a list 
     name, label = _server_name([m for m, _ in entries], cfg.port)
     cfg.run_dir = tempfile.mkdtemp(prefix=f"aimass-server-{name}-")
     cfg.registry_root = str(Registry().root)
-    cfg.models = _served_models(entries, cfg)
+    cfg.models, cfg.routes = _served_models(entries, cfg), routes
     url = f"http://{'[::1]' if cfg.host == '::' else '127.0.0.1'}:{cfg.port}"
-    srv = Server(name, label, url, "+".join(sorted({m.backend for m in cfg.models})), cfg, api_key)
-    return _start(srv, start_timeout)
+    srv = _start(Server(name, label, url, "+".join(sorted({m.backend for m in cfg.models})), cfg, api_key), start_timeout)
+    if routes:
+        from aimass.routing import check_loaded
+        check_loaded(srv)  # a canary or shadow that did not load: a one-line error
+    return srv
 
 # %% ../nbs/08_launcher.ipynb #a44ab01a
 @patch
@@ -626,6 +655,30 @@ def restart(self: Server) -> Server:
     "Stop the server and start it again on the same port with the same settings."
     self.stop()
     return _start(self)
+
+# %% ../nbs/08_launcher.ipynb #ed846beb
+@patch
+def canary(self: Server) -> dict:
+    "The canary's and shadow's counters (GET /canary): by side, requests, errors, share, p50/p99 ms, versions; the shadow's disagreement."
+    if not self.config.routes: raise AimassError(f"{self.name} has no canary or shadow: serve(..., canary=...) or shadow=... starts one.")
+    from aimass.routing import read_routing
+    try: return self._http().get("/canary", timeout=5).raise_for_status().json()  # the answering process's counters are current
+    except Exception: return read_routing(self.run_dir, self.config.routes)  # a stopped server: what its processes saved
+
+# %% ../nbs/08_launcher.ipynb #9452f2c0
+@patch
+def set_canary(self: Server, weight: float|None = None, shadow_rate: float|None = None) -> dict:
+    "Change the canary's share of requests and the shadow's rate while the server runs (taken up within 0.25 s)."
+    from aimass.routing import set_routes
+    return set_routes(self, weight, shadow_rate)
+
+# %% ../nbs/08_launcher.ipynb #4de19fcd
+@patch
+def end_canary(self: Server, promote: bool = False) -> dict:
+    """Send every request to the primary only, ending the canary and the shadow. `promote=True` first points the primary's
+    alias at the canary's version and waits until the primary serves it. Returns the final counters."""
+    from aimass.routing import end_routes
+    return end_routes(self, promote)
 
 # %% ../nbs/08_launcher.ipynb #ef02f109
 def _record(srv: Server):
@@ -731,6 +784,9 @@ def _status_html(srv: Server, stats: dict|None = None, log_lines: int = 0) -> st
         rate = f" ({st['rate']:.1f}/s)" if alive else ""
         rows += [("requests", f"{st['requests']:,}{rate}"), ("latency", f"p50 {fmt(st['p50_ms'])}, p99 {fmt(st['p99_ms'])}"),
                  ("errors", f"{st['errors']}" + (f" {st['errors_by_status']}" if st['errors'] else ""))]
+    if srv.config.routes:  # its canary and shadow, by version (aimass.routing)
+        from aimass.routing import routes_rows
+        rows += routes_rows(srv)
     body = "".join(f"<tr><td style='text-align:left;padding-right:1em'><b>{k}</b></td><td style='text-align:left'>{v}</td></tr>" for k, v in rows)
     logs = f"<pre style='font-size:11px;max-height:12em;overflow:auto'>{html.escape(srv.logs(log_lines))}</pre>" if log_lines else ""
     return f"<table>{body}</table>{logs}"

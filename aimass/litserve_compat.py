@@ -7,7 +7,7 @@ Docs: https://aimass.github.io/aimass/litserve_compat.html.md"""
 # %% auto #0
 __all__ = ['CHECKED_VERSIONS', 'DEADLINE', 'cache_hook_signatures', 'PipeQueue', 'PipeTransport', 'WorkerBoard', 'BoardTransport',
            'SupervisedLitServer', 'GreedyBatchedLoop', 'DirectPredict', 'FastLitServer', 'GuardedHTTPProtocol',
-           'drop_gzip', 'http_processes', 'ignore_litserve_api_key', 'check_litserve']
+           'drop_gzip', 'workers_ready', 'http_processes', 'ignore_litserve_api_key', 'check_litserve']
 
 # %% ../nbs/09_litserve_compat.ipynb #9ef50071
 import asyncio, contextvars, ctypes, importlib, inspect, logging, math, mmap, os, pickle, queue, re, resource, select, socket
@@ -455,6 +455,7 @@ class DirectPredict:
         if body is None: return  # the client went away
         content_type = next((v for k, v in scope["headers"] if k == b"content-type"), b"").decode("latin-1")
         srv, uid = self.server, str(uuid.uuid4())
+        scope["aimass.uid"] = uid  # the id LitServe's worker logs name: aimass.observability links it to the request id
         item = srv.response_buffer[uid] = _ResponseBufferItem(asyncio.Event())
         try:
             srv._get_request_queue(api.api_path).put((srv.app.response_queue_id, uid, time.monotonic(), (scope.get(DEADLINE), body, content_type)))
@@ -569,6 +570,16 @@ def drop_gzip(server: ls.LitServer) -> ls.LitServer:
     server.app.user_middleware = [m for m in server.app.user_middleware if m.cls is not GZipMiddleware]
     return server
 
+# %% ../nbs/09_litserve_compat.ipynb #ea5fba25
+_READY = getattr(_internal("litserve.utils.WorkerSetupStatus", None), "READY", "ready")
+
+def workers_ready(server: ls.LitServer, api_path: str|None = None) -> bool:
+    "Whether every inference worker of the model at `api_path` (None: of every model) has finished loading, from LitServe's `workers_setup_status`."
+    status = dict(getattr(server, "workers_setup_status", None) or {})  # one round trip to LitServe's manager
+    endpoint = api_path.split("/")[-1] if api_path else None
+    mine = [v for k, v in status.items() if endpoint is None or k.rsplit("_", 1)[0] == endpoint]
+    return bool(mine) and all(v == _READY for v in mine)
+
 # %% ../nbs/09_litserve_compat.ipynb #13129741
 def http_processes() -> list:
     "LitServe's HTTP (uvicorn) processes among this process's children: those `LitServer.run` names `LitServer-N`."
@@ -615,7 +626,7 @@ _LOOP_NEEDS = [  # the transport, the workers' loops and their statuses
     Need("litserve.utils.LitAPIStatus", "PipeTransport, SupervisedLitServer", attrs=("START", "ERROR")),
     Need("litserve.utils.LoopResponseType", "SupervisedLitServer", attrs=("REGULAR",)),
     Need("litserve.utils.PickleableHTTPException", "SupervisedLitServer", attrs=("from_exception",)),
-    Need("litserve.utils.WorkerSetupStatus", "SupervisedLitServer", attrs=("STARTING",)),
+    Need("litserve.utils.WorkerSetupStatus", "SupervisedLitServer, workers_ready", attrs=("STARTING", "READY")),
     Need("litserve.loops.base.LitLoop.put_response", "PipeTransport (the layout of a response)", uses=("send", "_restart_workers"),
          params=("transport", "response_queue_id", "uid", "response_data", "status", "response_type")),
     Need("litserve.loops.base.collate_requests", "WorkerBoard (batched workers say which requests they took)", uses=("put_response", "START")),
@@ -643,6 +654,7 @@ LITSERVE_NEEDS = _LOOP_NEEDS + [  # the server, its request handlers, and uvicor
     Need("litserve.server.LitServer.launch_inference_worker", "FastLitServer, SupervisedLitServer", params=("lit_api",), uses=("_get_request_queue", "_transport")),
     Need("litserve.server.LitServer.launch_single_inference_worker", "SupervisedLitServer", params=("lit_api", "worker_id"),
          uses=("_get_request_queue", "_transport", "workers_setup_status", "split")),
+    Need("litserve.server.LitServer._register_internal_endpoints", "aimass.protocols (its GET / gives way to KServe's liveness)", uses=("get",)),
     Need("litserve.server.LitServer._start_worker_monitoring", "SupervisedLitServer", params=("manager", "uvicorn_workers")),
     Need("litserve.server.LitServer._inference_workers_config_for_api", "SupervisedLitServer", params=("api_path",)),
     Need("litserve.server.LitServer._perform_graceful_shutdown", "SupervisedLitServer", params=("manager", "uvicorn_workers", "shutdown_reason")),

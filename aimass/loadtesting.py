@@ -244,7 +244,7 @@ def _model_paths(server_or_url, model: str|None) -> tuple[str, str]:
     "`(predict path, info path)` of the model to load: a `Server` knows where its models answer."
     from aimass.launcher import predict_path
     path = server_or_url._model(model).path if hasattr(server_or_url, "_model") else predict_path(model)
-    return path, "/info" if path == "/predict" else path.rsplit(":", 1)[0]
+    return path, "/info" if path == "/predict" else path.rsplit(":", 1)[0] + "/info"
 
 # %% ../nbs/11_loadtesting.ipynb #fd280c16
 def _request_bodies(info_url: str, headers: dict, payload, rows_per_request: int) -> list[bytes]:

@@ -19,11 +19,14 @@ from pydantic import BaseModel, Field, ValidationError
 import litserve as ls
 from fastapi import HTTPException
 from fastapi.responses import Response
-from .core import AimassError, pid_alive
+from .core import AimassError, SavedPerProcess, pid_alive
 from .launcher import MAX_TEXT_CHARS, ServedModel, ServerConfig, _takes_images, live_states, read_stats, server_info
 from .litserve_compat import (DEADLINE, FastLitServer, GreedyBatchedLoop, GuardedHTTPProtocol, SupervisedLitServer,
                                     cache_hook_signatures, check_litserve, drop_gzip, http_processes, ignore_litserve_api_key)
 from .registry import ModelCard
+from .protocols import OPEN_PATHS, add_protocols, protocol_paths
+from .observability import observe_batch, observe_server
+from .traffic import TrafficLog, traffic_options
 
 # %% ../nbs/10_server_process.ipynb #81c91bad
 Row = Union[list, dict, str, int, float, bool, None]  # texts are strings; what each row must be is the model's to check (400)
@@ -128,10 +131,11 @@ class ModelAPI(ls.LitAPI):
     "Serve one registered model from its version folder; with `follow`, switch versions when the ref's alias moves."
     def __init__(self, model_dir, backend: str = "onnx", threads: int = 1, follow: str|None = None,
                  registry_root: str|None = None, follow_interval: float = 0.5, state_dir: str|None = None,
-                 max_rows: int|None = None, **kwargs):
+                 max_rows: int|None = None, traffic: dict|None = None, **kwargs):
         super().__init__(**kwargs)
         self.model_dir, self.backend_name, self.threads, self.max_rows = str(model_dir), backend, threads, max_rows
         self.follow, self.registry_root, self.follow_interval, self.state_dir = follow, registry_root, follow_interval, state_dir
+        self.traffic_options, self.traffic = traffic, None  # the traffic log's settings; its TrafficLog is made in each worker
 
     def setup(self, device):
         from aimass.inference import Runner
@@ -139,23 +143,9 @@ class ModelAPI(ls.LitAPI):
         cache_hook_signatures()
         self.runner, self.follow_error, self.since = Runner(self.model_dir, self.backend_name, self.threads), None, time.time()
         self.runner.warm_up()  # the first request should not pay for lazy initialisation
+        if self.traffic_options: self.traffic = TrafficLog(**self.traffic_options)  # samples requests for drift checks
         self._save_state()
         if self.follow: threading.Thread(target=self._follow, daemon=True, name="aimass-follow").start()
-
-    def decode_request(self, request: PredictRequest):
-        """`(runner, rows, deadline)`, or the request's `Refusal`. FastLitServer sends `(deadline, raw body, content type)`,
-        LitServe a `PredictRequest`. Rows are decoded here, in the worker: images too, never in the HTTP process."""
-        deadline, request, content_type = (*request, "")[:3] if isinstance(request, tuple) else (None, request, "")
-        try:
-            if deadline is not None and time.monotonic() > deadline: raise Refusal(504, _LATE)  # not even parsed
-            runner = self.runner  # this request stays with this version, whatever happens meanwhile
-            instances = _instances(request, content_type, runner)
-            if self.max_rows and len(instances) > self.max_rows:
-                raise Refusal(413, f"{len(instances):,} rows is more than this server takes in one request "
-                                   f"(max_rows={self.max_rows:,}): send them in several requests.")
-            try: return runner, runner.array(instances), deadline
-            except AimassError as e: raise Refusal(_status(e), f"Bad instances: {e}") from None
-        except Refusal as r: return r
 
     def batch(self, inputs: list) -> list: return inputs
     def unbatch(self, outputs: list) -> list: return outputs
@@ -163,11 +153,33 @@ class ModelAPI(ls.LitAPI):
     async def authorize(self):
         "LitServe's auth dependency: a no-op (`Guard` checks keys) that, being async, skips a thread-pool hop per request."
 
+# %% ../nbs/10_server_process.ipynb #55a42510
+@patch
+def decode_request(self: ModelAPI, request: PredictRequest):
+    """`(runner, rows, deadline)`, or the request's `Refusal`. FastLitServer sends `(deadline, raw body, content type)`,
+    LitServe a `PredictRequest`. Rows are decoded here, in the worker: images too, never in the HTTP process."""
+    deadline, request, content_type = (*request, "")[:3] if isinstance(request, tuple) else (None, request, "")
+    try:
+        if deadline is not None and time.monotonic() > deadline: raise Refusal(504, _LATE)  # not even parsed
+        runner = self.runner  # this request stays with this version, whatever happens meanwhile
+        instances = _instances(request, content_type, runner)
+        if self.max_rows and len(instances) > self.max_rows:
+            raise Refusal(413, f"{len(instances):,} rows is more than this server takes in one request "
+                               f"(max_rows={self.max_rows:,}): send them in several requests.")
+        try: x = runner.array(instances)
+        except AimassError as e: raise Refusal(_status(e), f"Bad instances: {e}") from None
+        if self.traffic: self.traffic.rows(runner, instances)
+        return runner, x, deadline
+    except Refusal as r:
+        if self.traffic: self.traffic.rejected(self.runner, r.status)
+        return r
+
 # %% ../nbs/10_server_process.ipynb #ade100f7
 @patch
 def predict(self: ModelAPI, x):
     "One request, `(runner, rows, deadline)`, or a batch of them: outputs, one model run per version (almost always one). Refusals and late requests are not run."
     items = [_unless_late(i) for i in (x if isinstance(x, list) else [x])]
+    observe_batch(self.api_path, len(items))  # the batch-size histogram (aimass.observability)
     todo = [k for k, it in enumerate(items) if not isinstance(it, Refusal)]
     out, i = list(items), 0
     while i < len(todo):
@@ -188,6 +200,7 @@ def encode_response(self: ModelAPI, outputs) -> PredictResponse:
     outputs = _unless_late(outputs)
     if isinstance(outputs, Refusal): return outputs.response()
     runner, y, _ = outputs
+    if self.traffic: self.traffic.predictions(runner, y)
     body = json.dumps({"predictions": runner.encode(y)}, separators=(",", ":"))
     return Response(content=body.encode(), media_type="application/json", headers={"X-Model-Version": runner.ref})
 
@@ -229,20 +242,18 @@ def _follow(self: ModelAPI):
         self._save_state()
 
 # %% ../nbs/10_server_process.ipynb #f8457345
-class RequestStats:
+class RequestStats(SavedPerProcess):
     "Counters of one HTTP process: requests, statuses, recent latencies; saved to `folder/<pid>.json` for `/stats`."
     def __init__(self, folder=None, keep: int = 2000):
         self.folder, self.started = Path(folder) if folder else None, time.time()
         self.count, self.by_status, self.by_path = 0, Counter(), Counter()
         self.latencies, self.per_second = deque(maxlen=keep), Counter()  # per_second: {whole second (time.time()): requests done}
-        self._dirty, self._pid = False, None
 
     def record(self, status: int, seconds: float, path: str|None = None):
         self.count += 1; self.by_status[status] += 1
         if path: self.by_path[path] += 1
         self.latencies.append(seconds); self.per_second[int(time.time())] += 1
-        self._dirty = True
-        if self.folder and self._pid != os.getpid(): self._start_saver()
+        self.touch()
 
     def snapshot(self, keep_s: int = 60) -> dict:
         # counts per second, not a timestamp per request: encoding 20,000 floats 4 times a second was 15% of the HTTP process's CPU
@@ -250,18 +261,6 @@ class RequestStats:
         for k in [k for k in counts if k < old]: self.per_second.pop(k, None); del counts[k]
         return {"pid": os.getpid(), "started": self.started, "count": self.count, "by_status": dict(self.by_status), "by_path": dict(self.by_path),
                 "latencies": list(self.latencies), "done_per_s": {str(k): v for k, v in counts.items()}}
-
-    def _start_saver(self):
-        self._pid = os.getpid()  # HTTP processes are forked: each saves its own file
-        def save():
-            while True:
-                time.sleep(0.25)
-                if self._dirty:
-                    self._dirty = False
-                    from aimass.core import atomic_write_json
-                    try: atomic_write_json(self.folder/f"{os.getpid()}.json", self.snapshot())
-                    except OSError: pass
-        threading.Thread(target=save, daemon=True, name="aimass-stats").start()
 
 # %% ../nbs/10_server_process.ipynb #491b2e1f
 async def _send_json(send, status: int, detail: str):
@@ -294,7 +293,7 @@ else:
 # %% ../nbs/10_server_process.ipynb #6999bc63
 class Guard:
     "ASGI middleware: API key, payload size, bounded in-flight queue, whole-request timeout, stats."
-    open_paths = ("/health",)
+    open_paths = ("/health", *OPEN_PATHS)  # and the protocols' liveness and readiness (aimass.protocols)
     def __init__(self, app, timeout: float = 30.0, max_queue: int = 256, api_key: str|None = None,
                  max_payload: int|None = None, stats: RequestStats|None = None, predict_paths=("/predict",)):
         self.app, self.timeout, self.max_queue, self.api_key = app, timeout, max_queue, api_key
@@ -419,24 +418,24 @@ def _model_apis(cfg: ServerConfig, run_dir: Path|None) -> tuple:
     "A `ModelAPI` and a `ModelInfo` per served model (`{name: ModelInfo}`), with their workers' state folders under `run_dir`."
     batch = dict(max_batch_size=cfg.max_batch_size, batch_timeout=cfg.batch_timeout if cfg.max_batch_size > 1 else 0.0)
     if cfg.max_batch_size > 1: batch["loop"] = GreedyBatchedLoop()  # batch_timeout=0: run what queued while the last batch ran
-    apis, infos = [], {}
+    apis, infos, traffic = [], {}, traffic_options(cfg)
     for i, m in enumerate(cfg.models):
         state_dir = run_dir/"state"/str(i) if run_dir else None
         if state_dir: state_dir.mkdir(parents=True, exist_ok=True)
         apis.append(ModelAPI(m.model_dir, m.backend_request if m.follow else m.backend, cfg.threads, follow=m.follow,
                              registry_root=cfg.registry_root, follow_interval=cfg.follow_interval,
-                             state_dir=state_dir and str(state_dir), max_rows=cfg.max_rows, api_path=m.path, **batch))
+                             state_dir=state_dir and str(state_dir), max_rows=cfg.max_rows, api_path=m.path, traffic=traffic, **batch))
         infos[m.name] = ModelInfo(m, cfg, state_dir)
     return apis, infos
 
 # %% ../nbs/10_server_process.ipynb #fe61a026
 def _add_routes(server: ls.LitServer, infos: dict, run_dir: Path|None):
-    "aimass's own routes: GET /info (and /v1/models/NAME when there are several models), /stats when there is a run folder."
+    "aimass's own routes: GET /info (every model's, when there are several), /v1/models/NAME/info, /stats when there is a run folder."
     add = server.app.add_api_route
     if len(infos) == 1: add("/info", next(iter(infos.values())), methods=["GET"], summary="What this server serves", tags=["aimass"])
     else:
         add("/info", lambda: {"models": {n: f() for n, f in infos.items()}}, methods=["GET"], summary="What this server serves", tags=["aimass"])
-        for n, f in infos.items(): add(f"/v1/models/{n}", f, methods=["GET"], summary=f"What /v1/models/{n}:predict serves", tags=["aimass"])
+    for n, f in infos.items(): add(f"/v1/models/{n}/info", f, methods=["GET"], summary=f"What /v1/models/{n}:predict serves", tags=["aimass"])
     if run_dir: add("/stats", lambda: read_stats(run_dir/"stats"), methods=["GET"], summary="Request counters", tags=["aimass"])
 
 # %% ../nbs/10_server_process.ipynb #28e5f289
@@ -457,9 +456,12 @@ def build_server(cfg: ServerConfig, api_key: str|None = None) -> ls.LitServer:
     "The LitServer for a config: a `ModelAPI` per model, `Guard`, and the `/info` and `/stats` routes."
     run_dir = Path(cfg.run_dir) if cfg.run_dir else None
     apis, infos = _model_apis(cfg, run_dir)
+    if cfg.routes:  # a canary's or shadow's hidden workers (aimass.routing)
+        from aimass.routing import routed_apis
+        apis += routed_apis(cfg, run_dir)
     stats = RequestStats(run_dir/"stats") if run_dir else RequestStats()
     guard = (Guard, dict(timeout=cfg.timeout, max_queue=cfg.max_queue, api_key=api_key,
-                         max_payload=cfg.max_payload, stats=stats, predict_paths=[m.path for m in cfg.models]))
+                         max_payload=cfg.max_payload, stats=stats, predict_paths=[a.api_path for a in apis] + protocol_paths(cfg.models)))
     if ignore_litserve_api_key():  # before LitServer picks each route's auth
         logging.getLogger("aimass.server").warning("LIT_SERVER_API_KEY is set and ignored: give the key to serve(api_key=...).")
     cls = FastLitServer if cfg.fast_ipc else SupervisedLitServer
@@ -467,6 +469,11 @@ def build_server(cfg: ServerConfig, api_key: str|None = None) -> ls.LitServer:
                  timeout=cfg.timeout, max_payload_size=cfg.max_payload, middlewares=[guard],
                  info_path="/litserve/info", restart_workers=True)
     _add_routes(drop_gzip(server), infos, run_dir)  # gzip is pure CPU for sub-kilobyte answers on the busiest process
+    add_protocols(server, cfg, infos)  # KServe v1 and v2 routes, text/plain bodies (aimass.protocols)
+    if cfg.routes:  # its Router between Guard and DirectPredict, and GET /canary
+        from aimass.routing import add_routing
+        add_routing(server, cfg, run_dir)
+    observe_server(server, cfg, run_dir, api_key)  # /metrics, request ids, the request journal (aimass.observability)
     images = [m.path for m in cfg.models if _takes_images(m)]
     if images and cfg.fast_ipc: _document_images(server.app, images)  # LitServe's own route takes JSON only
     return server

@@ -35,9 +35,11 @@ __all__ = ['StopSignal', 'LoopChoice', 'Run', 'register_run', 'train']
 class EpochBatches(torch.utils.data.Sampler):
     """Yields index tensors of batches, shuffled from `(seed, epoch)`; shards batches across DDP processes.
 
-    With `chunk=k`, each item joins k consecutive batches: a chunked `TaskModule` splits it back and steps once per batch."""
-    def __init__(self, n: int, batch_size: int, shuffle: bool = True, seed: int = 0, chunk: int = 1):
+    With `chunk=k`, each item joins k consecutive batches: a chunked `TaskModule` splits it back and steps once per batch.
+    Unshuffled, batches take the positions in `order` (default: 0 to n-1)."""
+    def __init__(self, n: int, batch_size: int, shuffle: bool = True, seed: int = 0, chunk: int = 1, order=None):
         self.n, self.batch_size, self.shuffle, self.seed, self.epoch, self.chunk = n, batch_size, shuffle, seed, 0, chunk
+        self.order = None if order is None else torch.as_tensor(np.asarray(order), dtype=torch.int64)
         self.epoch_source = None  # a callable giving the current epoch, read when iteration starts
     def set_epoch(self, epoch: int): self.epoch = epoch
     def _world(self):
@@ -49,7 +51,7 @@ class EpochBatches(torch.utils.data.Sampler):
         yield from batches
     def _batches(self, epoch):
         if self.shuffle: order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed*100_003 + epoch))
-        else: order = torch.arange(self.n)
+        else: order = torch.arange(self.n) if self.order is None else self.order
         batches = list(order.split(self.batch_size))
         rank, world = self._world()
         if world > 1: batches = batches[:len(batches) - len(batches) % world][rank::world] or batches[:1]
@@ -88,9 +90,13 @@ def file_loader(paths, y, processing, batch_size: int, shuffle: bool, seed: int 
 
 # %% ../nbs/04_training.ipynb #51abca0f
 def text_loader(batches, batch_size: int, shuffle: bool, seed: int = 0):
-    "A `DataLoader` over an `aimass.texts.TextBatches` in whole batches of similar length, each padded to its longest text."
+    """A `DataLoader` over an `aimass.texts.TextBatches` in whole batches, each padded to its longest text: shuffled batches
+    of similar length for training; for evaluation (`shuffle=False`) the texts in order of length, so that batches pad least
+    (in the data's order, a batch of 64 texts pads to its longest: 2-3 times the work where lengths vary)."""
     from aimass.texts import LengthGroupedBatches
-    return torch.utils.data.DataLoader(batches, sampler=LengthGroupedBatches(batches.lengths, batch_size, shuffle=shuffle, seed=seed), batch_size=None)
+    if shuffle: sampler = LengthGroupedBatches(batches.lengths, batch_size, shuffle=True, seed=seed)
+    else: sampler = EpochBatches(len(batches), batch_size, shuffle=False, order=np.argsort(batches.lengths, kind="stable"))
+    return torch.utils.data.DataLoader(batches, sampler=sampler, batch_size=None)
 
 # %% ../nbs/04_training.ipynb #58e5c9e5
 @contextlib.contextmanager
@@ -172,7 +178,6 @@ class BackgroundCheckpointIO(TorchCheckpointIO):
     def __init__(self):
         super().__init__()
         self._pool, self._pending = None, []
-        self.copy_state, self.saved_state = False, None  # copy_state: keep the next save's state dict in memory too
 
     def _submit(self, fn, *args):
         done = [f for f in self._pending if f.done()]
@@ -185,8 +190,7 @@ class BackgroundCheckpointIO(TorchCheckpointIO):
         if storage_options is not None: raise TypeError("BackgroundCheckpointIO takes no storage_options.")
         import io
         buf = io.BytesIO(); torch.save(checkpoint, buf)
-        self._submit(atomic_write_bytes, Path(path), buf.getvalue())
-        self.saved_state = _state_copy(checkpoint.get("state_dict")) if self.copy_state else None
+        self._submit(atomic_write_bytes, Path(path), buf.getbuffer())  # no copy: a MiniLM-size checkpoint is 270 MB
 
     def then(self, fn): self._submit(fn)
 
@@ -217,12 +221,40 @@ def _link_atomic(src: Path, dst: Path):
         import shutil; shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
 
+# %% ../nbs/04_training.ipynb #337316d6
+def _snapshot(checkpoint: dict, limit: int = 64 << 20) -> dict|None:
+    """A copy of a checkpoint dict that later training cannot change (its dicts and lists copied, its tensors cloned), to be
+    written later; None when its tensors hold more than `limit` bytes or are not all on the CPU."""
+    import copy
+    tensors = []
+    def find(o):
+        if isinstance(o, torch.Tensor): tensors.append(o)
+        elif isinstance(o, dict): [find(v) for v in o.values()]
+        elif isinstance(o, (list, tuple)): [find(v) for v in o]
+    find(checkpoint)
+    if any(t.device.type != "cpu" for t in tensors) or sum(t.numel()*t.element_size() for t in tensors) > limit: return None
+    clones = {}
+    def copied(o):
+        if isinstance(o, torch.Tensor): return clones.setdefault(id(o), o.detach().clone())  # a tensor named twice stays one
+        if isinstance(o, dict):
+            out = copy.copy(o)  # keeps the type and attributes (a state dict's _metadata)
+            for k, v in o.items(): out[k] = copied(v)
+            return out
+        if type(o) in (list, tuple): return type(o)(copied(v) for v in o)
+        return o
+    return copied(checkpoint)
+
 # %% ../nbs/04_training.ipynb #9dd7798d
 class EpochCheckpoint(Checkpoint):
     """After every epoch: `last.ckpt`, and `best.ckpt` when `monitor` reached a new low (every epoch without a monitor).
-    `best_step` is the global step the best file holds, `best_epoch` its epoch (1-based)."""
-    def __init__(self, dirpath, monitor: str|None = "val_loss"):
-        self.dirpath, self.monitor = Path(dirpath), monitor
+    `best_step` is the global step the best file holds, `best_epoch` its epoch (1-based).
+
+    With `every_s` and `BackgroundCheckpointIO` (one process), epochs that end less than `every_s` seconds after the last
+    write are kept in memory instead (small models: at most 64 MiB of tensors each) and written at the next write: at the
+    latest after the last epoch, when training stops early, on Stop or on an error. The files at the end are the same."""
+    def __init__(self, dirpath, monitor: str|None = "val_loss", every_s: float = 0.0):
+        self.dirpath, self.monitor, self.every_s = Path(dirpath), monitor, every_s
+        self._pending, self._written = {}, time.monotonic()  # epochs kept in memory ("last", "best"), when last written
         self.best_score, self.best_step, self.best_epoch = None, None, None
         self.best_model_path = ""  # Lightning's process launchers read and set this one
         self.best_state = None  # the best file's state dict, when the checkpoint IO kept a copy (small models on the CPU)
@@ -236,23 +268,64 @@ class EpochCheckpoint(Checkpoint):
             self.best_score, self.best_step, self.best_epoch = state.get("best_score"), state.get("best_step"), state.get("best_epoch")
             if self.best_step is not None: self.best_model_path = str(self.dirpath/"best.ckpt")
 
-    def on_train_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking: return
-        score = trainer.callback_metrics.get(self.monitor) if self.monitor else None
-        improved = self.monitor is None or (score is not None and bool(torch.isfinite(score))
-                                            and (self.best_score is None or float(score) < self.best_score))
-        if improved:  # before saving: the file records itself as the best
-            self.best_score = float(score) if score is not None else None
-            self.best_step, self.best_epoch = trainer.global_step, trainer.current_epoch + 1
-            self.best_model_path = str(self.dirpath/"best.ckpt")
-        io_plugin = trainer.strategy.checkpoint_io
-        background = isinstance(io_plugin, BackgroundCheckpointIO)
-        if background: io_plugin.copy_state = improved
+# %% ../nbs/04_training.ipynb #839f397c
+@patch
+def _judge(self: EpochCheckpoint, trainer) -> bool:
+    "Whether this epoch is the new best (every epoch without a monitor); if so, record it as such before it is saved."
+    score = trainer.callback_metrics.get(self.monitor) if self.monitor else None
+    improved = self.monitor is None or (score is not None and bool(torch.isfinite(score))
+                                        and (self.best_score is None or float(score) < self.best_score))
+    if improved:  # before saving: the file records itself as the best
+        self.best_score = float(score) if score is not None else None
+        self.best_step, self.best_epoch = trainer.global_step, trainer.current_epoch + 1
+        self.best_model_path = str(self.dirpath/"best.ckpt")
+    return improved
+
+# %% ../nbs/04_training.ipynb #b851fbed
+@patch
+def _due(self: EpochCheckpoint, trainer) -> bool:
+    "Write now: without `every_s`, after the last epoch, when training stops early, or `every_s` seconds after the last write."
+    last_epoch = trainer.max_epochs is not None and trainer.max_epochs >= 0 and trainer.current_epoch + 1 >= trainer.max_epochs
+    return not self.every_s or last_epoch or trainer.should_stop or time.monotonic() - self._written >= self.every_s
+
+# %% ../nbs/04_training.ipynb #bf456a91
+@patch
+def on_train_epoch_end(self: EpochCheckpoint, trainer, pl_module):
+    "Save the epoch (`last.ckpt`, and `best.ckpt` when it is the best): now, or kept in memory until a write is due."
+    if trainer.sanity_checking: return
+    improved, io_plugin = self._judge(trainer), trainer.strategy.checkpoint_io
+    if not isinstance(io_plugin, BackgroundCheckpointIO):  # several processes: Lightning's save, every epoch
         trainer.save_checkpoint(self.last_model_path, weights_only=False)
-        if improved: self.best_state = io_plugin.saved_state if background else None
-        if improved and trainer.is_global_zero:
-            link = lambda: _link_atomic(self.last_model_path, self.dirpath/"best.ckpt")
-            io_plugin.then(link) if background else link()
+        if improved and trainer.is_global_zero: _link_atomic(self.last_model_path, self.dirpath/"best.ckpt")
+        return
+    checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)  # what trainer.save_checkpoint writes
+    due = self._due(trainer)
+    kept = checkpoint if due else _snapshot(checkpoint)
+    if kept is None: kept, due = checkpoint, True  # too large to keep in memory: written now
+    self._pending["last"] = kept
+    if improved:
+        self._pending["best"] = kept
+        self.best_state = _state_copy(kept["state_dict"]) if kept is checkpoint else kept["state_dict"]
+    if due: self.flush(trainer)
+
+# %% ../nbs/04_training.ipynb #bf4dc290
+@patch
+def flush(self: EpochCheckpoint, trainer):
+    "Write the epochs kept in memory: the best one's `best.ckpt` (when it is not the last), then `last.ckpt`."
+    last, best = self._pending.pop("last", None), self._pending.pop("best", None)
+    io_plugin = trainer.strategy.checkpoint_io
+    if best is not None and best is not last: io_plugin.save_checkpoint(best, self.dirpath/"best.ckpt")
+    if last is not None:
+        io_plugin.save_checkpoint(last, self.last_model_path)
+        if best is last: io_plugin.then(lambda: _link_atomic(self.last_model_path, self.dirpath/"best.ckpt"))
+        self._written = time.monotonic()
+
+@patch
+def on_train_start(self: EpochCheckpoint, trainer, pl_module): self._written = time.monotonic()
+@patch
+def on_train_end(self: EpochCheckpoint, trainer, pl_module): self.flush(trainer)
+@patch
+def on_exception(self: EpochCheckpoint, trainer, pl_module, exception): self.flush(trainer)  # Stop, Ctrl-C, a NaN: keep what finished
 
 # %% ../nbs/04_training.ipynb #d2c97263
 class AimassCallback(L.Callback):
@@ -346,6 +419,8 @@ def _after_step(self: AimassCallback, trainer):
     if self.stop:
         last = self.run_dir/"checkpoints"/"last.ckpt"
         io_plugin = trainer.strategy.checkpoint_io
+        for c in trainer.checkpoint_callbacks:
+            if isinstance(c, EpochCheckpoint): c.flush(trainer)  # epochs kept in memory
         if isinstance(io_plugin, BackgroundCheckpointIO): io_plugin.wait()  # the last epoch's checkpoint may still be on its way to disk
         if not last.exists(): trainer.save_checkpoint(last, weights_only=False)  # stopped inside the first epoch: keep what there is
         raise StopRequested(self.stop.reason)
@@ -985,11 +1060,36 @@ def _loaders(p: Prepared, batch_size: int, seed: int) -> tuple:
     tr, va = p.tensors["train"], p.tensors["val"]
     return make_loader(*tr, batch_size, True, seed), make_loader(*va, eval_rows, False)
 
+# %% ../nbs/04_training.ipynb #27b94d0f
+@functools.cache
+def _callback_factories(group: str) -> tuple:
+    "The entry points of `group`, read once a process: Lightning reads every installed package's metadata for them at each Trainer (most of its set-up)."
+    from importlib.metadata import entry_points
+    return tuple(entry_points(group=group))
+
+@contextlib.contextmanager
+def _entry_points_read_once():
+    """While inside, Lightning's Trainer takes its plugin callbacks from `_callback_factories` (each factory still runs, per Trainer).
+    Replaces the private `callback_connector._load_external_callbacks`, checked against Lightning 2.6.6; a
+    Lightning without it keeps its own reading."""
+    from lightning.pytorch.trainer.connectors import callback_connector as cc
+    real = getattr(cc, "_load_external_callbacks", None)
+    def load(group):
+        out = []
+        for factory in _callback_factories(group):
+            made = factory.load()()
+            out.extend(made if isinstance(made, list) else [made])
+        return out
+    if real is not None: cc._load_external_callbacks = load
+    try: yield
+    finally:
+        if real is not None: cc._load_external_callbacks = real
+
 # %% ../nbs/04_training.ipynb #49a17b2f
 def _trainer(run_dir, callbacks, **options) -> L.Trainer:
     "Lightning's Trainer as `train` runs it: no logger, progress bar, summary or sanity check; aimass's own sampler."
     try:
-        with _quiet_lightning():
+        with _quiet_lightning(), _entry_points_read_once():
             return L.Trainer(**options, logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                              default_root_dir=run_dir, use_distributed_sampler=False, callbacks=callbacks)
     except Exception as e:  # Lightning's MisconfigurationException and friends
@@ -1026,6 +1126,9 @@ class Unfreeze(L.Callback):
             freeze(pl_module.net, False)
             pl_module.train()  # frozen batch norms track statistics again
 
+# %% ../nbs/04_training.ipynb #858cf2e1
+_CHECKPOINT_EVERY_S = 2.0  # train's runs write checkpoints at most this often (epochs in between wait in memory, small models only)
+
 # %% ../nbs/04_training.ipynb #840277cf
 def _fit(p: Prepared, run_dir, ckpt_path, epochs, batch_size, seed, accelerator, devices, strategy, precision,
          deterministic, early_stopping, progress, callbacks, batches_per_step, accumulate=1, unfreeze_after=None) -> tuple:
@@ -1035,7 +1138,7 @@ def _fit(p: Prepared, run_dir, ckpt_path, epochs, batch_size, seed, accelerator,
     if display is not None: display.stop_signal = stop
     loaders = _loaders(p, batch_size, seed)
     cb = AimassCallback(run_dir, stop, display, seed, sampler=loaders[0].sampler)
-    ckpt = EpochCheckpoint(run_dir/"checkpoints", "val_loss" if isinstance(p.module, TaskModule) else None)
+    ckpt = EpochCheckpoint(run_dir/"checkpoints", "val_loss" if isinstance(p.module, TaskModule) else None, every_s=_CHECKPOINT_EVERY_S)
     extra = [EarlyStopping("val_loss", patience=early_stopping, check_finite=True)] if early_stopping and ckpt.monitor else []
     own = [Unfreeze(unfreeze_after)] if unfreeze_after is not None else []  # an epoch hook: it keeps the fast path
     trainer = _trainer(run_dir, [cb, ckpt, *extra, *own, *(callbacks or [])], max_epochs=epochs, accelerator=accelerator, devices=devices,
@@ -1221,6 +1324,7 @@ def _report(ds: Dataset, test: Dataset, pre: Preprocessor, predictor, out_t, his
 def _finish(p: Prepared, name, run_dir, status, ckpt, trainer, loop, t0, hparams, register: bool = True) -> Run|None:
     "Score the kept weights, register them as a new version of `name` (or keep them in the run folder), and return the `Run` (None in DDP workers)."
     import io
+    from aimass.monitoring import reference_files
     if trainer.global_rank != 0: return None  # a DDP worker launched from a script: rank 0 reports
     hparams.update(precision=str(hparams["precision"] or "32-true"), devices=str(hparams["devices"]),
                    strategy=type(trainer.strategy).__name__, loop=loop.to_dict())
@@ -1239,7 +1343,8 @@ def _finish(p: Prepared, name, run_dir, status, ckpt, trainer, loop, t0, hparams
     buf = io.BytesIO(); np.savez(buf, **heldout)
     report = _report(p.ds, p.splits.test, p.pre, predictor, out_t, history, epoch, weights, f"{name}: {p.model_label} on {p.ds.name}")
     files = {"heldout.npz": buf.getvalue(), "history.json": history.to_json(orient="records"),
-             "report.json": json.dumps(report.to_dict()), **_pretrained_files(p.spec, p.pre)}
+             "report.json": json.dumps(report.to_dict()), **_pretrained_files(p.spec, p.pre),
+             **reference_files(p.splits.train.X, p.pre, p.ds.task, p.ds.classes, out_v)}  # training statistics for drift checks
     mv = _keep(name, card, net.state_dict(), files, run_dir, register)
     if register: report.title = f"{mv.ref}: {p.model_label} on {p.ds.name}"
     cm = _confusion(out_t, p.splits.test.y, p.ds.num_classes) if p.ds.task == "classification" else None

@@ -10,7 +10,7 @@ AIMASS_HOME shared by a module's (or the session's) tests.
         make_version("cnn", name="digits-cnn", epochs=2)  # AIMASS_HOME is `folder` while this runs
         return {"rows": ...}                              # more keys of the fixture's value, beside "dir" (= folder)
 """
-import io, sys, textwrap
+import io, sys, textwrap, time
 from pathlib import Path
 import numpy as np
 import pytest
@@ -273,3 +273,12 @@ def register_trained_module(name, cls, kwargs: dict, pre, rows: list, y, classes
             "schema": pre.schema, "metrics": {"test": score("classification", probs, y[test])},
             "data": {"name": data_name, "rows": {"train": int((~test).sum()), "test": int(test.sum())}}}
     return Registry().save(name, card, net.state_dict(), files={"heldout.npz": buf.getvalue()})
+
+
+def wait_for(check, timeout=20.0):
+    "Return once `check()` is true (polled every 0.05 s); fail the test after `timeout` s."
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if check(): return True
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")

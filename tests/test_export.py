@@ -190,3 +190,102 @@ def test_external_data_outside_the_folder_is_refused(tmp_path):
     sess = ex.load_onnx(tiny_onnx(d/"ok.onnx", external_location="ok.bin"))
     assert sess.run(None, {"x": np.ones((1, 1), np.float32)})[0].item() == 3.0
     with pytest.raises(AimassError, match="No ONNX file"): ex.load_onnx(d/"missing.onnx")
+
+
+# --- texts: ONNX Runtime's transformer-fused graph ------------------------------------------------------------------
+
+def _ops(path) -> set:
+    import onnx
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+@pytest.fixture(scope="module")
+def hf_bert(tmp_path_factory):
+    "A version aimass.train made from a tiny Hugging Face BERT, exported with int8, in a home of its own: `(home, ref, report)`."
+    from factory import make_tiny_hf_text, text_frame
+    from aimass.training import train
+    home = tmp_path_factory.mktemp("hf-bert-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AIMASS_HOME", str(home))
+        run = train(f"hf:{make_tiny_hf_text(home/'tiny-bert')}", text_frame(90), text="text", target="label", epochs=1,
+                    batch_size=16, max_length=32, progress=False, name="hf-bert")
+        rep = ex.export(run.version.ref, quantize="int8")
+    return home, run.version.ref, rep
+
+
+@pytest.mark.slow
+def test_text_encoder_serves_the_attention_fused_graph(hf_bert, monkeypatch):
+    "fp32-opt is ONNX Runtime's transformer-fused graph, int8 quantizes it (QAttention); both are checked, and fp32-opt is served."
+    from aimass.inference import onnx_export
+    home, ref, rep = hf_bert
+    monkeypatch.setenv("AIMASS_HOME", str(home))
+    mv = Registry().get(ref)
+    fused, int8 = _ops(mv.path/rep.files["fp32-opt"]), _ops(mv.path/rep.files["int8"])
+    assert {"Attention", "EmbedLayerNormalization", "BiasGelu"} <= fused and "SkipLayerNormalization" not in fused
+    assert "QAttention" in int8 and "SkipLayerNormalization" not in int8
+    assert rep.passed and rep.served == "fp32-opt" and mv.card.onnx_variant() == "fp32-opt"
+    assert onnx_export(mv.path, mv.card)[0].name == "model.opt.onnx"  # what serve, predict and bundle run
+    opt = rep.parity[rep.parity.variant == "fp32-opt"]  # the served graph at two batch sizes and two lengths
+    assert {1, 16} <= set(opt.batch_size) and opt.length.nunique() == 3 and opt.max_abs.max() <= 1e-4
+    assert "made from a TorchScript export with eager attention" in " ".join(rep.notes) and "serve runs fp32-opt" in repr(rep)
+    assert json.loads((mv.path/"onnx/report.json").read_text())["served"] == "fp32-opt"
+
+
+@pytest.mark.slow
+def test_fused_attention_takes_masks_as_given(hf_bert, monkeypatch):
+    "Left padding and a gap in the mask give eager's outputs: the mask reaches Attention as it is, not as a right-padded length."
+    home, ref, rep = hf_bert
+    monkeypatch.setenv("AIMASS_HOME", str(home))
+    lm = Registry().load(ref)
+    x = lm.preprocessor.transform(["iris setosa petal width in centimetres", "faces", "a database of faces of forty people"])
+    x = np.stack([np.roll(row, x.shape[-1] - int(row[1].sum()), axis=-1) for row in x])  # left padding: the tokens at the end
+    x[2, 1, -3] = 0  # and a gap in one row's mask
+    with torch.inference_mode(): want = lm.predictor(torch.from_numpy(x)).numpy()
+    for v in ("fp32-opt", "int8"):
+        got = ex._run_rows(ex.load_onnx(lm.version.path/rep.files[v]), x)
+        np.testing.assert_allclose(got, want, atol=1e-5 if v == "fp32-opt" else 0.05)
+
+
+@pytest.mark.slow
+def test_distilbert_fuses_too(tmp_path):
+    "DistilBERT (no token_type_ids) fuses with the same optimizer and is served fused."
+    from factory import make_tiny_hf_text, text_frame
+    from aimass.training import train
+    run = train(f"hf:{make_tiny_hf_text(tmp_path/'tiny-distilbert', arch='distilbert')}", text_frame(60), text="text",
+                target="label", epochs=1, batch_size=16, max_length=32, progress=False, name="hf-distilbert")
+    rep = ex.export(run.version.ref)
+    assert rep.passed and rep.served == "fp32-opt" and "Attention" in _ops(run.version.path/rep.files["fp32-opt"])
+
+
+def test_sessions_leave_out_the_slow_skip_layer_norm_fusion(tmp_path):
+    "Add + LayerNormalization stay apart in aimass's sessions: ORT's fused SkipLayerNormalization CPU kernel is the slower one."
+    import onnxruntime as ort
+    nodes = [helper.make_node("Add", ["x", "s"], ["t"]), helper.make_node("LayerNormalization", ["t", "g", "b"], ["y"], axis=-1)]
+    io = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4, 8])
+    g = helper.make_graph(nodes, "g", [io("x"), io("s")], [io("y")],
+                          [helper.make_tensor("g", TensorProto.FLOAT, [8], [1.0]*8), helper.make_tensor("b", TensorProto.FLOAT, [8], [0.0]*8)])
+    path = tmp_path/"ln.onnx"
+    path.write_bytes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    def seen(make):
+        so = ex.session_options(1); so.optimized_model_filepath = str(tmp_path/"seen.onnx")
+        make(so)
+        return _ops(tmp_path/"seen.onnx")
+    assert "SkipLayerNormalization" in seen(lambda so: ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]))
+    assert "SkipLayerNormalization" not in seen(lambda so: ex.load_onnx(path, options=so))
+
+
+# --- images: the in-graph normalisation leaves the BatchNorms folded ------------------------------------------------
+
+@pytest.mark.slow
+def test_image_graph_folds_batchnorm_after_the_in_graph_normalisation(tmp_path):
+    "uint8 pixels, then the mean/std multiply-add, then convolutions with their BatchNorms folded in; the served copy checked at batch 1 and 16."
+    from factory import make_tiny_hf_vision, write_image_folder
+    from aimass.training import train
+    run = train(f"hf:{make_tiny_hf_vision(tmp_path/'tiny-resnet', 'resnet')}", write_image_folder(tmp_path/"photos", n_per_class=12),
+                epochs=1, batch_size=16, progress=False, name="hf-resnet")
+    rep = ex.export(run.version.ref)
+    for v in ("fp32", "fp32-opt"):
+        ops = _ops(run.version.path/rep.files[v])
+        assert "Conv" in ops and "BatchNormalization" not in ops, (v, ops)
+    assert rep.passed and rep.served == "fp32-opt" and rep.io["dtype"] == "uint8"
+    assert set(rep.parity[rep.parity.variant == "fp32-opt"].batch_size) == {1, 16}

@@ -12,7 +12,7 @@ from aimass.core import AimassError
 from aimass.registry import Registry
 from aimass import launcher as S
 from aimass.loadtesting import loadtest
-from factory import shared_home
+from factory import shared_home, wait_for
 
 
 @shared_home(scope="module")
@@ -41,14 +41,6 @@ def _probs(preds):
     return np.array([[p["probabilities"][c] for c in sorted(p["probabilities"], key=int)] for p in preds])
 
 
-def _wait_for(check, timeout=20.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if check(): return True
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 @pytest.mark.serial
 def test_promote_and_rollback_under_load_drop_nothing(home, ip):
     reg = Registry()
@@ -65,12 +57,12 @@ def test_promote_and_rollback_under_load_drop_nothing(home, ip):
         load.start()
         time.sleep(2)
         ip.run_line_magic("aimass", "promote digits v2 --alias production")  # the magic, as a user would
-        _wait_for(lambda: srv.info()["serving"] == ["digits:v2"])
+        wait_for(lambda: srv.info()["serving"] == ["digits:v2"])
         assert srv.info()["version"] == 2
         np.testing.assert_allclose(_probs(srv.predict(_rows())), expected[2], atol=1e-5)
         time.sleep(2)
         ip.run_line_magic("aimass", "rollback digits")
-        _wait_for(lambda: srv.info()["serving"] == ["digits:v1"])
+        wait_for(lambda: srv.info()["serving"] == ["digits:v1"])
         assert srv.info()["version"] == 1 and srv.serving() == {"digits": "digits:v1"}
         np.testing.assert_allclose(_probs(srv.predict(_rows())), expected[1], atol=1e-5)
         load.join(60)
@@ -97,13 +89,13 @@ def test_a_version_that_cannot_load_is_not_switched_to(home):
     srv = S.serve("digits@staging", backend="onnx", follow_interval=0.2)
     try:
         reg.set_alias("digits", "staging", 3)  # v3 has no ONNX export: the server must keep serving v1 and say why
-        _wait_for(lambda: srv.info()["follow_error"] is not None)
+        wait_for(lambda: srv.info()["follow_error"] is not None)
         info = srv.info()
         assert info["version"] == 1 and "no ONNX export" in info["follow_error"]
         assert len(srv.predict(_rows(2))) == 2
         from aimass.exporting import export
         export("digits:v3")  # fixed: the server picks it up without being told
-        _wait_for(lambda: srv.info()["serving"] == ["digits:v3"])
+        wait_for(lambda: srv.info()["serving"] == ["digits:v3"])
         assert srv.info()["follow_error"] is None
         assert "digits:v3" in srv.logs(200)
     finally:
@@ -139,18 +131,18 @@ def test_several_models_on_one_server(home):
         # each model has its own path, info and counters; the paths follow TF Serving / KServe v1
         r = httpx.post(srv.url + "/v1/models/pengs:predict", json={"instances": rows})
         assert r.status_code == 200 and r.headers["x-model-version"] == "pengs:v1"
-        assert httpx.get(srv.url + "/v1/models/digits").json()["ref"] == "digits:v2"
+        assert httpx.get(srv.url + "/v1/models/digits/info").json()["ref"] == "digits:v2"  # its details; /v1/models/digits is readiness
         assert set(httpx.get(srv.url + "/info").json()["models"]) == {"digits", "pengs"}
         assert httpx.post(srv.url + "/predict", json={"instances": rows}).status_code == 404
         bad = httpx.post(srv.url + "/v1/models/pengs:predict", json={"instances": [{"bill": "long", "island": "Dream"}]})
         assert bad.status_code == 400 and "bill" in bad.json()["detail"]
         rep = loadtest(srv, model="pengs", requests=200, concurrency=4, progress=False)
         assert rep.errors == {} and rep.served_by == {"pengs:v1": 200}
-        _wait_for(lambda: srv.stats()["by_path"].get("/v1/models/pengs:predict", 0) >= 202)  # counters are saved every 0.25 s
+        wait_for(lambda: srv.stats()["by_path"].get("/v1/models/pengs:predict", 0) >= 202)  # counters are saved every 0.25 s
         assert srv.stats()["by_path"]["/v1/models/digits:predict"] >= 1
         # the digits model follows its alias on a shared server too
         reg.set_alias("digits", "production", 1)
-        _wait_for(lambda: srv.serving()["digits"] == "digits:v1")
+        wait_for(lambda: srv.serving()["digits"] == "digits:v1")
         assert srv.serving()["pengs"] == "pengs:v1"
     finally:
         srv.stop()

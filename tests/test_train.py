@@ -477,3 +477,60 @@ def test_no_register_and_missing_target_are_flags():
     from aimass.commands import verb_parser
     ns = verb_parser("train").parse_args(["mlp", "--no-register", "--missing-target", "error"])
     assert (ns.register, ns.missing_target) == (False, "error")
+
+
+def _saves(monkeypatch):
+    "Spy on the background checkpoint writer (the real one writes): (file name, epoch) of each checkpoint, in order."
+    saved, real = [], training.BackgroundCheckpointIO.save_checkpoint
+    def save(self, checkpoint, path, storage_options=None):
+        saved.append((os.path.basename(path), checkpoint["epoch"]))
+        return real(self, checkpoint, path, storage_options)
+    monkeypatch.setattr(training.BackgroundCheckpointIO, "save_checkpoint", save)
+    return saved
+
+
+def assert_same(a, b, where=""):
+    "Nested checkpoint contents equal: tensors exactly, the rest by value."
+    if isinstance(a, torch.Tensor): torch.testing.assert_close(a, b, rtol=0, atol=0, msg=where)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a: assert_same(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)): assert_same(x, y, f"{where}/{i}")
+    else: assert a == b, where
+
+
+def test_a_short_run_writes_its_checkpoints_at_the_end_and_they_are_the_every_epoch_ones(monkeypatch):
+    # A run shorter than _CHECKPOINT_EVERY_S keeps its epochs in memory and writes best.ckpt and last.ckpt once, at the
+    # end: the same files, byte for byte in what they hold, as writing after every epoch.
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(400, 20)).astype(np.float32), rng.integers(0, 3, 400)
+    saved = _saves(monkeypatch)
+    monkeypatch.setattr(training, "_CHECKPOINT_EVERY_S", 1e9)  # however slow the machine, no write is due before the end
+    short = train("mlp", (X, y), epochs=8, lr=1e-2, name="short", progress=False)
+    best_epoch = int(short.history.val_loss.idxmin()) + 1
+    assert best_epoch < 8 and short.epoch == best_epoch
+    assert saved == [("best.ckpt", best_epoch - 1), ("last.ckpt", 7)]
+    saved.clear()
+    monkeypatch.setattr(training, "_CHECKPOINT_EVERY_S", 0.0)  # as before: every epoch
+    every = train("mlp", (X, y), epochs=8, lr=1e-2, name="every", progress=False)
+    assert saved == [("last.ckpt", e) for e in range(8)]
+    for f in ("last.ckpt", "best.ckpt"):
+        a, b = (torch.load(r.run_dir/"checkpoints"/f, weights_only=True) for r in (short, every))
+        assert_same(a, b, f)  # weights, optimizer, loops, callbacks' states
+    torch.testing.assert_close(weights(short.ref), weights(every.ref), rtol=0, atol=0)
+    assert short.test_metrics == every.test_metrics and short.epoch == every.epoch
+
+
+def test_stop_writes_the_epochs_kept_in_memory(monkeypatch):
+    # Stop in the third epoch of a short run: last.ckpt is the second epoch's, so resume starts there.
+    class StopInThirdEpoch(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 2:  # the Stop button sets AimassCallback's flag
+                next(c for c in trainer.callbacks if isinstance(c, training.AimassCallback)).stop.set()
+    saved = _saves(monkeypatch)
+    monkeypatch.setattr(training, "_CHECKPOINT_EVERY_S", 1e9)  # nothing written before the Stop
+    run = train("mlp", "iris", epochs=6, name="stopped", progress=False, callbacks=[StopInThirdEpoch()])
+    assert run.status == "stopped" and len(run.history) == 2
+    assert saved == [("last.ckpt", 1)] and torch.load(run.run_dir/"checkpoints"/"last.ckpt", weights_only=True)["epoch"] == 1

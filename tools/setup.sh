@@ -16,5 +16,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # torch first and pinned: this takes the CPU wheel where one is provided; an unpinned torch pulls GBs of CUDA packages.
   .venv/bin/python -m pip install -q "torch==2.13.0"
   .venv/bin/python -m pip install -q -e ".[$extras]"
+  # the protocol tests' clients, without their pins (see the dev extra in pyproject.toml)
+  .venv/bin/python -m pip install -q --no-deps "kserve==0.21.0" "tritonclient==2.73.0"
   echo "$want" > "$stamp"
 fi

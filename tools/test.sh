@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 start=$SECONDS
 bash tools/setup.sh
 bash tools/setup-browser.sh
+bash tools/setup-prometheus.sh
 export PYTHONUNBUFFERED=1
 
 echo "== notebooks are the source: nbdev-clean and nbdev-export must leave no diff ($((SECONDS - start)) s so far)"
