@@ -372,6 +372,11 @@ class MonitorView:
         self.thread = threading.Thread(target=self._loop, daemon=True, name="aimass-monitor")
         self.thread.start()
 
+    def __getattr__(self, name: str):
+        "The newest report's attributes (`drifted`, `rows`, `features`, ...): a live view reads like the `DriftReport` it shows."
+        if name.startswith("_") or name in ("report", "make"): raise AttributeError(name)  # not set yet: no recursion
+        return getattr(self.report, name)
+
     def _status(self, state: str) -> str: return f"<small>{state}: updated {time.strftime('%H:%M:%S')}, every {self.refresh:g} s</small>"
 
     def stop(self):

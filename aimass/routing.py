@@ -18,6 +18,7 @@ from .core import AimassError, SavedPerProcess, atomic_write_json, parse_ref
 from .launcher import Server, ServedModel, ServerConfig, _model_entries, live_states, predict_path
 from .litserve_compat import GreedyBatchedLoop, _read_body, _send_detail
 from .server_process import ModelAPI, PredictRequest, Refusal
+from .traffic import traffic_options
 from fastcore.basics import patch
 
 # %% ../nbs/10d_routing.ipynb #d7ce0d92
@@ -96,7 +97,7 @@ class RoutedAPI(ModelAPI):
 def routed_apis(cfg: ServerConfig, run_dir: Path|None) -> list:
     "A `RoutedAPI` for the canary and the shadow in `cfg.routes` (none without), their workers' state under `run_dir/state/ROLE`."
     batch = dict(max_batch_size=cfg.max_batch_size, batch_timeout=cfg.batch_timeout if cfg.max_batch_size > 1 else 0.0)
-    apis = []
+    apis, traffic = [], traffic_options(cfg)  # their traffic is sampled too: `monitor` shows each version's
     for role in ("canary", "shadow"):
         if not (cfg.routes or {}).get(role): continue
         m = ServedModel.from_dict(cfg.routes[role]["served"])
@@ -105,7 +106,7 @@ def routed_apis(cfg: ServerConfig, run_dir: Path|None) -> list:
         loop = dict(loop=GreedyBatchedLoop()) if cfg.max_batch_size > 1 else {}
         apis.append(RoutedAPI(m.model_dir, m.backend_request if m.follow else m.backend, cfg.threads, follow=m.follow, role=role,
                               registry_root=cfg.registry_root, follow_interval=cfg.follow_interval, state_dir=state_dir and str(state_dir),
-                              max_rows=cfg.max_rows, api_path=m.path, **batch, **loop))
+                              max_rows=cfg.max_rows, api_path=m.path, traffic=traffic, **batch, **loop))
     return apis
 
 # %% ../nbs/10d_routing.ipynb #25f9d8a9

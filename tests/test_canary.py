@@ -62,6 +62,10 @@ def test_canary_share_by_weight_and_sticky_users(home):
             assert canary["versions"] == {"digits:v2": canary["requests"]} and canary["weight"] == 0.25 and canary["sticky"] == "X-User-Id"
             assert canary["requests"] == n + 3 * sum(to_canary(0.25, u.encode()) for u in users)
             assert counts["primary"]["errors"] == canary["errors"] == 0 and canary["p50_ms"] > 0
+            from aimass.core import aimass_home
+            from aimass.traffic import read_traffic
+            logged = lambda v: sum(r.get("requests", 0) for r in read_traffic(aimass_home()/"traffic"/"digits"/v))
+            wait_for(lambda: (logged("v1"), logged("v2")) == (counts["primary"]["requests"], canary["requests"]))  # each version's traffic, for monitor
             srv.set_canary(weight=0)  # ramp down: every request to the primary
             time.sleep(0.6)
             assert {c.post("/predict", json=body).headers["x-model-version"] for _ in range(30)} == {"digits:v1"}
