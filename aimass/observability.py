@@ -254,14 +254,14 @@ def request_id(headers) -> str:
 def log_request_ids():
     "Start every log record made while a request is answered (in this process and those it forks) with `[request ID]`."
     make = logging.getLogRecordFactory()
-    if getattr(make, "_aimass_request_ids", False): return
+    if getattr(make, "_aimass_request_ids", None) is REQUEST_ID: return  # installed; another copy's (a notebook's own) is wrapped
     def factory(*args, **kwargs):
         record = make(*args, **kwargs)
         rid = REQUEST_ID.get()
         record.request_id = rid
         if rid: record.msg = f"[request {rid}] {record.msg}"  # a sane id holds no % sign: the message's arguments still fit
         return record
-    factory._aimass_request_ids = True
+    factory._aimass_request_ids = REQUEST_ID
     logging.setLogRecordFactory(factory)
 
 # %% ../nbs/10b_observability.ipynb #09a6d609
