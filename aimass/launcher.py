@@ -73,9 +73,16 @@ class ServerConfig(Record):
     @property
     def limits(self) -> dict: return {k: getattr(self, k) for k in self.limit_names}
 
-    def write(self, path): atomic_write_json(path, self.to_dict())
-    @classmethod
-    def read(cls, path) -> ServerConfig: return cls.from_dict(json.loads(Path(path).read_text()))
+# %% ../nbs/08_launcher.ipynb #7c1a863e
+@patch
+def write(self: ServerConfig, path):
+    "Save the config as JSON at `path` (atomically: the server process reads it back with `ServerConfig.read`)."
+    atomic_write_json(path, self.to_dict())
+
+@patch(cls_method=True)
+def read(cls: ServerConfig, path) -> ServerConfig:
+    "The config saved at `path`."
+    return cls.from_dict(json.loads(Path(path).read_text()))
 
 # %% ../nbs/08_launcher.ipynb #0e2bea7a
 @patch
@@ -602,6 +609,24 @@ def _warn_if_exposed(cfg: ServerConfig, api_key: str|None):
         logging.getLogger("aimass").warning(f"aimass: WARNING: serving on {cfg.host} (every interface) with no api_key: anyone "
                                             "on the network can use the model; pass api_key=... to require a key.")
 
+# %% ../nbs/08_launcher.ipynb #1a4b4b6c
+def _launch(cfg: ServerConfig, entries: list, routes: dict|None, api_key: str|None, start_timeout: float) -> Server:
+    "Start the server `serve` planned: its port, name, run folder and models; return it once healthy (its canary and shadow loaded)."
+    from aimass.registry import Registry
+    if cfg.port is None: cfg.port = free_port()
+    elif port_in_use(cfg.port, cfg.host):
+        raise AimassError(f"Port {cfg.port} is already in use: pick another port, or port=None for a free one.")
+    name, label = _server_name([m for m, _ in entries], cfg.port)
+    cfg.run_dir = tempfile.mkdtemp(prefix=f"aimass-server-{name}-")
+    cfg.registry_root = str(Registry().root)
+    cfg.models, cfg.routes = _served_models(entries, cfg), routes
+    url = f"http://{'[::1]' if cfg.host == '::' else '127.0.0.1'}:{cfg.port}"
+    srv = _start(Server(name, label, url, "+".join(sorted({m.backend for m in cfg.models})), cfg, api_key), start_timeout)
+    if routes:
+        from aimass.routing import check_loaded
+        check_loaded(srv)  # a canary or shadow that did not load: a one-line error
+    return srv
+
 # %% ../nbs/08_launcher.ipynb #beb99469
 @with_options(ServerConfig, exclude=ServerConfig.internal)
 def serve(ref: str|list|dict,  # NAME, NAME:vN or NAME@ALIAS; several as a list (NAME=REF names them) or a {name: ref} dict
@@ -623,7 +648,6 @@ def serve(ref: str|list|dict,  # NAME, NAME:vN or NAME@ALIAS; several as a list 
     every `follow_interval` s: when it moves (promote, rollback) the server switches versions without dropping a request.
     A `canary` or `shadow` runs beside the model (see aimass.routing): `Server.canary()` counts them by version.
     The server stops with this process, or with `Server.stop()`, `stop(...)` or `%aimass stop`."""
-    from aimass.registry import Registry
     asked = split_options(serve, options)[0]
     if asked.get("host") == "localhost": asked["host"] = "127.0.0.1"
     cfg = ServerConfig(**asked).validate()
@@ -635,19 +659,7 @@ def serve(ref: str|list|dict,  # NAME, NAME:vN or NAME@ALIAS; several as a list 
     twin = None if new or routes else _running_twin([m for m, _ in entries], asked, api_key)
     if twin: return twin
     _warn_if_exposed(cfg, api_key)
-    if cfg.port is None: cfg.port = free_port()
-    elif port_in_use(cfg.port, cfg.host):
-        raise AimassError(f"Port {cfg.port} is already in use: pick another port, or port=None for a free one.")
-    name, label = _server_name([m for m, _ in entries], cfg.port)
-    cfg.run_dir = tempfile.mkdtemp(prefix=f"aimass-server-{name}-")
-    cfg.registry_root = str(Registry().root)
-    cfg.models, cfg.routes = _served_models(entries, cfg), routes
-    url = f"http://{'[::1]' if cfg.host == '::' else '127.0.0.1'}:{cfg.port}"
-    srv = _start(Server(name, label, url, "+".join(sorted({m.backend for m in cfg.models})), cfg, api_key), start_timeout)
-    if routes:
-        from aimass.routing import check_loaded
-        check_loaded(srv)  # a canary or shadow that did not load: a one-line error
-    return srv
+    return _launch(cfg, entries, routes, api_key, start_timeout)
 
 # %% ../nbs/08_launcher.ipynb #a44ab01a
 @patch
