@@ -203,20 +203,33 @@ def _is_server_process(p, run_dir) -> bool:
         return p.environ().get(RUN_ENV) == str(run_dir)
     except psutil.Error: return False
 
+# %% ../nbs/08_launcher.ipynb #a7e1c0de
+PF_EXITING = 0x4  # a task's flag while it ends, from <linux/sched.h>
+
+def _ending_in_group(pid: int, group: int) -> bool:
+    """Whether process `pid` of process `group` is ending (killed, say, with its leader by the parent-death signal). Its
+    memory is released before it becomes a zombie, so meanwhile it shows neither command line nor environment: only
+    /proc/PID/stat tells it from an unrelated process."""
+    try: fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError): return False
+    return int(fields[2]) == group and bool(int(fields[6]) & PF_EXITING)  # its group id; its flags
+
 # %% ../nbs/08_launcher.ipynb #1822612c
-def _server_processes(run_dir) -> list:
-    "The live processes (psutil, zombies left out) of the server with run folder `run_dir`; never this process."
+def _server_processes(run_dir, group: int|None = None) -> list:
+    """The live processes (psutil, zombies left out) of the server with run folder `run_dir`; never this process. With
+    the server's process `group`: also its members that are ending, which read as no command line and no environment."""
     import psutil
     found = []
     for p in psutil.process_iter(["status"]):
         if p.pid == os.getpid() or p.info["status"] == psutil.STATUS_ZOMBIE: continue
-        if _is_server_process(p, run_dir): found.append(p)
+        if _is_server_process(p, run_dir) or (group and _ending_in_group(p.pid, group)): found.append(p)
     return found
 
 # %% ../nbs/08_launcher.ipynb #e95ab23b
 def _end_processes(procs: list, wait: float = 5.0) -> list:
     """SIGKILL psutil processes `procs` (psutil never signals a pid that was reused since) and wait until they are
-    gone; a resource tracker goes last: it unlinks the server's semaphores once the others are gone. The pids ended."""
+    gone (ending ones too); a resource tracker goes last: it unlinks the server's semaphores once the others are gone.
+    The pids ended."""
     import psutil
     def gone(p):  # a zombie is gone too; it is not reaped here, so a parent's Popen keeps its exit status
         try: return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
@@ -278,7 +291,7 @@ class Server:
         if self._client is not None: self._client.close(); self._client = None
         self._stop_asked = True
         _kill_process_group(self.proc, self.config.timeout + 2 if grace is None else grace)
-        _end_processes(_server_processes(self.run_dir))  # what outlived a leader that crashed
+        _end_processes(_server_processes(self.run_dir, self.pid))  # what outlived a leader that crashed
         self._final_stats = read_stats(self.run_dir/"stats")  # the panel keeps showing them
         SERVERS.pop(self.name, None)
         (_servers_dir()/f"{self.name}.json").unlink(missing_ok=True)
@@ -702,7 +715,7 @@ def _record(srv: Server):
 # %% ../nbs/08_launcher.ipynb #f188dc5d
 def _reap_stale(rec: dict):
     "End what still runs of a dead owner's server (found by its run folder, never by a name) and drop the record."
-    if rec.get("run_dir"): _end_processes(_server_processes(rec["run_dir"]))
+    if rec.get("run_dir"): _end_processes(_server_processes(rec["run_dir"], rec.get("pid")))
     (_servers_dir()/f"{rec['name']}.json").unlink(missing_ok=True)
 
 # %% ../nbs/08_launcher.ipynb #9df8cd0e
@@ -727,7 +740,7 @@ def servers() -> pd.DataFrame:
         mine = rec["owner_pid"] == os.getpid()
         if mine and rec["name"] not in SERVERS: f.unlink(missing_ok=True); continue
         status = SERVERS[rec["name"]].status if mine else ("running" if _leader_running(rec) else "crashed")
-        if status != "running": _end_processes(_server_processes(rec["run_dir"]))
+        if status != "running": _end_processes(_server_processes(rec["run_dir"], rec["pid"]))
         rows.append({"name": rec["name"], "ref": rec["ref"], "url": rec["url"], "backend": rec["backend"],
                      "status": status, "owner": "this process" if mine else rec["owner_pid"],
                      "pid": rec["pid"], "started_at": rec["started_at"]})

@@ -67,15 +67,18 @@ def _killed_leader() -> tuple:
 
 @pytest.mark.slow
 def test_crashed_server_is_shown_as_such_and_what_it_left_is_ended(home):
-    srv, children, left = _killed_leader()
-    t0 = time.perf_counter()
-    table = S.servers().set_index("name")
-    took = time.perf_counter() - t0
-    print(f"\nservers() after the leader's SIGKILL, {len(left)} of its processes left: {took:.3f} s")
-    assert table.loc[srv.name, "status"] == "crashed (killed by SIGKILL)"
-    assert _running(children) == [] and _port_freed(srv.port)
-    assert srv.status == "crashed (killed by SIGKILL)" and "crashed" in repr(srv) and "crashed" in S._status_html(srv)
-    assert S.stop(srv.name) == [srv.name] and srv.name not in set(S.servers().name)
+    # three rounds: the leader's children, killed with it, may still be ending (they read as no command line) when
+    # servers() looks; it waits for them (CI once saw two of them running right after it returned)
+    for _ in range(3):
+        srv, children, left = _killed_leader()
+        t0 = time.perf_counter()
+        table = S.servers().set_index("name")
+        took = time.perf_counter() - t0
+        print(f"\nservers() after the leader's SIGKILL, {len(left)} of its processes left: {took:.3f} s")
+        assert table.loc[srv.name, "status"] == "crashed (killed by SIGKILL)"
+        assert _running(children) == [] and _port_freed(srv.port)
+        assert srv.status == "crashed (killed by SIGKILL)" and "crashed" in repr(srv) and "crashed" in S._status_html(srv)
+        assert S.stop(srv.name) == [srv.name] and srv.name not in set(S.servers().name)
 
 
 @pytest.mark.slow
