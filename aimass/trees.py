@@ -241,6 +241,7 @@ def fit_tree(data="breast_cancer",  # a built-in table, a CSV/Parquet file, a Da
     "Fit a LightGBM model on a table, stopped early on the validation split, and register it as a version like any other; returns its `Run`."
     from aimass.data import score, split, summarize
     from aimass.models import Predictor, batched_outputs
+    from aimass.monitoring import reference_files
     from aimass.training import _default_name, _keep, _new_run_dir, _report
     t0 = time.perf_counter()
     ds = tree_dataset(data, target, task, missing_target)
@@ -258,7 +259,8 @@ def fit_tree(data="breast_cancer",  # a built-in table, a CSV/Parquet file, a Da
     report = _report(ds, splits.test, pre, predictor, out_t, history, card.run["epoch"], card.run["weights"], f"{card.model} on {ds.name}")
     summary = summarize(ds, pre, splits)
     card.data["summary"] = summary.to_dict()
-    files = {**_version_files(net, xt, splits.test.y, history), "report.json": json.dumps(report.to_dict())}
+    files = {**_version_files(net, xt, splits.test.y, history), "report.json": json.dumps(report.to_dict()),
+             **reference_files(splits.train.X, pre, ds.task, ds.classes, out_v)}  # training statistics for drift checks
     (run_dir/"run.json").write_text(json.dumps({"name": name, "model": "lightgbm", "hparams": hparams}))  # register_run reads the name
     mv = _keep(name, card, net.state_dict(), files, run_dir, register)  # train's: registered, or kept in run_dir/model
     return _run(name, run_dir, card, mv, net, pre, out_t, splits.test.y, history, time.perf_counter() - t0, summary, report)

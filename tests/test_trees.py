@@ -74,3 +74,14 @@ def test_served_and_bundled(home, tmp_path):
     assert not srv.alive
     b = aimass.bundle(ref, tmp_path/"bundle")
     assert (tmp_path/"bundle").exists(), b
+
+
+@pytest.mark.parametrize("data", ["wine", "diabetes"])
+def test_keeps_training_statistics_for_drift_checks(home, data):
+    "A tree version keeps reference.json like a trained network: drift and monitor work on it without reference= data."
+    run = home["runs"][data]
+    X = aimass.load_data(data).X
+    assert (run.version.path/"reference.json").exists()
+    assert aimass.drift(run.ref, data=X.sample(min(300, len(X)), random_state=1)).drifted == []
+    shifted = X.assign(**{X.columns[0]: X[X.columns[0]] + 10 * X[X.columns[0]].std()})
+    assert X.columns[0] in aimass.drift(run.ref, data=shifted, predictions=False).drifted
