@@ -474,6 +474,43 @@ def quantize_int8(src, dst):
     with _quiet():  # outputs of contrib ops (Attention, BiasGelu) have no inferred type: they are float
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
+# %% ../nbs/05_exporting.ipynb #c4a1b7e0
+CALIBRATION_IMAGES = 64  # training images static int8 takes its activations' ranges from
+
+def calibration_pixels(mv, pre: Preprocessor, n: int = CALIBRATION_IMAGES, seed: int = 0) -> tuple:
+    """`(pixels, None)`: a seeded sample of up to `n` of an image version's *training* images (from its stored split),
+    decoded by its own Preprocessor, for static int8's calibration; `(None, why)` when they are not at hand."""
+    f = mv.file("split.json")
+    if not f.exists(): f = Path(mv.card.data.get("split") or "")  # versions trained before the split travelled with them
+    if not f.is_file(): return None, "it has no record of them (split.json)"
+    split = json.loads(f.read_text())
+    paths = [Path(split["root"])/p for p in split.get("train", [])]
+    if not paths: return None, "its split lists none"
+    pick = np.random.default_rng(seed).permutation(len(paths))
+    paths = [str(paths[i]) for i in pick if paths[i].is_file()][:n]
+    if not paths: return None, f"they are no longer in {split['root']}"
+    try: return pre.transform(paths), None
+    except AimassError as e: return None, f"they cannot be read ({e})"
+
+# %% ../nbs/05_exporting.ipynb #c4a1b7e1
+def quantize_static_int8(src, dst, pixels: np.ndarray, input_name: str, batch: int = 8):
+    """Static int8 of an image graph: QDQ format, weights per output channel, activations' ranges calibrated (min/max)
+    on `pixels`, so convolutions run as int8 kernels; dynamic quantization leaves convolutions in float."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    class Batches(CalibrationDataReader):
+        def __init__(self): self.rest = iter(range(0, len(pixels), batch))
+        def get_next(self):
+            i = next(self.rest, None)
+            return None if i is None else {input_name: pixels[i:i + batch]}
+    prepared = Path(dst).with_suffix(".prepared.onnx")
+    try:
+        with _quiet():
+            quant_pre_process(str(src), str(prepared))  # shapes inferred and basic graph optimizations, as ORT advises
+            quantize_static(str(prepared), str(dst), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    finally: prepared.unlink(missing_ok=True)
+
 # %% ../nbs/05_exporting.ipynb #e4c2462a
 def _hf_models(module) -> list:
     "The Hugging Face models inside `module` (what `set_attn_implementation` switches)."
@@ -540,6 +577,20 @@ def _example(io_: dict, dynamic_batch: bool):
     if io_["inputs"] != "tokens": return torch.zeros((n, *io_["input_shape"][1:]), dtype=getattr(torch, io_["dtype"]))
     return tuple((torch.zeros if name == "token_type_ids" else torch.ones)((n, 8), dtype=torch.int64) for name in io_["input_names"])
 
+# %% ../nbs/05_exporting.ipynb #c4a1b7e2
+def _quantize(lm, work: Path, src: str, io_: dict, notes: list) -> str:
+    "Write the int8 copy of `src`: static for an image graph whose training images are at hand, else dynamic; a note says which."
+    dst = work/"model.int8.onnx"
+    if io_["inputs"] == "pixels":
+        pixels, why = calibration_pixels(lm.version, lm.preprocessor)
+        if pixels is not None:
+            quantize_static_int8(work/src, dst, pixels, io_["input_name"])
+            notes.append(f"int8 is static (int8 convolutions), calibrated on {len(pixels)} of its training images")
+            return dst.name
+        notes.append(f"int8 is dynamic (its convolutions stay float): static int8 calibrates on its training images, but {why}")
+    quantize_int8(work/src, dst)
+    return dst.name
+
 # %% ../nbs/05_exporting.ipynb #38320e50
 def _build(lm, work: Path, opset, dynamic_batch, quantize, optimize) -> tuple:
     "Trace, check, optimize and quantize into `work`; returns (files, io, trace info)."
@@ -556,7 +607,7 @@ def _build(lm, work: Path, opset, dynamic_batch, quantize, optimize) -> tuple:
     files, fused = {"fp32": "model.onnx"}, False
     if optimize: files["fp32-opt"], fused = _optimized_copy(lm, work, io_, example, names, info["notes"])
     if quantize not in (None, "int8"): raise AimassError(f"quantize={quantize!r} is not supported: use None or 'int8'.")
-    if quantize: quantize_int8(work/files["fp32-opt" if fused else "fp32"], work/"model.int8.onnx"); files["int8"] = "model.int8.onnx"
+    if quantize: files["int8"] = _quantize(lm, work, files["fp32-opt" if fused else "fp32"], io_, info["notes"])
     return files, io_, info
 
 # %% ../nbs/05_exporting.ipynb #10e64b14
@@ -573,7 +624,7 @@ def export_summary(rep: ExportReport) -> ExportInfo:
 # %% ../nbs/05_exporting.ipynb #1891cdee
 def export(ref: str,  # NAME, NAME:vN or NAME@ALIAS
            *,
-           quantize: Literal["int8"]|None = None,  # also write a dynamically quantized int8 copy (checked on accuracy)
+           quantize: Literal["int8"]|None = None,  # also write an int8 copy (images: static, calibrated on training images; checked on accuracy)
            opset: int|None = None,  # ONNX opset (default: the exporter's)
            dynamic_batch: bool = True,  # any batch size; False fixes it at 1
            optimize: bool = True,  # also save ONNX Runtime's graph-optimized copy (portable optimizations only)

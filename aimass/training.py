@@ -1344,7 +1344,8 @@ def _finish(p: Prepared, name, run_dir, status, ckpt, trainer, loop, t0, hparams
     report = _report(p.ds, p.splits.test, p.pre, predictor, out_t, history, epoch, weights, f"{name}: {p.model_label} on {p.ds.name}")
     files = {"heldout.npz": buf.getvalue(), "history.json": history.to_json(orient="records"),
              "report.json": json.dumps(report.to_dict()), **_pretrained_files(p.spec, p.pre),
-             **reference_files(p.splits.train.X, p.pre, p.ds.task, p.ds.classes, out_v)}  # training statistics for drift checks
+             **reference_files(p.splits.train.X, p.pre, p.ds.task, p.ds.classes, out_v),  # training statistics for drift checks
+             **({"split.json": (Path(run_dir)/"split.json").read_bytes()} if p.images else {})}  # which files: static int8 calibrates on its train
     mv = _keep(name, card, net.state_dict(), files, run_dir, register)
     if register: report.title = f"{mv.ref}: {p.model_label} on {p.ds.name}"
     cm = _confusion(out_t, p.splits.test.y, p.ds.num_classes) if p.ds.task == "classification" else None

@@ -289,3 +289,25 @@ def test_image_graph_folds_batchnorm_after_the_in_graph_normalisation(tmp_path):
         assert "Conv" in ops and "BatchNormalization" not in ops, (v, ops)
     assert rep.passed and rep.served == "fp32-opt" and rep.io["dtype"] == "uint8"
     assert set(rep.parity[rep.parity.variant == "fp32-opt"].batch_size) == {1, 16}
+
+
+@pytest.mark.slow
+def test_image_int8_is_static_calibrated_on_training_images(tmp_path):
+    "quantize='int8' on an image version: QDQ int8 convolutions calibrated on its training files (the split travels with it); without them, dynamic, and the report says why."
+    from factory import make_tiny_hf_vision, write_image_folder
+    from aimass.training import train
+    photos = write_image_folder(tmp_path/"photos", n_per_class=12)
+    run = train(f"hf:{make_tiny_hf_vision(tmp_path/'tiny-resnet', 'resnet')}", photos, epochs=2, batch_size=16, progress=False, name="hf-resnet-q")
+    mv = run.version
+    split = json.loads(mv.file("split.json").read_text())
+    pixels, why = ex.calibration_pixels(mv, run.model.preprocessor, n=5)
+    assert why is None and pixels.dtype == np.uint8 and len(pixels) == 5 and len(split["train"]) > 5
+    rep = ex.export(mv.ref, quantize="int8")
+    ops = _ops(mv.path/rep.files["int8"])
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops, ops
+    n = min(ex.CALIBRATION_IMAGES, len(split["train"]))
+    assert f"int8 is static (int8 convolutions), calibrated on {n} of its training images" in rep.notes
+    assert rep.checks["int8"]["passed"] == (rep.metrics["fp32"]["accuracy"] - rep.metrics["int8"]["accuracy"] <= 0.01)
+    photos.rename(tmp_path/"moved")  # the training files are gone: the held-out ones too, so export says so
+    with pytest.raises(AimassError, match="cannot read its held-out images"): ex.export(mv.ref, quantize="int8")
+    assert ex.calibration_pixels(mv, run.model.preprocessor) == (None, f"they are no longer in {photos}")
