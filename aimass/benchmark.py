@@ -6,7 +6,7 @@ Docs: https://aimass.github.io/aimass/benchmark.html.md"""
 
 # %% ../nbs/06_benchmark.ipynb #56df734e
 from __future__ import annotations
-import base64, contextlib, ctypes, gc, io, json, math, os, platform, time
+import base64, contextlib, ctypes, gc, html, io, json, math, os, platform, time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,10 +19,32 @@ from .registry import BenchInfo, Registry
 from .exporting import export, graph_module, heldout_inputs, input_spec, load_onnx, markdown_table, metric_key, onnx_feed, onnx_path
 
 # %% auto #0
-__all__ = ['BACKENDS', 'BenchReport', 'bench']
+__all__ = ['BACKENDS', 'CUDA_BACKENDS', 'default_backends', 'BenchReport', 'bench']
 
 # %% ../nbs/06_benchmark.ipynb #73af531d
 BACKENDS = ("torch", "onnx", "onnx-int8", "torch-compile")
+
+# %% ../nbs/06_benchmark.ipynb #ea150466
+CUDA_BACKENDS = ("torch-cuda", "torch-cuda-bf16", "torch-cuda-fp16", "torch-compile-cuda")
+
+# %% ../nbs/06_benchmark.ipynb #e7f3da2d
+_AUTOCAST = {"torch-cuda-bf16": "bfloat16", "torch-cuda-fp16": "float16"}  # backend -> autocast dtype
+
+# %% ../nbs/06_benchmark.ipynb #8cc02738
+def default_backends() -> tuple:
+    "The backends `bench` measures by default: `BACKENDS`, and `CUDA_BACKENDS` where torch sees a GPU."
+    import torch
+    return BACKENDS + CUDA_BACKENDS if torch.cuda.is_available() else BACKENDS
+
+# %% ../nbs/06_benchmark.ipynb #09b9a1a7
+def cuda_unavailable(name: str) -> str|None:
+    "Why backend `name` cannot run here (it needs a CUDA GPU, or one with bfloat16), or None."
+    import torch
+    if name not in CUDA_BACKENDS: return None
+    if not torch.cuda.is_available(): return "needs a CUDA GPU: torch.cuda.is_available() is False here"
+    if name == "torch-cuda-bf16" and not torch.cuda.is_bf16_supported():
+        return f"needs a GPU with bfloat16 (compute capability 8.0+): {torch.cuda.get_device_name()} has none"
+    return None
 
 # %% ../nbs/06_benchmark.ipynb #a64c04d2
 def _torch_backend(lm, compile=False):
@@ -36,6 +58,21 @@ def _torch_backend(lm, compile=False):
         with torch.inference_mode(): return module(*args).numpy()
     return run
 
+# %% ../nbs/06_benchmark.ipynb #61ad2f35
+def _device_backend(lm, device: str = "cuda", autocast: str|None = None, compile: bool = False):
+    """Eager (or `torch.compile`d) torch on `device`, under `autocast` (bfloat16, float16) when given. One call copies
+    the batch to the device and the float32 outputs back, as a server does; `run.sync` waits for the device."""
+    import copy, torch
+    module = copy.deepcopy(graph_module(lm.predictor, lm.preprocessor)).to(device)  # a copy: the CPU backends keep theirs
+    if compile: module = torch.compile(module)
+    tokens, dtype = lm.preprocessor.kind == "text", getattr(torch, autocast) if autocast else None
+    def run(x):
+        args = [torch.from_numpy(x[:, k]) for k in range(x.shape[1])] if tokens else [torch.from_numpy(x)]
+        with torch.inference_mode(), torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+            return module(*[a.to(device) for a in args]).float().cpu().numpy()
+    run.sync = torch.cuda.synchronize if device.startswith("cuda") else None
+    return run
+
 # %% ../nbs/06_benchmark.ipynb #a0e865ab
 def _onnx_backend(mv, variant, threads):
     "An ONNX Runtime session of the exported `variant`."
@@ -43,22 +80,27 @@ def _onnx_backend(mv, variant, threads):
     names = [i.name for i in sess.get_inputs()]  # texts: one per token array
     return lambda x: sess.run(None, onnx_feed(names, x))[0]
 
-# %% ../nbs/06_benchmark.ipynb #d3b75b0e
+# %% ../nbs/06_benchmark.ipynb #0fdd33c4
 def make_backend(name: str, lm, threads: int = 1):
     "The run function of backend `name` for loaded model `lm` (ONNX backends need an export in the card)."
     if name == "torch": return _torch_backend(lm)
     if name == "torch-compile": return _torch_backend(lm, compile=True)
     if name == "onnx": return _onnx_backend(lm.version, "fp32", threads)
     if name == "onnx-int8": return _onnx_backend(lm.version, "int8", threads)
-    raise AimassError(f"Unknown backend {name!r}: use {', '.join(BACKENDS)}.")
+    if name in CUDA_BACKENDS:
+        if why := cuda_unavailable(name): raise AimassError(f"{name} {why}.")
+        return _device_backend(lm, "cuda", _AUTOCAST.get(name), compile=name == "torch-compile-cuda")
+    raise AimassError(f"Unknown backend {name!r}: use {', '.join(BACKENDS + CUDA_BACKENDS)}.")
 
 # %% ../nbs/06_benchmark.ipynb #5a471a80
 def time_calls(fn, x, warmup: int = 10, repeats: int = 100) -> np.ndarray:
-    "Call `fn(x)` `warmup` times, then `repeats` timed times; the latencies in milliseconds."
+    "Call `fn(x)` `warmup` times, then `repeats` timed times; the latencies in milliseconds (device work waited for, see `fn.sync`)."
+    sync = getattr(fn, "sync", None) or (lambda: None)
     for _ in range(warmup): fn(x)
+    sync()
     ns = np.empty(repeats, dtype=np.int64)
     for i in range(repeats):
-        t0 = time.perf_counter_ns(); fn(x); ns[i] = time.perf_counter_ns() - t0
+        t0 = time.perf_counter_ns(); fn(x); sync(); ns[i] = time.perf_counter_ns() - t0
     return ns / 1e6
 
 # %% ../nbs/06_benchmark.ipynb #f17970f3
@@ -100,6 +142,14 @@ def _peak_meter():
         rss0 = _rss_mb()
         return lambda: max(0.0, _rss_mb() - rss0)
 
+# %% ../nbs/06_benchmark.ipynb #b62422ef
+def _cuda_peak_meter():
+    "Start measuring GPU memory: a function that returns how far torch's allocations on the GPU rose above now (MB), at their highest."
+    import torch
+    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated()
+    return lambda: max(0.0, (torch.cuda.max_memory_allocated() - start) / 2**20)
+
 # %% ../nbs/06_benchmark.ipynb #2c1e3fdf
 def _weights_mb(lm) -> float:
     "The size of the loaded model's weights and buffers in MB."
@@ -112,6 +162,14 @@ def _metric(fn, lm, x, y, batch: int) -> float:
     return score(lm.task, out, y)[metric_key(lm.task)]
 
 # %% ../nbs/06_benchmark.ipynb #66c95206
+def _fastest(t: pd.DataFrame) -> dict:
+    "Backend of table `t` with the lowest p50 at its smallest batch size, and over all (geometric mean of p50)."
+    if t.empty: return {"batch_1": None, "overall": None}
+    b1 = t[t.batch_size == t.batch_size.min()].sort_values("p50_ms")
+    geo = t.groupby("backend").p50_ms.apply(lambda s: float(np.exp(np.log(s).mean()))).sort_values()
+    return {"batch_1": b1.backend.iloc[0], "overall": geo.index[0]}
+
+# %% ../nbs/06_benchmark.ipynb #208157a3
 @dataclass
 class BenchReport:
     "Benchmark results of one version: a tidy `table`, the `best` backends, skipped backends and a latency plot."
@@ -123,15 +181,18 @@ class BenchReport:
     setup_s: dict = field(default_factory=dict)   # backend -> seconds to build and warm it up (incl. torch.compile)
     eligible: list = field(default_factory=list)  # backends whose export checks passed
     path: Path|None = None
+    gpu: str|None = None  # the GPU the CUDA backends ran on
 
     @property
     def best(self) -> dict:
-        "Fastest backend at batch size 1 (p50), and overall (geometric mean of p50 over batch sizes), among eligible ones."
+        "Fastest backend at batch size 1 (p50), and overall (geometric mean of p50 over batch sizes), among eligible CPU ones."
         t = self.table[self.table.backend.isin(self.eligible or self.table.backend.unique())]
-        if t.empty: return {"batch_1": None, "overall": None}
-        b1 = t[t.batch_size == t.batch_size.min()].sort_values("p50_ms")
-        geo = t.groupby("backend").p50_ms.apply(lambda s: float(np.exp(np.log(s).mean()))).sort_values()
-        return {"batch_1": b1.backend.iloc[0], "overall": geo.index[0]}
+        return _fastest(t[~t.backend.isin(CUDA_BACKENDS)])
+
+    @property
+    def best_gpu(self) -> dict:
+        "The same among the CUDA backends (None where none ran)."
+        return _fastest(self.table[self.table.backend.isin(CUDA_BACKENDS)])
 
 # %% ../nbs/06_benchmark.ipynb #6d27fc01
 @patch
@@ -166,7 +227,7 @@ def plot(self: BenchReport, ax=None):
     ax.set_xlabel("batch size (rows)"); ax.set_ylabel("latency (ms)")
     ax.set_title(f"{self.ref}: p50 latency, bars to p99, ticks at p90\n({self.threads} thread{'s' if self.threads != 1 else ''})", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, frameon=False)
+    if groups: ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, frameon=False)
     return fig or ax.figure
 
 # %% ../nbs/06_benchmark.ipynb #43d235cb
@@ -184,7 +245,19 @@ def _head(self: BenchReport) -> str:
     sp = self.speedups()
     s = f"Benchmark of {self.ref} ({self.threads} thread(s)): fastest at batch 1: {best['batch_1']}"
     if best["batch_1"] in sp: s += f" ({sp[best['batch_1']]:.2f}x eager torch)"
-    return s + f"; overall: {best['overall']}"
+    s += f"; overall: {best['overall']}"
+    g = self.best_gpu
+    if g["batch_1"]: s += f"; on the GPU ({self.gpu}): {g['batch_1']} at batch 1" + (f" ({sp[g['batch_1']]:.2f}x)" if g["batch_1"] in sp else "") + f", {g['overall']} overall"
+    return s
+
+# %% ../nbs/06_benchmark.ipynb #434c5736
+@patch
+def _notes(self: BenchReport) -> list:
+    "The lines the reprs end with: skipped backends, and what the CUDA rows measure."
+    notes = [f"skipped {b}: {why}" for b, why in self.skipped.items()]
+    if self.table.backend.isin(CUDA_BACKENDS).any():
+        notes.append("CUDA backends: a call copies the batch to the GPU and the outputs back; peak memory is the GPU's (torch.cuda.max_memory_allocated)")
+    return notes
 
 # %% ../nbs/06_benchmark.ipynb #507ef8c5
 def _plain(v: float, digits: int = 3) -> str:
@@ -206,19 +279,19 @@ def _shown(self: BenchReport) -> pd.DataFrame:
 # %% ../nbs/06_benchmark.ipynb #85abce4b
 @patch
 def __repr__(self: BenchReport):
-    return self._head() + "\n" + self._shown().to_string(index=False) + "".join(f"\nskipped {b}: {why}" for b, why in self.skipped.items())
+    return self._head() + "\n" + self._shown().to_string(index=False) + "".join(f"\n{n}" for n in self._notes())
 
 # %% ../nbs/06_benchmark.ipynb #145c5550
 @patch
 def _repr_markdown_(self: BenchReport):
-    return f"**{self._head()}**\n\n" + markdown_table(self._shown()) + "".join(f"\n\n*skipped {b}: {w}*" for b, w in self.skipped.items())
+    return f"**{self._head()}**\n\n" + markdown_table(self._shown()) + "".join(f"\n\n*{n}*" for n in self._notes())
 
 # %% ../nbs/06_benchmark.ipynb #f4b7c714
 @patch
 def _repr_html_(self: BenchReport):
     img = base64.b64encode(self.png()).decode()
-    skipped = "".join(f"<p><i>skipped {b}: {w}</i></p>" for b, w in self.skipped.items())
-    return (f"<p><b>{self._head()}</b></p>" + self._shown().to_html(index=False) + skipped
+    notes = "".join(f"<p><i>{html.escape(n)}</i></p>" for n in self._notes())
+    return (f"<p><b>{html.escape(self._head())}</b></p>" + self._shown().to_html(index=False) + notes
             + f'<img src="data:image/png;base64,{img}"/>')
 
 # %% ../nbs/06_benchmark.ipynb #ec7b685a
@@ -235,7 +308,8 @@ def summary(self: BenchReport) -> BenchInfo:
                      threads=self.threads, batch_sizes=sorted(int(b) for b in self.table.batch_size.unique()),
                      skipped=self.skipped, setup_s=self.setup_s, eligible=self.eligible,
                      files={"results": "bench/results.json", "plot": "bench/latency.png"},
-                     machine={"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
+                     machine={"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
+                              **({"gpu": self.gpu} if self.gpu else {})},
                      torch=torch.__version__, onnxruntime=onnxruntime.__version__,
                      created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
@@ -244,7 +318,7 @@ def _checked(backends, batch_sizes, threads: int, repeats: int) -> tuple[list, l
     "Backends (once each, in order) and batch sizes (sorted), or an `AimassError` naming the one value that is wrong."
     backends, batch_sizes = list(dict.fromkeys(backends)), sorted({int(b) for b in batch_sizes})
     for b in backends:
-        if b not in BACKENDS: raise AimassError(f"Unknown backend {b!r}: use {', '.join(BACKENDS)}.")
+        if b not in BACKENDS + CUDA_BACKENDS: raise AimassError(f"Unknown backend {b!r}: use {', '.join(BACKENDS + CUDA_BACKENDS)}.")
     if not batch_sizes: raise AimassError("batch_sizes must name at least one batch size, like 1,8,64.")
     for name, v in (("batch_sizes", batch_sizes[0]), ("threads", threads), ("repeats", repeats)):
         if v < 1: raise AimassError(f"{name} must be at least 1, not {v}.")
@@ -273,9 +347,10 @@ def _bench_inputs(lm) -> tuple:
 
 # %% ../nbs/06_benchmark.ipynb #1194ad2c
 def _eligible(backends: list, exp) -> list:
-    "The backends whose export passed its checks (`torch` and `torch-compile` always)."
+    "The backends serve and predict may pick on the CPU: those whose export passed its checks (`torch` and `torch-compile` always), no CUDA ones."
     checks = exp.checks if exp else {}
-    return [b for b in backends if {"onnx": checks.get("fp32-opt", checks.get("fp32")), "onnx-int8": checks.get("int8")}.get(b, True)]
+    ok = {"onnx": checks.get("fp32-opt", checks.get("fp32")), "onnx-int8": checks.get("int8")}
+    return [b for b in backends if b not in CUDA_BACKENDS and ok.get(b, True)]
 
 # %% ../nbs/06_benchmark.ipynb #5e950f3b
 def _runnable(name, bs, dynamic) -> bool:
@@ -290,19 +365,21 @@ def _skip_reason(e: Exception) -> str:
 
 # %% ../nbs/06_benchmark.ipynb #be71fd96
 def _prepare(name, lm, x, batch_sizes, warmup, threads, dynamic):
-    "Build backend `name` and warm it up at every batch size: `(run function, seconds, peak memory growth in MB)`."
-    peak, t0 = _peak_meter(), time.perf_counter()
-    weights = _weights_mb(lm) if name.startswith("torch") else 0.0  # loaded before: counted by hand; a session loads its own
+    "Build backend `name` and warm it up at every batch size: `(run function, seconds, peak memory growth in MB)`; the GPU's memory for CUDA backends."
+    peak, t0 = _cuda_peak_meter() if name in CUDA_BACKENDS else _peak_meter(), time.perf_counter()
+    weights = _weights_mb(lm) if name in ("torch", "torch-compile") else 0.0  # loaded before: counted by hand; others copy or load their own
     fn = make_backend(name, lm, threads)
     for bs in batch_sizes:
         if not _runnable(name, bs, dynamic): continue
         xb = batch_of(x, bs)
-        for _ in range(max(1, warmup)): fn(xb)  # torch.compile compiles here
+        for _ in range(max(1, warmup)): fn(xb)  # torch.compile compiles here, cuDNN tries its algorithms
+    if getattr(fn, "sync", None): fn.sync()
     return fn, time.perf_counter() - t0, weights + peak()
 
 # %% ../nbs/06_benchmark.ipynb #938b40ff
 def time_interleaved(fns: dict, x, repeats: int, rounds: int = 10, block_warmup: int = 2, on_round=None) -> dict:
     "Latencies (ms) per backend for input `x`: `repeats` timed calls each, in `rounds` interleaved blocks."
+    if not fns: return {}  # every backend skipped (CUDA ones without a GPU, say)
     names, rounds = list(fns), max(1, min(rounds, repeats))
     per, out = math.ceil(repeats / rounds), {n: [] for n in fns}
     for r in range(rounds):
@@ -317,9 +394,11 @@ def _build_backends(names, lm, x, batch_sizes, warmup, threads, dynamic, bar) ->
     fns, setup, mem, skipped = {}, {}, {}, {}
     for name in names:
         bar.set_postfix_str(f"building {name}")
-        try: fns[name], setup[name], mem[name] = _prepare(name, lm, x, batch_sizes, warmup, threads, dynamic)
-        except AimassError: raise
-        except Exception as e: skipped[name] = _skip_reason(e)  # e.g. torch.compile without a working C++ compiler
+        if why := cuda_unavailable(name): skipped[name] = why  # no GPU here: the report says so, the others still run
+        else:
+            try: fns[name], setup[name], mem[name] = _prepare(name, lm, x, batch_sizes, warmup, threads, dynamic)
+            except AimassError: raise
+            except Exception as e: skipped[name] = _skip_reason(e)  # e.g. torch.compile without a working C++ compiler
         bar.update(1)
     return fns, setup, mem, skipped
 
@@ -355,9 +434,20 @@ def _save(reg, rep: BenchReport):
                   bench=summary)
 
 # %% ../nbs/06_benchmark.ipynb #178482b6
+@contextlib.contextmanager
+def _torch_settings(threads: int, cuda: bool):
+    "torch's intra-op threads set to `threads`, and cuDNN's autotuner on when `cuda` (the warm-up tunes each batch size); restored after."
+    import torch
+    old = torch.get_num_threads(), torch.backends.cudnn.benchmark
+    torch.set_num_threads(threads)
+    if cuda: torch.backends.cudnn.benchmark = True
+    try: yield
+    finally: torch.set_num_threads(old[0]); torch.backends.cudnn.benchmark = old[1]
+
+# %% ../nbs/06_benchmark.ipynb #3ad88229
 def bench(ref: str,  # NAME, NAME:vN or NAME@ALIAS
           *,
-          backends: tuple[str, ...] = BACKENDS,  # any of torch, onnx, onnx-int8, torch-compile
+          backends: tuple[str, ...]|None = None,  # any of torch, onnx, onnx-int8, torch-compile, torch-cuda, torch-cuda-bf16, torch-cuda-fp16, torch-compile-cuda (default: the first four, and the CUDA ones where torch sees a GPU)
           batch_sizes: tuple[int, ...] = (1, 8, 64),  # rows per call
           threads: int = 1,  # intra-op threads for every backend
           warmup: int = 20,  # untimed calls before timing
@@ -371,23 +461,21 @@ def bench(ref: str,  # NAME, NAME:vN or NAME@ALIAS
     import torch
     from tqdm.auto import tqdm
     from aimass.registry import Registry
-    backends, batch_sizes = _checked(backends, batch_sizes, threads, repeats)
+    backends, batch_sizes = _checked(default_backends() if backends is None else backends, batch_sizes, threads, repeats)
     reg = registry or Registry()
     ref = str(reg.resolve(ref))
     _ensure_export(reg, ref, backends)
     lm = reg.load(ref)
     x, y, dynamic = _bench_inputs(lm)
     rounds = max(1, min(rounds, repeats))
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with tqdm(total=len(backends) + len(batch_sizes)*rounds, desc=f"bench {ref}", leave=False) as bar:
-            fns, setup, mem, skipped = _build_backends(backends, lm, x, batch_sizes, warmup, threads, dynamic, bar)
-            rows = _time_backends(fns, x, batch_sizes, repeats, rounds, dynamic, mem, skipped, bar)
-            big = max(batch_sizes)
-            metric = {n: _metric(f, lm, x, y, big if _runnable(n, big, dynamic) else 1) for n, f in fns.items()}
-    finally: torch.set_num_threads(old_threads)
+    with _torch_settings(threads, cuda=any(b in CUDA_BACKENDS for b in backends)), \
+         tqdm(total=len(backends) + len(batch_sizes)*rounds, desc=f"bench {ref}", leave=False) as bar:
+        fns, setup, mem, skipped = _build_backends(backends, lm, x, batch_sizes, warmup, threads, dynamic, bar)
+        rows = _time_backends(fns, x, batch_sizes, repeats, rounds, dynamic, mem, skipped, bar)
+        big = max(batch_sizes)
+        metric = {n: _metric(f, lm, x, y, big if _runnable(n, big, dynamic) else 1) for n, f in fns.items()}
+    gpu = torch.cuda.get_device_name() if fns.keys() & set(CUDA_BACKENDS) else None
     rep = BenchReport(ref, _results_table(rows, metric, backends), threads, metric_key(lm.task), skipped, setup,
-                      [b for b in _eligible(backends, lm.card.export) if b in fns], lm.version.path/"bench")
-    if save: _save(reg, rep)
+                      [b for b in _eligible(backends, lm.card.export) if b in fns], lm.version.path/"bench", gpu)
+    if save and not rep.table.empty: _save(reg, rep)  # nothing ran: the card keeps its last benchmark
     return rep

@@ -17,7 +17,7 @@ __all__ = ['flag_fields', 'bundle_config', 'server_parser', 'parse_config', 'mai
 def flag_fields() -> list:
     "The `ServerConfig` fields that server.py has a flag for."
     from aimass.launcher import ServerConfig
-    return [f for f in fields(ServerConfig) if f.name not in (*ServerConfig.internal, "follow_interval")]
+    return [f for f in fields(ServerConfig) if f.name not in (*ServerConfig.internal, "follow_interval", "device", "precision")]  # ONNX on the CPU
 
 # %% ../nbs/12_bundle_server.ipynb #2011e990
 def bundle_config(root) -> tuple:

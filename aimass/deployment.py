@@ -121,7 +121,8 @@ def server_script() -> str:
     return "#!/usr/bin/env python3\n" + Path(bundle_server.__file__).read_text()
 
 # %% ../nbs/13_deployment.ipynb #54de764e
-_BUNDLE_EXCLUDES = (*ServerConfig.internal, "host", "fast_ipc", "follow_interval")  # the bundle's server listens where its flags say
+_BUNDLE_EXCLUDES = (*ServerConfig.internal, "host", "fast_ipc", "follow_interval",  # the bundle's server listens where its flags say
+                    "device", "precision")  # a bundle serves its ONNX file with ONNX Runtime's CPU build
 
 def _server_settings(server: ServerConfig) -> dict:
     "bundle.json's `server` entry: the settings of `server` that `bundle` takes."

@@ -45,6 +45,8 @@ class ServerConfig(Record):
     batch_timeout: float = 0.0  # seconds to wait for a batch to fill (0: run what queued while the last batch ran)
     workers: int = 1  # inference processes per model
     threads: int = 1  # compute threads per inference process
+    device: str = "cpu"  # where the model runs: cpu, or cuda / cuda:N (eager PyTorch on that GPU, batched)
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"  # on a GPU: bf16-mixed or 16-mixed run the model under autocast
     api_servers: int = 1  # HTTP processes
     timeout: float = 30.0  # seconds a request may take, queueing included, before it gets 504
     max_queue: int = 256  # requests in flight before new ones get 503
@@ -101,6 +103,13 @@ def validate(self: ServerConfig) -> ServerConfig:
     if self.follow_interval <= 0: raise AimassError("follow_interval must be more than 0 seconds.")
     if not 0 <= self.sample_traffic <= 1: raise AimassError(f"sample_traffic is a share of requests, from 0 to 1 (got {self.sample_traffic!r}).")
     if self.traffic_mb <= 0: raise AimassError(f"traffic_mb must be more than 0 (got {self.traffic_mb!r}); sample_traffic=0 turns the log off.")
+    d = str(self.device)
+    if not (d in ("cpu", "cuda") or (d.startswith("cuda:") and d[5:].isdigit())):
+        raise AimassError(f"device must be 'cpu', 'cuda' or 'cuda:N' (N: the GPU's index), not {self.device!r}.")
+    if self.precision not in ("32-true", "bf16-mixed", "16-mixed"):
+        raise AimassError(f"precision must be '32-true', 'bf16-mixed' or '16-mixed', not {self.precision!r}.")
+    if self.precision != "32-true" and d == "cpu":
+        raise AimassError(f"precision={self.precision!r} is for a GPU (device='cuda'); on the CPU a server runs in float32.")
     return self
 
 # %% ../nbs/08_launcher.ipynb #3982d304
@@ -307,7 +316,8 @@ def __repr__(self: Server):
     if self.config.routes:  # its canary and shadow
         from aimass.routing import routes_note
         note = routes_note(self)
-    return f"Server({self.ref} at {self.url}, {self.backend}, {self.status}, pid {self.pid}{note})"
+    on = "" if self.config.device == "cpu" else f" on {self.config.device}"
+    return f"Server({self.ref} at {self.url}, {self.backend}{on}, {self.status}, pid {self.pid}{note})"
 
 # %% ../nbs/08_launcher.ipynb #5dd639c8
 @patch(as_prop=True)
@@ -535,8 +545,9 @@ def request_usage(card: ModelCard) -> dict:
 def server_info(card: ModelCard, cfg: ServerConfig, backend: str) -> dict:
     "What GET /info answers: the model, its input schema and graph input, the backend and the limits."
     info = {"name": card.name, "version": card.version, "ref": card.ref, "task": card.task, "classes": card.classes,
-            "backend": backend, "model": card.model, "schema": card.preprocessing().schema, "input_shape": card.input_shape,
+            "backend": backend, "device": cfg.device, "model": card.model, "schema": card.preprocessing().schema, "input_shape": card.input_shape,
             "input": input_info(card), "target": card.target.name, "limits": cfg.limits}
+    if cfg.device != "cpu": info["precision"] = cfg.precision
     return {**info, **request_usage(card)} if card.preprocessor.get("kind") in ("image", "text") else info
 
 # %% ../nbs/08_launcher.ipynb #499a286c
@@ -640,6 +651,24 @@ def _launch(cfg: ServerConfig, entries: list, routes: dict|None, api_key: str|No
         check_loaded(srv)  # a canary or shadow that did not load: a one-line error
     return srv
 
+# %% ../nbs/08_launcher.ipynb #0c01b311
+def _device_backend(device: str, backend: str) -> str:
+    """The backend a server on `device` runs: `backend` on the CPU; torch on a GPU, once torch, here in the caller's
+    process and before anything starts, sees that GPU (the server's own leader must not touch CUDA: it forks its workers)."""
+    if device == "cpu": return backend
+    if backend == "onnx":
+        raise AimassError(f"backend='onnx' cannot run on device={device!r}: aimass serves ONNX with ONNX Runtime's CPU build; "
+                          "use backend='torch' (or 'auto'), which runs eager PyTorch on the GPU.")
+    import torch
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise AimassError(f"device={device!r} needs a CUDA GPU, and torch {torch.__version__} ({build}) sees none: "
+                          "serve with device='cpu', or on a machine with an NVIDIA GPU.")
+    index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
+    if index >= count: raise AimassError(f"device={device!r}: there is no GPU {index}; torch sees {count} (cuda:0 to cuda:{count - 1}).")
+    return "torch"
+
+
 # %% ../nbs/08_launcher.ipynb #beb99469
 @with_options(ServerConfig, exclude=ServerConfig.internal)
 def serve(ref: str|list|dict,  # NAME, NAME:vN or NAME@ALIAS; several as a list (NAME=REF names them) or a {name: ref} dict
@@ -660,10 +689,12 @@ def serve(ref: str|list|dict,  # NAME, NAME:vN or NAME@ALIAS; several as a list 
     One model answers at `POST /predict`; several each at `POST /v1/models/NAME:predict`. A followed alias is looked up
     every `follow_interval` s: when it moves (promote, rollback) the server switches versions without dropping a request.
     A `canary` or `shadow` runs beside the model (see aimass.routing): `Server.canary()` counts them by version.
+    `device="cuda"` (or "cuda:N") runs eager PyTorch on that GPU; without one, an error before anything starts.
     The server stops with this process, or with `Server.stop()`, `stop(...)` or `%aimass stop`."""
     asked = split_options(serve, options)[0]
     if asked.get("host") == "localhost": asked["host"] = "127.0.0.1"
     cfg = ServerConfig(**asked).validate()
+    backend = _device_backend(cfg.device, backend)  # on a GPU: torch, once torch sees it (else nothing starts)
     entries = _model_entries(ref, backend, follow)
     routes = None
     if canary or shadow:
@@ -803,7 +834,7 @@ def _status_html(srv: Server, stats: dict|None = None, log_lines: int = 0) -> st
         return html.escape(m.ref + (f" → {now}" if now and now != m.ref else "")) + (f" at <code>{m.path}</code>" if len(srv.models) > 1 else "")
     models = [("model", shown(n, m)) for n, m in srv.models.items()] or [("model", html.escape(srv.ref))]
     rows = models + [("url", f'<a href="{srv.url}/docs" target="_blank">{srv.url}</a>'),
-            ("backend", srv.backend), ("status", f'<b style="color:{color}">{html.escape(status)}</b> (pid {srv.pid})')]
+            ("backend", srv.backend + ("" if srv.config.device == "cpu" else f" on {srv.config.device}")), ("status", f'<b style="color:{color}">{html.escape(status)}</b> (pid {srv.pid})')]
     if st:
         fmt = lambda v: "-" if v is None else f"{v:.1f} ms"
         rate = f" ({st['rate']:.1f}/s)" if alive else ""

@@ -127,8 +127,32 @@ def _unless_late(item):
     return Refusal(504, _LATE)
 
 # %% ../nbs/10_server_process.ipynb #30e357a2
+class DeviceModel:
+    "A torch backend's model on `device` (a GPU): each batch goes there, its outputs come back to the CPU as numpy."
+    def __init__(self, backend, device: str, precision: str = "32-true"):
+        torch = self.torch = backend.torch
+        self.device = torch.device(device)
+        if self.device.type == "cuda": torch.cuda.set_device(self.device)  # CUDA starts here, in the worker
+        self.predictor = backend.predictor.to(self.device)
+        dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+        if dtype is not None: self._autocast(self.predictor.net, dtype)
+        elif self.device.type == "cuda":  # 32-true: float32 throughout; TF32 convolutions would differ from the CPU's by ~1e-3
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+
+    def _autocast(self, net, dtype):
+        "Run `net` under autocast, its output as float32: the head (softmax, the target's scale) stays in float32."
+        forward, autocast = net.forward, self.torch.autocast
+        def run(*args, **kwargs):
+            with autocast(device_type=self.device.type, dtype=dtype): return forward(*args, **kwargs).float()
+        net.forward = run
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode(): return self.predictor(self.torch.from_numpy(x).to(self.device)).float().cpu().numpy()
+
+# %% ../nbs/10_server_process.ipynb #6c00f9da
 class ModelAPI(ls.LitAPI):
     "Serve one registered model from its version folder; with `follow`, switch versions when the ref's alias moves."
+    precision = "32-true"  # on a GPU: bf16-mixed or 16-mixed run under autocast (build_server sets it from the config)
     def __init__(self, model_dir, backend: str = "onnx", threads: int = 1, follow: str|None = None,
                  registry_root: str|None = None, follow_interval: float = 0.5, state_dir: str|None = None,
                  max_rows: int|None = None, traffic: dict|None = None, **kwargs):
@@ -138,10 +162,10 @@ class ModelAPI(ls.LitAPI):
         self.traffic_options, self.traffic = traffic, None  # the traffic log's settings; its TrafficLog is made in each worker
 
     def setup(self, device):
-        from aimass.inference import Runner
         _exit_with_parent()  # a worker outliving its server would hold the model and a core
         cache_hook_signatures()
-        self.runner, self.follow_error, self.since = Runner(self.model_dir, self.backend_name, self.threads), None, time.time()
+        self.device = device  # LitServe's: "cpu", or "cuda:N" for a server on a GPU
+        self.runner, self.follow_error, self.since = self._load(self.model_dir), None, time.time()
         self.runner.warm_up()  # the first request should not pay for lazy initialisation
         if self.traffic_options: self.traffic = TrafficLog(**self.traffic_options)  # samples requests for drift checks
         self._save_state()
@@ -173,6 +197,17 @@ def decode_request(self: ModelAPI, request: PredictRequest):
     except Refusal as r:
         if self.traffic: self.traffic.rejected(self.runner, r.status)
         return r
+
+# %% ../nbs/10_server_process.ipynb #0844e621
+@patch
+def _load(self: ModelAPI, model_dir) -> "Runner":
+    "A `Runner` for `model_dir` on this worker's device: on a GPU, its torch model moved there (`DeviceModel`)."
+    from aimass.inference import Runner
+    runner = Runner(model_dir, self.backend_name, self.threads)
+    if str(self.device or "cpu") == "cpu": return runner
+    if runner.backend != "torch": raise AimassError(f"{runner.ref}: only the torch backend runs on {self.device}, not {runner.backend}.")
+    runner.model = DeviceModel(runner.model, self.device, self.precision)
+    return runner
 
 # %% ../nbs/10_server_process.ipynb #ade100f7
 @patch
@@ -221,7 +256,6 @@ def _save_state(self: ModelAPI):
 @patch
 def _follow(self: ModelAPI):
     "Every `follow_interval` s: when `follow` points to another version, load and warm it up beside this one, then switch."
-    from aimass.inference import Runner
     from aimass.registry import Registry
     log = logging.getLogger("aimass.server")
     reg, failed = Registry(self.registry_root), None
@@ -232,7 +266,7 @@ def _follow(self: ModelAPI):
             path = Path(reg.get(self.follow).path)
             attempt = (path, (path/"model.json").stat().st_mtime_ns)  # a re-exported version is tried again
             if path == self.runner.model_dir or attempt == failed: continue
-            new = Runner(path, self.backend_name, self.threads)
+            new = self._load(path)
             new.warm_up()
             old, self.runner, self.follow_error, failed, self.since = self.runner, new, None, None, time.time()
             log.info("%s moved: now serving %s (was %s)", self.follow, new.ref, old.ref)
@@ -452,6 +486,14 @@ def _document_images(app, paths: list):
     app.openapi = openapi
 
 # %% ../nbs/10_server_process.ipynb #5c73273b
+def _accelerator(cfg: ServerConfig, apis: list) -> dict:
+    "LitServer's `accelerator` and `devices` for `cfg.device`; on a GPU every model must run the torch backend."
+    if cfg.device == "cpu": return dict(accelerator="cpu", devices=1)
+    other = sorted({f"{a.backend_name} ({a.api_path})" for a in apis if a.backend_name != "torch"})
+    if other: raise AimassError(f"device={cfg.device!r} runs the torch backend only, not {', '.join(other)}: ONNX Runtime here is its CPU build.")
+    return dict(accelerator="cuda", devices=[int(cfg.device.partition(":")[2] or 0)])  # never CUDA here: the workers start it
+
+# %% ../nbs/10_server_process.ipynb #e653edf5
 def build_server(cfg: ServerConfig, api_key: str|None = None) -> ls.LitServer:
     "The LitServer for a config: a `ModelAPI` per model, `Guard`, and the `/info` and `/stats` routes."
     run_dir = Path(cfg.run_dir) if cfg.run_dir else None
@@ -464,8 +506,9 @@ def build_server(cfg: ServerConfig, api_key: str|None = None) -> ls.LitServer:
                          max_payload=cfg.max_payload, stats=stats, predict_paths=[a.api_path for a in apis] + protocol_paths(cfg.models)))
     if ignore_litserve_api_key():  # before LitServer picks each route's auth
         logging.getLogger("aimass.server").warning("LIT_SERVER_API_KEY is set and ignored: give the key to serve(api_key=...).")
+    for a in apis: a.precision = cfg.precision  # its canary's and shadow's too
     cls = FastLitServer if cfg.fast_ipc else SupervisedLitServer
-    server = cls(apis if len(apis) > 1 else apis[0], accelerator="cpu", devices=1, workers_per_device=cfg.workers,
+    server = cls(apis if len(apis) > 1 else apis[0], **_accelerator(cfg, apis), workers_per_device=cfg.workers,
                  timeout=cfg.timeout, max_payload_size=cfg.max_payload, middlewares=[guard],
                  info_path="/litserve/info", restart_workers=True)
     _add_routes(drop_gzip(server), infos, run_dir)  # gzip is pure CPU for sub-kilobyte answers on the busiest process
@@ -508,9 +551,10 @@ def main(config_path: str):
     check_litserve()  # a LitServe that changed what aimass relies on stops here, saying what changed
     log = logging.getLogger("aimass.server")
     for m in cfg.models:
-        log.info("serving %s%s with %s at %s:%s%s", m.model_dir, f" (following {m.follow})" if m.follow else "",
-                 m.backend, cfg.host, cfg.port, m.path)
-    server = build_server(cfg, os.environ.pop("AIMASS_SERVER_API_KEY", None) or None)
+        log.info("serving %s%s with %s on %s at %s:%s%s", m.model_dir, f" (following {m.follow})" if m.follow else "",
+                 m.backend, cfg.device if cfg.device == "cpu" else f"{cfg.device} ({cfg.precision})", cfg.host, cfg.port, m.path)
+    try: server = build_server(cfg, os.environ.pop("AIMASS_SERVER_API_KEY", None) or None)
+    except AimassError as e: sys.exit(f"aimass server: {e}")  # a config it cannot serve (ONNX on a GPU): one line, no traceback
     _children_follow_leader()
     server.run(host=cfg.host, port=cfg.port, num_api_servers=cfg.api_servers, log_level=cfg.log_level, generate_client_file=False,
                http=GuardedHTTPProtocol, timeout_keep_alive=KEEP_ALIVE)

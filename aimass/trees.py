@@ -206,10 +206,13 @@ def _card(net, pre, ds, splits, history, metrics, hparams, run_dir, duration):
                      run={"dir": str(run_dir), "epochs": len(history), "epoch": best, "weights": "best val_loss", "duration_s": round(duration, 2)})
 
 # %% ../nbs/02b_trees.ipynb #a4b6ad8f
-def _version_files(net, x_test, y_test, history) -> dict:
-    "What registering a tree writes beside its card: the held-out rows (export and bench check on them) and the history."
-    buf = io.BytesIO(); np.savez(buf, x=x_test, y=y_test)
-    return {"heldout.npz": buf.getvalue(), "history.json": history.to_json(orient="records")}
+def _version_files(net, pre, ds, splits, x_test, out_v, history, report) -> dict:
+    """What registering a tree writes beside its card: the held-out rows (export and bench check on them), the history,
+    its evaluation report, and the training statistics drift checks compare new rows with."""
+    from aimass.monitoring import reference_files
+    buf = io.BytesIO(); np.savez(buf, x=x_test, y=splits.test.y)
+    return {"heldout.npz": buf.getvalue(), "history.json": history.to_json(orient="records"), "report.json": json.dumps(report.to_dict()),
+            **reference_files(splits.train.X, pre, ds.task, ds.classes, out_v)}
 
 # %% ../nbs/02b_trees.ipynb #935f18dd
 def _run(name, run_dir, card, mv, net, pre, out_t, y_test, history, duration, summary=None, report=None):
@@ -241,7 +244,6 @@ def fit_tree(data="breast_cancer",  # a built-in table, a CSV/Parquet file, a Da
     "Fit a LightGBM model on a table, stopped early on the validation split, and register it as a version like any other; returns its `Run`."
     from aimass.data import score, split, summarize
     from aimass.models import Predictor, batched_outputs
-    from aimass.monitoring import reference_files
     from aimass.training import _default_name, _keep, _new_run_dir, _report
     t0 = time.perf_counter()
     ds = tree_dataset(data, target, task, missing_target)
@@ -259,8 +261,7 @@ def fit_tree(data="breast_cancer",  # a built-in table, a CSV/Parquet file, a Da
     report = _report(ds, splits.test, pre, predictor, out_t, history, card.run["epoch"], card.run["weights"], f"{card.model} on {ds.name}")
     summary = summarize(ds, pre, splits)
     card.data["summary"] = summary.to_dict()
-    files = {**_version_files(net, xt, splits.test.y, history), "report.json": json.dumps(report.to_dict()),
-             **reference_files(splits.train.X, pre, ds.task, ds.classes, out_v)}  # training statistics for drift checks
+    files = _version_files(net, pre, ds, splits, xt, out_v, history, report)
     (run_dir/"run.json").write_text(json.dumps({"name": name, "model": "lightgbm", "hparams": hparams}))  # register_run reads the name
     mv = _keep(name, card, net.state_dict(), files, run_dir, register)  # train's: registered, or kept in run_dir/model
     return _run(name, run_dir, card, mv, net, pre, out_t, splits.test.y, history, time.perf_counter() - t0, summary, report)

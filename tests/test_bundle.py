@@ -185,7 +185,7 @@ def test_server_py_flags(home, fresh_venv, tmpdirs):
     help_ = subprocess.run([str(fresh_venv), str(b.path/"server.py"), "--help"], capture_output=True, text=True, cwd=cwd)
     assert help_.returncode == 0 and "--max-batch-size" in help_.stdout and "8123" in help_.stdout  # bundle(port=8123) is the default
     shown, expected = _help_defaults(help_.stdout), ServerConfig(**b.manifest["server"])
-    user_facing = [f.name for f in dataclasses.fields(ServerConfig) if f.name not in (*ServerConfig.internal, "follow_interval")]
+    user_facing = [f.name for f in dataclasses.fields(ServerConfig) if f.name not in (*ServerConfig.internal, "follow_interval", "device", "precision")]
     assert [f.name for f in flag_fields()] == user_facing
     assert {name: shown.get("--" + name.replace("_", "-")) for name in user_facing} == {n: str(getattr(expected, n)) for n in user_facing}
     with socket.socket() as s:
