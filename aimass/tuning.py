@@ -216,7 +216,7 @@ def _mark_stale_failed(study) -> int:
     "Trials left RUNNING (their process was killed) are FAIL: how many there were."
     optuna = _optuna()
     stale = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
-    for t in stale: study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+    for t in stale: study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # Optuna's public way to end a trial
     return len(stale)
 
 # %% ../nbs/04b_tuning.ipynb #c6eaa2c6
