@@ -162,12 +162,14 @@ def param_docs(obj) -> dict:
     return docs
 
 # %% ../nbs/00_core.ipynb #61aadbb1
-def with_options(options_cls, exclude=()):
+def with_options(options_cls, exclude=(), more: bool = False):
     """Decorator: the function's `**options` are the fields of dataclass `options_cls` (but `exclude`); its
-    signature shows them as keyword-only parameters with the dataclass's defaults."""
+    signature shows them as keyword-only parameters with the dataclass's defaults. `more`: its `**kwargs` also
+    takes keywords beyond them (`train`'s template arguments), so the signature keeps it, last."""
     def deco(f):
         sig = inspect.signature(f)
         params = [p for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD]
+        rest = [p for p in sig.parameters.values() if p.kind == p.VAR_KEYWORD and more]
         have = {p.name for p in params}
         extra = []
         for fld in dataclasses.fields(options_cls):
@@ -176,7 +178,7 @@ def with_options(options_cls, exclude=()):
             elif fld.default_factory is not dataclasses.MISSING: default = fld.default_factory()
             else: continue
             extra.append(inspect.Parameter(fld.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=fld.type))
-        f.__signature__ = sig.replace(parameters=params + extra)
+        f.__signature__ = sig.replace(parameters=params + extra + rest)
         f.__options__ = (options_cls, tuple(p.name for p in extra))
         return f
     return deco

@@ -8,7 +8,7 @@ Docs: https://aimass.github.io/aimass/training.html.md"""
 from __future__ import annotations
 import contextlib, functools, inspect, json, math, os, random, shutil, signal, threading, time, uuid, warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 from torch import nn
 from pathlib import Path
@@ -19,7 +19,7 @@ import lightning as L
 from fastcore.basics import patch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Checkpoint
-from .core import AimassError, aimass_home, atomic_write_bytes, atomic_write_json, check_name, in_notebook, warn
+from .core import AimassError, aimass_home, atomic_write_bytes, atomic_write_json, check_name, in_notebook, warn, with_options
 from .data import BUILTIN_DATASETS, DataSummary, Dataset, Preprocessor, load_data, score, split, summarize, with_target_policy
 from .models import (TEMPLATES, Predictor, TaskModule, batched_outputs, lightning_step_needs, load_weights,
                            model_from_spec, overridden_hooks, read_state_dict, resolve_model, is_pretrained,
@@ -29,7 +29,7 @@ from .registry import LoadedModel, ModelCard, ModelVersion, Record, Registry, Ta
 from .reporting import EvaluationReport, evaluation_report, permutation_importance
 
 # %% auto #0
-__all__ = ['StopSignal', 'LoopChoice', 'Run', 'register_run', 'train']
+__all__ = ['StopSignal', 'LoopChoice', 'Run', 'register_run', 'PretrainedOptions', 'train']
 
 # %% ../nbs/04_training.ipynb #609e7bff
 class EpochBatches(torch.utils.data.Sampler):
@@ -1446,7 +1446,22 @@ def _train(a: dict) -> Run:
     _check_args(a["epochs"], a["batch_size"], a["batches_per_step"], a["accumulate"], a["unfreeze_after"])
     with isolated_global_state(): return _train_run(a, t0)
 
+# %% ../nbs/04_training.ipynb #c0pre7op
+@dataclass
+class PretrainedOptions:
+    "What `train` takes for images, texts and pretrained models: keyword options of `train`, and `%aimass train` flags."
+    image: str|None = None  # the column of image file paths in a CSV/Parquet/DataFrame (a folder of class folders needs none)
+    augment: bool = False  # images: random resized crops and flips in training
+    text: str|list|None = None  # the text column (or several, joined) of a CSV/TSV/Parquet/JSONL file or DataFrame: a text model (hf:)
+    max_length: int = 128  # texts: tokens kept of each text; longer ones are truncated (the Run counts them)
+    multi_label: bool = False  # texts: each target is a set of labels (a list, or "a|b"), sigmoid outputs
+    lora: str|None = None  # texts: LoRA adapters, r=8,alpha=16 (needs peft: aimass[lora]); merged into the saved weights
+    freeze: bool = False  # train only the head of a pretrained (or init_from) model
+    unfreeze_after: int|None = None  # with freeze: train every layer from this epoch on
+    gradient_checkpointing: bool = False  # recompute activations in backward (transformers and timm models): less memory
+
 # %% ../nbs/04_training.ipynb #a8d692a6
+@with_options(PretrainedOptions, more=True)
 def train(model: str|type|nn.Module = "mlp",  # a template (mlp, cnn, linear), lightgbm, an nn.Module or LightningModule class or instance, hf:ID_OR_FOLDER or timm:NAME
           data: str|Path|pd.DataFrame|tuple|Dataset = "digits",  # a built-in dataset, a CSV/TSV/Parquet file, a DataFrame, (X, y), or a folder of images
           *,
@@ -1473,23 +1488,16 @@ def train(model: str|type|nn.Module = "mlp",  # a template (mlp, cnn, linear), l
           register: bool = True,  # register the result as a new version; --no-register keeps it in the run folder (run.register() later)
           resume: bool|str|None = None,  # continue the newest run of `name` (or a run id, folder or checkpoint) with its model, data and settings; a larger epochs trains longer
           init_from: str|None = None,  # start from a registered version's weights (a ref), or a weights file (.safetensors, weights-only .pt)
-          image: str|None = None,  # the column of image file paths in a CSV/Parquet/DataFrame (a folder of class folders needs none)
-          augment: bool = False,  # images: random resized crops and flips in training
-          text: str|list|None = None,  # the text column (or several, joined) of a CSV/TSV/Parquet/JSONL file or DataFrame: a text model (hf:)
-          max_length: int = 128,  # texts: tokens kept of each text; longer ones are truncated (the Run counts them)
-          multi_label: bool = False,  # texts: each target is a set of labels (a list, or "a|b"), sigmoid outputs
-          lora: str|None = None,  # texts: LoRA adapters, r=8,alpha=16 (needs peft: aimass[lora]); merged into the saved weights
-          freeze: bool = False,  # train only the head of a pretrained (or init_from) model
-          unfreeze_after: int|None = None,  # with freeze: train every layer from this epoch on
           accumulate: int = 1,  # batches whose gradients add up to one optimizer step
-          gradient_checkpointing: bool = False,  # recompute activations in backward (transformers and timm models): less memory
           progress: bool|str = "auto",  # auto: a dashboard in a notebook, a progress bar elsewhere; False: neither
           callbacks: list[L.Callback]|None = None,  # Lightning callbacks, added to aimass's own
           missing_target: Literal["drop", "error"] = "drop",  # rows without a target: left out (the Run counts them), or an error
           model_kwargs: dict|None = None,  # arguments for the model's constructor (also as keywords: hidden=..., dropout=...)
           **template_kwargs) -> Run:
     "Train `model` on `data` with Lightning, register the result as a new version, and return its `Run`."
-    return _train({**{k: v for k, v in locals().items() if k != "template_kwargs"}, "model_kwargs": {**(model_kwargs or {}), **template_kwargs}})
+    options = {f.name: template_kwargs.pop(f.name, f.default) for f in fields(PretrainedOptions)}  # the rest go to the model
+    return _train({**{k: v for k, v in locals().items() if k not in ("template_kwargs", "options")}, **options,
+                   "model_kwargs": {**(model_kwargs or {}), **template_kwargs}})
 
 # %% ../nbs/04_training.ipynb #e3edf7f1
 train.__kwargs_from__ = lambda: list(TEMPLATES.values())  # the templates' own arguments are flags of `%aimass train` too
