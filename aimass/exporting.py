@@ -6,7 +6,7 @@ Docs: https://aimass.github.io/aimass/exporting.html.md"""
 
 # %% ../nbs/05_exporting.ipynb #903e2929
 from __future__ import annotations
-import contextlib, io, json, logging, os, re, tempfile, warnings
+import contextlib, io, itertools, json, logging, os, re, tempfile, warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -487,7 +487,7 @@ def calibration_pixels(mv, pre: Preprocessor, n: int = CALIBRATION_IMAGES, seed:
     paths = [Path(split["root"])/p for p in split.get("train", [])]
     if not paths: return None, "its split lists none"
     pick = np.random.default_rng(seed).permutation(len(paths))
-    paths = [str(paths[i]) for i in pick if paths[i].is_file()][:n]
+    paths = list(itertools.islice((str(paths[i]) for i in pick if paths[i].is_file()), n))  # stops at n: no stat of every file
     if not paths: return None, f"they are no longer in {split['root']}"
     try: return pre.transform(paths), None
     except AimassError as e: return None, f"they cannot be read ({e})"

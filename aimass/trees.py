@@ -206,7 +206,7 @@ def _card(net, pre, ds, splits, history, metrics, hparams, run_dir, duration):
                      run={"dir": str(run_dir), "epochs": len(history), "epoch": best, "weights": "best val_loss", "duration_s": round(duration, 2)})
 
 # %% ../nbs/02b_trees.ipynb #a4b6ad8f
-def _version_files(net, pre, ds, splits, x_test, out_v, history, report) -> dict:
+def _version_files(pre, ds, splits, x_test, out_v, history, report) -> dict:
     """What registering a tree writes beside its card: the held-out rows (export and bench check on them), the history,
     its evaluation report, and the training statistics drift checks compare new rows with."""
     from aimass.monitoring import reference_files
@@ -261,7 +261,7 @@ def fit_tree(data="breast_cancer",  # a built-in table, a CSV/Parquet file, a Da
     report = _report(ds, splits.test, pre, predictor, out_t, history, card.run["epoch"], card.run["weights"], f"{card.model} on {ds.name}")
     summary = summarize(ds, pre, splits)
     card.data["summary"] = summary.to_dict()
-    files = _version_files(net, pre, ds, splits, xt, out_v, history, report)
+    files = _version_files(pre, ds, splits, xt, out_v, history, report)
     (run_dir/"run.json").write_text(json.dumps({"name": name, "model": "lightgbm", "hparams": hparams}))  # register_run reads the name
     mv = _keep(name, card, net.state_dict(), files, run_dir, register)  # train's: registered, or kept in run_dir/model
     return _run(name, run_dir, card, mv, net, pre, out_t, splits.test.y, history, time.perf_counter() - t0, summary, report)
