@@ -9,8 +9,8 @@ bash tools/setup.sh
 export PYTHONUNBUFFERED=1
 start=$SECONDS
 
-echo "== nbdev-test: the layer notebooks"
-.venv/bin/nbdev-test nbs --file-re '^[0-2]' --n-workers 2 --timing
+echo "== nbdev-test: the layer notebooks (one torch thread each: two at once share the two cores)"
+OMP_NUM_THREADS=1 .venv/bin/nbdev-test nbs --file-re '^[0-2]' --n-workers 2 --timing
 
 echo "== pytest: the quick tier ($((SECONDS - start)) s so far)"
 OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q -n "${AIMASS_TEST_WORKERS:-3}" -m "not slow and not browser and not venv and not serial" "$@"

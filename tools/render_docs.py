@@ -43,7 +43,7 @@ def execute(path: Path, force_flags=()) -> tuple:
     nb = nbformat.read(path, as_version=4)
     skipped = skipped_cells(path, nb, force_flags)
     for i in skipped: nb.cells[i].metadata.setdefault("tags", []).append(SKIP_TAG)
-    client = NotebookClient(nb, timeout=900, kernel_name="python3", skip_cells_with_tag=SKIP_TAG, record_timing=False,
+    client = NotebookClient(nb, timeout=900, kernel_name="python3", skip_cells_with_tag=SKIP_TAG, record_timing=True,
                             coalesce_streams=True, resources={"metadata": {"path": str(path.parent)}})
     try: client.execute()
     except Exception as e: return nb, f"{type(e).__name__}: {str(e)[-1500:]}", time.perf_counter() - t
@@ -173,9 +173,23 @@ def page_html(nb, page: Path, groups: list | None = None) -> str:
     return link_pages(body)
 
 
+def slow_cells(nb, at_least=5.0, most=3) -> list:
+    "`(seconds, cell index, first line)` of the slowest cells that took `at_least` seconds: where a notebook's time goes."
+    from datetime import datetime
+    found = []
+    for i, cell in enumerate(nb.cells):
+        timing = cell.metadata.pop("execution", {}) if cell.cell_type == "code" else {}  # not kept in the pages
+        start, end = timing.get("iopub.execute_input"), timing.get("shell.execute_reply")
+        if not (start and end): continue
+        seconds = (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+        if seconds >= at_least: found.append((seconds, i, cell.source.splitlines()[0][:80] if cell.source else ""))
+    return sorted(found, reverse=True)[:most]
+
+
 def render(path: Path, force_flags=()) -> tuple:
     "Execute one notebook and write its HTML page; `(path, executed notebook, error or None, seconds)`."
     nb, error, dt = execute(path, force_flags)
+    nb.metadata["aimass_slow_cells"] = slow_cells(nb)
     if error is None:
         dest = OUT/page_of(path)
         dest.parent.mkdir(parents=True, exist_ok=True); dest.write_text(page_html(nb, page_of(path)))
@@ -203,15 +217,19 @@ def main(args):
     args = [a for a in args if a != "--save"]
     os.environ["IN_TEST"] = "1"  # as nbdev-test
     os.environ["AIMASS_HOME"] = tempfile.mkdtemp(prefix="aimass-docs-")  # never the user's (notebooks set their own)
+    # Two kernels share two cores: one torch thread each, or their OpenMP threads spin waiting on each other (beside
+    # the images tutorial, the README's 10-epoch digits MLP took 33 s instead of 5.5 s). The tests run so too.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     paths = notebooks(args)
     # Two kernels at a time (this machine has two cores), the end-to-end notebooks (the longest) first.
     order = sorted(paths, key=lambda p: not (p.parent.name == "tutorials" or p.name == "index.ipynb"))
     done, t0 = {}, time.perf_counter()
     with ThreadPoolExecutor(2) as pool:
         for fut in as_completed([pool.submit(render, p, force) for p in order]):  # each line as its notebook ends: CI logs show progress
-            p, _, e, dt = done.setdefault(fut.result()[0], fut.result())
+            p, nb, e, dt = done.setdefault(fut.result()[0], fut.result())
+            slow = "".join(f"\n        {s:5.1f}s cell {i}: {line}" for s, i, line in nb.metadata.pop("aimass_slow_cells"))
             print(f"{'FAIL' if e else 'ok  '} {dt:6.1f}s {os.path.relpath(p, ROOT)}  ({time.perf_counter() - t0:.0f} s)"
-                  + (f"\n      {e}" if e else ""), flush=True)
+                  + slow + (f"\n      {e}" if e else ""), flush=True)
     results = [done[p] for p in paths]
     failed = [r for r in results if r[2]]
     print(f"{len(results) - len(failed)} passed, {len(failed)} failed")

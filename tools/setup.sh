@@ -8,8 +8,9 @@ PY=${PYTHON:-python3}
 stamp=.venv/.aimass-installed
 # The pytest settings (markers, options) change no install: they are left out of the stamp.
 # The extras the tests and notebooks need: dev tools, peft for the LoRA examples, optuna for tuning, LightGBM and its
-# ONNX converter for the leaderboard (each optional for users: aimass[lora], aimass[tune], aimass[trees]).
-extras="dev,lora,tune,trees"
+# ONNX converter for the leaderboard, the real all-MiniLM-L6-v2 for the text tutorial and benchmark (each optional
+# for users: aimass[lora], aimass[tune], aimass[trees], aimass[tutorials]).
+extras="dev,lora,tune,trees,tutorials"
 want=$( (echo "$extras"; awk '/^\[/ {skip = ($0 == "[tool.pytest.ini_options]")} !skip' pyproject.toml) | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
