@@ -19,7 +19,7 @@ from .registry import BenchInfo, Registry
 from .exporting import export, graph_module, heldout_inputs, input_spec, load_onnx, markdown_table, metric_key, onnx_feed, onnx_path
 
 # %% auto #0
-__all__ = ['BACKENDS', 'CUDA_BACKENDS', 'default_backends', 'BenchReport', 'bench']
+__all__ = ['BACKENDS', 'CUDA_BACKENDS', 'MIN_REPEATS', 'MAX_REPEATS', 'default_backends', 'BenchReport', 'auto_repeats', 'bench']
 
 # %% ../nbs/06_benchmark.ipynb #73af531d
 BACKENDS = ("torch", "onnx", "onnx-int8", "torch-compile")
@@ -174,7 +174,7 @@ def _fastest(t: pd.DataFrame) -> dict:
 class BenchReport:
     "Benchmark results of one version: a tidy `table`, the `best` backends, skipped backends and a latency plot."
     ref: str
-    table: pd.DataFrame        # backend, batch_size, p50_ms, p90_ms, p99_ms, rows_per_s, peak_mem_mb, metric
+    table: pd.DataFrame        # backend, batch_size, p50_ms, p90_ms, p99_ms, rows_per_s, peak_mem_mb, metric, calls (timed)
     threads: int
     metric_name: str
     skipped: dict = field(default_factory=dict)   # backend -> why
@@ -274,7 +274,7 @@ def _shown(self: BenchReport) -> pd.DataFrame:
     return pd.DataFrame({"backend": t.backend, "batch": t.batch_size,
                          **{f"{q} (ms)": t[f"{q}_ms"].map(_plain) for q in ("p50", "p90", "p99")},
                          "throughput (rows/s)": t.rows_per_s.map(_plain), "peak memory (MB)": t.peak_mem_mb.map(_plain),
-                         self.metric_name: t.metric.map("{:.4f}".format)})
+                         self.metric_name: t.metric.map("{:.4f}".format), **({"timed calls": t.calls} if "calls" in t else {})})
 
 # %% ../nbs/06_benchmark.ipynb #85abce4b
 @patch
@@ -314,14 +314,15 @@ def summary(self: BenchReport) -> BenchInfo:
                      created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 # %% ../nbs/06_benchmark.ipynb #5486b1a3
-def _checked(backends, batch_sizes, threads: int, repeats: int) -> tuple[list, list]:
+def _checked(backends, batch_sizes, threads: int, repeats: int|None, max_time: float = 1.0) -> tuple[list, list]:
     "Backends (once each, in order) and batch sizes (sorted), or an `AimassError` naming the one value that is wrong."
     backends, batch_sizes = list(dict.fromkeys(backends)), sorted({int(b) for b in batch_sizes})
     for b in backends:
         if b not in BACKENDS + CUDA_BACKENDS: raise AimassError(f"Unknown backend {b!r}: use {', '.join(BACKENDS + CUDA_BACKENDS)}.")
     if not batch_sizes: raise AimassError("batch_sizes must name at least one batch size, like 1,8,64.")
     for name, v in (("batch_sizes", batch_sizes[0]), ("threads", threads), ("repeats", repeats)):
-        if v < 1: raise AimassError(f"{name} must be at least 1, not {v}.")
+        if v is not None and v < 1: raise AimassError(f"{name} must be at least 1, not {v}.")
+    if not max_time > 0: raise AimassError(f"max_time must be more than 0 seconds, not {max_time}.")
     return backends, batch_sizes
 
 # %% ../nbs/06_benchmark.ipynb #41a92f69
@@ -364,16 +365,22 @@ def _skip_reason(e: Exception) -> str:
     return f"{type(e).__name__}: {msg[0][:300] if msg else ''}"
 
 # %% ../nbs/06_benchmark.ipynb #be71fd96
+WARMUP_CALLS, WARMUP_S = 20, 1.0  # the default warm-up: up to 20 calls per batch size, stopping after about 1 s (2 calls at least)
+
 def _prepare(name, lm, x, batch_sizes, warmup, threads, dynamic):
-    "Build backend `name` and warm it up at every batch size: `(run function, seconds, peak memory growth in MB)`; the GPU's memory for CUDA backends."
+    """Build backend `name` and warm it up at every batch size: `(run function, seconds, peak memory growth in MB)`; the
+    GPU's memory for CUDA backends. `warmup=None` warms up within `WARMUP_S`; `run.call_s` holds each batch size's last
+    call time, from which `bench` sizes its timed runs."""
     peak, t0 = _cuda_peak_meter() if name in CUDA_BACKENDS else _peak_meter(), time.perf_counter()
     weights = _weights_mb(lm) if name in ("torch", "torch-compile") else 0.0  # loaded before: counted by hand; others copy or load their own
     fn = make_backend(name, lm, threads)
+    sync, fn.call_s = getattr(fn, "sync", None) or (lambda: None), {}
     for bs in batch_sizes:
         if not _runnable(name, bs, dynamic): continue
-        xb = batch_of(x, bs)
-        for _ in range(max(1, warmup)): fn(xb)  # torch.compile compiles here, cuDNN tries its algorithms
-    if getattr(fn, "sync", None): fn.sync()
+        xb, start = batch_of(x, bs), time.perf_counter()
+        for i in range(max(1, WARMUP_CALLS if warmup is None else warmup)):  # torch.compile compiles in the first call, cuDNN tries its algorithms
+            t = time.perf_counter(); fn(xb); sync(); fn.call_s[bs] = time.perf_counter() - t
+            if warmup is None and i >= 1 and time.perf_counter() - start >= WARMUP_S: break
     return fn, time.perf_counter() - t0, weights + peak()
 
 # %% ../nbs/06_benchmark.ipynb #938b40ff
@@ -402,26 +409,37 @@ def _build_backends(names, lm, x, batch_sizes, warmup, threads, dynamic, bar) ->
         bar.update(1)
     return fns, setup, mem, skipped
 
+# %% ../nbs/06_benchmark.ipynb #a7c3e9d1
+MIN_REPEATS, MAX_REPEATS = 10, 200
+
+def auto_repeats(call_s: float, max_time: float = 1.0) -> int:
+    "Timed calls per backend for a call of `call_s` seconds: as many as fit in `max_time`, within 10 and 200 (as `timeit`'s autorange, bounded)."
+    return int(np.clip(max_time / call_s, MIN_REPEATS, MAX_REPEATS)) if call_s > 0 else MAX_REPEATS
+
 # %% ../nbs/06_benchmark.ipynb #ae0f1637
-def _time_backends(fns: dict, x, batch_sizes, repeats, rounds, dynamic, mem: dict, skipped: dict, bar) -> list:
-    "Time the built backends at each batch size, interleaved: one row per backend and batch size (adds to `skipped`)."
+def _time_backends(fns: dict, x, batch_sizes, repeats, rounds, dynamic, mem: dict, skipped: dict, bar, max_time: float = 1.0) -> list:
+    """Time the built backends at each batch size, interleaved: one row per backend and batch size, with the number of
+    timed `calls` (adds to `skipped`). `repeats=None`: as many calls as the slowest backend makes in `max_time`."""
     rows = []
     for bs in batch_sizes:
         bar.set_postfix_str(f"batch {bs}")
         run = {n: f for n, f in fns.items() if _runnable(n, bs, dynamic)}
         for n in fns.keys() - run.keys():
             skipped[f"{n} at batch {bs}"] = "the export has a fixed batch size of 1: export(ref, dynamic_batch=True) to run larger batches"
-        try: ms = time_interleaved(run, batch_of(x, bs), repeats, rounds, on_round=lambda: bar.update(1))
+        n = repeats or auto_repeats(max((getattr(f, "call_s", {}).get(bs, 0.0) for f in run.values()), default=0.0), max_time)
+        blocks = rounds if repeats else max(1, min(rounds, n // 5))  # few slow calls: fewer blocks (each warms up twice)
+        bar.update(rounds - blocks)
+        try: ms = time_interleaved(run, batch_of(x, bs), n, blocks, on_round=lambda: bar.update(1))
         except Exception as e:
             raise AimassError(f"A backend failed while being timed at batch {bs}: {_skip_reason(e)}") from e
-        rows += [{"backend": n, "batch_size": bs, **latency_row(ms[n], bs), "peak_mem_mb": mem[n]} for n in run]
+        rows += [{"backend": b, "batch_size": bs, **latency_row(ms[b], bs), "peak_mem_mb": mem[b], "calls": len(ms[b])} for b in run]
     return rows
 
 # %% ../nbs/06_benchmark.ipynb #d32fa387
 def _results_table(rows: list, metric: dict, backends: list) -> pd.DataFrame:
     "The report's table: one row per backend (in the order asked) and batch size, with the backend's test metric."
     for r in rows: r["metric"] = metric[r["backend"]]
-    cols = ["backend", "batch_size", "p50_ms", "p90_ms", "p99_ms", "rows_per_s", "peak_mem_mb", "metric"]
+    cols = ["backend", "batch_size", "p50_ms", "p90_ms", "p99_ms", "rows_per_s", "peak_mem_mb", "metric", "calls"]
     table = pd.DataFrame(rows, columns=cols).sort_values(["backend", "batch_size"], key=lambda c: c.map(backends.index) if c.name == "backend" else c)
     return table.reset_index(drop=True)
 
@@ -450,8 +468,9 @@ def bench(ref: str,  # NAME, NAME:vN or NAME@ALIAS
           backends: tuple[str, ...]|None = None,  # any of torch, onnx, onnx-int8, torch-compile, torch-cuda, torch-cuda-bf16, torch-cuda-fp16, torch-compile-cuda (default: the first four, and the CUDA ones where torch sees a GPU)
           batch_sizes: tuple[int, ...] = (1, 8, 64),  # rows per call
           threads: int = 1,  # intra-op threads for every backend
-          warmup: int = 20,  # untimed calls before timing
-          repeats: int = 200,  # timed calls per backend and batch size
+          warmup: int|None = None,  # untimed calls per batch size before timing (default: up to 20, within about a second)
+          repeats: int|None = None,  # timed calls per backend and batch size (default: as many as fit in max_time, 10 to 200)
+          max_time: float = 1.0,  # seconds of timed calls per backend and batch size, when repeats is not given
           rounds: int = 10,  # blocks the timed calls are interleaved in
           save: bool = True,  # store the results with the version (serve and predict then pick the fastest backend)
           registry: Registry|None = None,  # the registry to use (default: the one under $AIMASS_HOME)
@@ -461,17 +480,17 @@ def bench(ref: str,  # NAME, NAME:vN or NAME@ALIAS
     import torch
     from tqdm.auto import tqdm
     from aimass.registry import Registry
-    backends, batch_sizes = _checked(default_backends() if backends is None else backends, batch_sizes, threads, repeats)
+    backends, batch_sizes = _checked(default_backends() if backends is None else backends, batch_sizes, threads, repeats, max_time)
     reg = registry or Registry()
     ref = str(reg.resolve(ref))
     _ensure_export(reg, ref, backends)
     lm = reg.load(ref)
     x, y, dynamic = _bench_inputs(lm)
-    rounds = max(1, min(rounds, repeats))
+    rounds = max(1, min(rounds, repeats or MIN_REPEATS))
     with _torch_settings(threads, cuda=any(b in CUDA_BACKENDS for b in backends)), \
          tqdm(total=len(backends) + len(batch_sizes)*rounds, desc=f"bench {ref}", leave=False) as bar:
         fns, setup, mem, skipped = _build_backends(backends, lm, x, batch_sizes, warmup, threads, dynamic, bar)
-        rows = _time_backends(fns, x, batch_sizes, repeats, rounds, dynamic, mem, skipped, bar)
+        rows = _time_backends(fns, x, batch_sizes, repeats, rounds, dynamic, mem, skipped, bar, max_time)
         big = max(batch_sizes)
         metric = {n: _metric(f, lm, x, y, big if _runnable(n, big, dynamic) else 1) for n, f in fns.items()}
     gpu = torch.cuda.get_device_name() if fns.keys() & set(CUDA_BACKENDS) else None

@@ -194,7 +194,7 @@ def part_infer(st, a):
     print(table(out, ["backend", "batch", "p50 ms", "p99 ms", "texts/s", "vs eager p50", "n"]))
     for r in rows:
         if "compile" in r["backend"]: print(f"torch.compile first call (compiles, cold cache) at batch {r['batch']}: {r['first_call_s']:.1f} s")
-    if acc: print(f"test accuracy by variant (aimass.export): {acc} (random-init encoder fine-tuned briefly: only the change matters)")
+    if acc: print(f"test accuracy by variant (aimass.export): {acc}" + ("" if st["pretrained"] else " (random-init encoder fine-tuned briefly: only the change matters)"))
     for variant, name, limit in (("onnx", "ONNX Runtime fp32", 0.6), ("onnx-int8", "ONNX Runtime int8", 0.35)):
         r = next((r for r in aimass_rows if r["backend"] == name and r["batch"] == 1), None)
         key = f"{name} p50 at batch 1 <= {limit}x eager" + (" and <= 1 point lost" if variant == "onnx-int8" else "")
@@ -450,7 +450,7 @@ def main(argv=None):
     df = pd.read_csv(tickets)
     texts = list(df.body)
     pretrained = None if a.random_weights else pretrained_minilm()
-    st = {"home": home, "tickets": tickets, "texts": texts, "targets": {},
+    st = {"home": home, "tickets": tickets, "texts": texts, "targets": {}, "pretrained": pretrained,
           "encoder": make_encoder(Path(home)/"minilm", texts, pretrained=pretrained),
           "encoder4": make_encoder(Path(home)/"minilm-4", texts, num_labels=df.queue.nunique(), pretrained=pretrained)}
     n_tok = [len(t.split()) for t in texts]

@@ -1,6 +1,7 @@
 "Benchmarks: table shape and columns, results in the card, thread settings restored, skipped backends."
-import json
+import json, time
 import numpy as np, pandas as pd, pytest
+from tqdm.auto import tqdm
 import torch
 
 from aimass.core import AimassError, atomic_write_json
@@ -8,7 +9,7 @@ from aimass.registry import Registry
 import aimass.benchmark as bm
 from factory import make_version
 
-COLUMNS = ["backend", "batch_size", "p50_ms", "p90_ms", "p99_ms", "rows_per_s", "peak_mem_mb", "metric"]
+COLUMNS = ["backend", "batch_size", "p50_ms", "p90_ms", "p99_ms", "rows_per_s", "peak_mem_mb", "metric", "calls"]
 
 
 def test_bench_exports_first_and_stores_results():
@@ -16,7 +17,7 @@ def test_bench_exports_first_and_stores_results():
     threads_before = torch.get_num_threads()
     rep = bm.bench(mv.ref, backends=("torch", "onnx", "onnx-int8"), batch_sizes=(1, 4), warmup=2, repeats=5)
     assert torch.get_num_threads() == threads_before
-    assert list(rep.table.columns) == COLUMNS and len(rep.table) == 6
+    assert list(rep.table.columns) == COLUMNS and len(rep.table) == 6 and (rep.table.calls == 5).all()
     assert set(rep.table.backend) == {"torch", "onnx", "onnx-int8"} and set(rep.table.batch_size) == {1, 4}
     t = rep.table
     assert (t.p50_ms > 0).all() and (t.p50_ms <= t.p90_ms).all() and (t.p90_ms <= t.p99_ms).all() and (t.rows_per_s > 0).all()
@@ -33,6 +34,24 @@ def test_bench_exports_first_and_stores_results():
     assert len(results["rows"]) == 6 and (mv.path/"bench/latency.png").read_bytes()[:4] == b"\x89PNG"
     assert "Benchmark of" in repr(rep) and "<img" in rep._repr_html_()
     assert rep.p50().shape == (2, 3)
+
+
+def test_default_timing_fits_a_time_budget_for_slow_models(monkeypatch):
+    "A MiniLM at 128 tokens takes about 2 s a call at batch 64: 20 warm-up and 200 timed calls per backend made the default bench of a text model run for half an hour."
+    calls = []
+    def slow(x): calls.append(len(x)); time.sleep(0.05 * len(x)); return np.zeros((len(x), 2), np.float32)
+    monkeypatch.setattr(bm, "make_backend", lambda name, lm, threads: slow)
+    x = np.zeros((8, 3), np.float32)
+    fn, _, _ = bm._prepare("onnx", None, x, [1, 8], None, 1, True)  # the default warm-up: about a second per batch size
+    assert 2 <= calls.count(1) <= 21 and 2 <= calls.count(8) <= 4, calls  # 0.05 s calls: up to 20; 0.4 s calls: 3
+    assert fn.call_s[8] >= 0.4
+    calls.clear()
+    rows = bm._time_backends({"onnx": fn}, x, [1, 8], None, 10, True, {"onnx": 0.0}, {}, tqdm(disable=True), max_time=1.0)
+    assert 15 <= rows[0]["calls"] <= 20 and rows[1]["calls"] == 10, rows  # 1 s / 0.05 s; 1 s / 0.4 s, raised to the least of 10
+    assert calls.count(8) == 10 + 2 * 2, calls  # in 2 blocks of 5, each after 2 warm-up calls (10 blocks: 30 calls)
+    rows = bm._time_backends({"onnx": fn}, x, [1], 7, 3, True, {"onnx": 0.0}, {}, tqdm(disable=True))
+    assert rows[0]["calls"] == 7  # repeats given: exactly that many
+    with pytest.raises(AimassError, match="max_time"): bm._checked(["torch"], [1], 1, None, max_time=0)
 
 
 @pytest.mark.slow

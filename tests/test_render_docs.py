@@ -73,3 +73,14 @@ def test_rendered_pages_have_no_bare_asserts_in_the_tutorials():
         nb = render_docs.docs_cells(nbformat.read(path, as_version=4))
         shown = [c.source for c in nb.cells if c.cell_type == "code"]
         assert not [s for s in shown if any(line.lstrip().startswith(("assert ", "np.testing.assert")) for line in s.splitlines())], path.name
+
+
+def test_slow_cells_name_where_a_notebook_spends_its_time():
+    def timed(source, start, end):
+        cell = new_code_cell(source)
+        cell.metadata["execution"] = {"iopub.execute_input": f"2026-11-30T10:00:{start:02d}.000000Z", "shell.execute_reply": f"2026-11-30T10:00:{end:02d}.500000Z"}
+        return cell
+    nb = new_notebook(cells=[new_markdown_cell("# x"), timed("%aimass train mlp\n# more", 0, 30), timed("fast()", 30, 31),
+                             timed("%aimass bench m", 31, 40), new_code_cell("not run")])
+    assert render_docs.slow_cells(nb) == [(30.5, 1, "%aimass train mlp"), (9.5, 3, "%aimass bench m")]
+    assert all("execution" not in c.metadata for c in nb.cells)  # the pages and saved notebooks keep no timings
