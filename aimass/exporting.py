@@ -400,6 +400,10 @@ class ExportReport:
     @property
     def passed(self) -> bool: return all(c["passed"] for c in self.checks.values())
     @property
+    def failed(self) -> list: return [v for v, c in self.checks.items() if not c["passed"]]
+    @property
+    def int8_only_failed(self) -> bool: return self.failed == ["int8"] and self.served is not None  # fp32 serves: the export is fine
+    @property
     def model_path(self) -> Path: return self.path.parent/self.files["fp32"]
     @property
     def served(self) -> str|None:  # what serve runs by default, as ModelCard.onnx_variant picks it (int8 only where bench finds it best)
@@ -426,7 +430,7 @@ def table(self: ExportReport) -> pd.DataFrame:
 @patch
 def _head(self: ExportReport) -> str:
     "The verdict line the reprs start with."
-    status = "passed" if self.passed else "FAILED"
+    status = "passed" if self.passed else "passed; int8 not kept" if self.int8_only_failed else "FAILED"
     return (f"ONNX export of {self.ref}: {status} ({self.exporter} exporter, opset {self.opset}, IR {self.ir_version}; "
             f"input {', '.join(map(repr, self.io.get('input_names', [self.io['input_name']])))} {self.io['input_shape']} {self.io['inputs']}"
             + (f", {self.io['dtype']} {self.io['layout']}" if self.io.get("layout") else "") + ")"
@@ -652,9 +656,10 @@ def export(ref: str,  # NAME, NAME:vN or NAME@ALIAS
                            io_, parity, metrics, _judge(parity, metrics, lm.task, lm.card.target.std), info["notes"])
         (work/"report.json").write_text(json.dumps(rep.to_dict(), indent=2, default=float))
         reg.put_files(lm.ref, "onnx", {f: work/f for f in [*files.values(), "report.json"]}, export=export_summary(rep))
-    if not rep.passed:
-        warnings.warn(f"aimass: the ONNX export of {rep.ref} failed its checks (saved anyway, marked failing): "
-                      + "; ".join(c["why"] for c in rep.checks.values() if not c["passed"]), stacklevel=2)
+    why = "; ".join(rep.checks[v]["why"] for v in rep.failed)
+    if rep.int8_only_failed: warnings.warn(f"aimass: {rep.ref} exported, {rep.served} serves; {why}", stacklevel=2)
+    elif not rep.passed:
+        warnings.warn(f"aimass: the ONNX export of {rep.ref} failed its checks (saved anyway, marked failing): {why}", stacklevel=2)
     return rep
 
 # %% ../nbs/05_exporting.ipynb #798c9f43

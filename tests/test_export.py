@@ -114,6 +114,18 @@ def test_failed_check_is_loud_and_saved(monkeypatch):
     assert exp.passed is False and (mv.path/"onnx/model.onnx").exists()
 
 
+def test_int8_falling_short_is_not_an_export_failure(monkeypatch):
+    "int8 losing accuracy on a good fp32 export: the headline said FAILED and the warning 'failed its checks', while fp32 served."
+    mv = make_version("linear")
+    monkeypatch.setattr(ex, "INT8_MAX_DROP", -1.0)  # every int8 now falls short of its limit
+    with pytest.warns(UserWarning, match=r"exported, fp32-opt serves; int8 accuracy .* never served") as caught:
+        rep = ex.export(mv.ref, quantize="int8")
+    assert not any("failed its checks" in str(w.message) for w in caught)
+    assert rep.failed == ["int8"] and rep.int8_only_failed and rep.served == "fp32-opt"
+    assert "passed; int8 not kept" in repr(rep) and "FAILED" not in repr(rep)
+    assert Registry().get(mv.ref).card.export.checks["int8"] is False  # never served, as before
+
+
 def test_legacy_fallback_is_recorded(monkeypatch, capsys):
     real = torch.onnx.export
     def no_dynamo(*a, dynamo=True, **kw):
