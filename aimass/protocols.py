@@ -6,10 +6,10 @@ Docs: https://aimass.github.io/aimass/protocols.html.md"""
 
 # %% auto #0
 __all__ = ['OPEN_PATHS', 'v2_inputs', 'v2_outputs', 'v2_metadata', 'read_v2_request', 'v2_instances', 'v2_response',
-           'plain_text_body', 'ProtocolRoutes', 'protocol_paths', 'add_protocols']
+           'plain_text_body', 'ProtocolRoutes', 'protocol_paths', 'VersionedPaths', 'add_protocols']
 
 # %% ../nbs/10a_protocols.ipynb #fdabffdd
-import base64, codecs, json, math, struct
+import base64, codecs, json, math, re, struct
 import numpy as np
 from fastcore.basics import patch
 from fastapi.responses import JSONResponse
@@ -315,6 +315,28 @@ def _v1_routes(server, models: list):
         app.add_api_route(f"/v1/models/{m.name}", lambda m=m: _readiness(server, m.name, m.path), methods=["GET"],
                           summary=f"Whether {m.name} is ready (KServe v1)", tags=["protocols"])
 
+# %% ../nbs/10a_protocols.ipynb #e7a3c2d5
+_VERSIONED = re.compile(r"^/v2/models/([^/]+)/versions/([^/]+)(/infer|/ready)?$")
+
+class VersionedPaths:
+    """ASGI middleware, outermost: `/v2/models/NAME/versions/V` (and `/ready`, `/infer`) goes on as the unversioned path
+    when V is the version NAME serves now, so the API key, the limits and the counters apply as there; any other V goes
+    on unchanged, to a route that answers 404 naming the version served (after the key)."""
+    def __init__(self, app, infos: dict): self.app, self.infos = app, infos
+
+    async def __call__(self, scope, receive, send):
+        m = _VERSIONED.match(scope["path"]) if scope["type"] == "http" and "/versions/" in scope["path"] else None
+        if m and m[1] in self.infos and str(self.infos[m[1]]().get("version")) == m[2]:
+            path = f"/v2/models/{m[1]}{m[3] or ''}"
+            scope = {**scope, "path": path, "raw_path": path.encode()}
+        return await self.app(scope, receive, send)
+
+# %% ../nbs/10a_protocols.ipynb #f8b4d3e6
+def _other_version(infos: dict, name: str, version: str) -> JSONResponse:
+    "404 for a version-qualified v2 path whose model or version is not served here, saying what is."
+    if name not in infos: return JSONResponse({"error": f"No model {name!r} here: {', '.join(infos)}."}, status_code=404)
+    return JSONResponse({"error": f"{name} serves version {infos[name]().get('version')} here, not {version}."}, status_code=404)
+
 # %% ../nbs/10a_protocols.ipynb #7bce0c04
 def _v2_routes(server, models: list, infos: dict):
     "The Open Inference Protocol's GET routes: health, server metadata, each model's metadata and readiness."
@@ -328,6 +350,8 @@ def _v2_routes(server, models: list, infos: dict):
         add(f"/v2/models/{m.name}", lambda m=m: v2_metadata(m.name, infos[m.name]()), methods=["GET"], summary=f"{m.name}'s inputs and outputs (v2)", tags=["protocols"])
         add(f"/v2/models/{m.name}/ready", lambda m=m: _readiness(server, m.name, m.path), methods=["GET"],
             summary=f"Whether {m.name} is ready (v2)", tags=["protocols"])
+    for path, methods in (("/v2/models/{name}/versions/{version}", ["GET"]), ("/v2/models/{name}/versions/{version}/{rest}", ["GET", "POST"])):
+        add(path, lambda name, version, rest="": _other_version(infos, name, version), methods=methods, include_in_schema=False)
 
 # %% ../nbs/10a_protocols.ipynb #a1f845a7
 _V2_BODY = {"type": "object", "required": ["inputs"], "properties": {
@@ -363,5 +387,6 @@ def add_protocols(server, cfg, infos: dict):
     inner = next((i for i, x in enumerate(stack) if x.cls is DirectPredict), len(stack))
     at = next((i + 1 for i, x in enumerate(stack) if x.cls.__name__ == "Guard"), inner)  # just inside Guard: a canary's Router sees predicts
     stack.insert(at, Middleware(ProtocolRoutes, models=cfg.models, infos=infos))
+    stack.insert(0, Middleware(VersionedPaths, infos=infos))  # outermost: Guard sees the unversioned path
     _document(server.app, cfg.models, infos)
     return server

@@ -141,6 +141,25 @@ def test_tritonclient_binary_tensors_and_nested_data(several):
     c.close()
 
 
+def test_version_qualified_v2_paths(several):
+    "tritonclient names the version: /v2/models/NAME/versions/V[/ready|/infer] answers as the unversioned route for the version served, 404 naming it otherwise."
+    c = th.InferenceServerClient(url=several.url.removeprefix("http://"))
+    served = home_ref(several, "churn").rsplit(":v", 1)[1]
+    assert c.is_model_ready("churn", served) and c.get_model_metadata("churn", served)["versions"] == [served]
+    inputs = [th.InferInput("age", [3], "FP32"), th.InferInput("city", [3], "BYTES"), th.InferInput("income", [3], "FP32")]
+    inputs[0].set_data_from_numpy(np.array([r["age"] for r in ROWS], np.float32))
+    inputs[1].set_data_from_numpy(np.array([r["city"].encode() for r in ROWS], dtype=object))
+    inputs[2].set_data_from_numpy(np.array([r["income"] for r in ROWS], np.float32))
+    res = c.infer("churn", inputs, model_version=served)
+    want = [p["label"] for p in several.predict(ROWS, model="churn")]
+    assert [x.decode() if isinstance(x, bytes) else x for x in res.as_numpy("label")] == want
+    assert not c.is_model_ready("churn", "99")
+    with pytest.raises(Exception, match=f"churn serves version {served} here, not 99"): c.infer("churn", inputs, model_version="99")
+    c.close()
+    r = httpx.post(f"{several.url}/v2/models/nosuch/versions/1/infer", json=_table_json(ROWS))
+    assert r.status_code == 404 and "No model 'nosuch' here" in r.json()["error"]
+
+
 @pytest.mark.parametrize("inputs, status, says", [
     ([{"name": "age", "datatype": "BYTES", "shape": [1], "data": ["old"]}], 400, "'age' has datatype 'BYTES'"),
     ([{"name": "age", "datatype": "FP32", "shape": [2], "data": [1.0]}], 400, "'age' has shape [2]"),
@@ -234,6 +253,9 @@ def test_single_model_server_answers_v1_under_its_name_and_the_api_key_rule(home
             for path in ("/", "/v2/health/live", "/v2/health/ready", "/health"): assert c.get(path).status_code == 200, path
             for path in ("/v1/models", "/v1/models/churn", "/v2/models/churn", "/v2/models/churn/ready"): assert c.get(path).status_code == 401, path
             assert c.post("/v2/models/churn/infer", json={"inputs": []}).status_code == 401  # the key first: nothing parsed
+            for path in ("/v2/models/churn/versions/1/infer", "/v2/models/churn/versions/9/infer"):  # served or not: the key first
+                assert c.post(path, json={"inputs": []}).status_code == 401, path
+            assert c.post("/v2/models/churn/versions/1/infer", json=_table_json(ROWS), headers=key).status_code == 200
             assert c.post("/v1/models/churn:predict", json={"instances": ROWS}).status_code == 401
         async def run():
             async with _kserve("v2") as c:
@@ -242,8 +264,8 @@ def test_single_model_server_answers_v1_under_its_name_and_the_api_key_rule(home
         ready, res = asyncio.run(run())
         assert ready and list(res.outputs[0].as_numpy()) == [p["label"] for p in a["predictions"]]
         end = time.monotonic() + 10  # counters reach /stats within 0.25 s
-        while srv.stats()["by_path"].get("/v2/models/churn/infer") != 1 and time.monotonic() < end: time.sleep(0.05)
-        assert srv.stats()["by_path"].get("/v2/models/churn/infer") == 1  # counted by Guard, as a predict
+        while srv.stats()["by_path"].get("/v2/models/churn/infer") != 2 and time.monotonic() < end: time.sleep(0.05)
+        assert srv.stats()["by_path"].get("/v2/models/churn/infer") == 2  # counted by Guard, as a predict (the versioned path too)
 
 
 @pytest.mark.slow
