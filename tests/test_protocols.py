@@ -160,6 +160,30 @@ def test_version_qualified_v2_paths(several):
     assert r.status_code == 404 and "No model 'nosuch' here" in r.json()["error"]
 
 
+def test_binary_outputs_when_asked(several):
+    "Outputs asked for as binary come after the JSON (tritonclient asks so by default); others stay JSON; both read the same."
+    c = th.InferenceServerClient(url=several.url.removeprefix("http://"))
+    age, city, income = th.InferInput("age", [3], "FP32"), th.InferInput("city", [3], "BYTES"), th.InferInput("income", [3], "FP32")
+    age.set_data_from_numpy(np.array([r["age"] for r in ROWS], np.float32))
+    city.set_data_from_numpy(np.array([r["city"].encode() for r in ROWS], dtype=object))
+    income.set_data_from_numpy(np.array([r["income"] for r in ROWS], np.float32))
+    want = several.predict(ROWS, model="churn")
+    probs = [[p["probabilities"]["no"], p["probabilities"]["yes"]] for p in want]
+    for outputs in (None, [th.InferRequestedOutput("label", binary_data=False), th.InferRequestedOutput("probabilities", binary_data=True)]):
+        res = c.infer("churn", [age, city, income], outputs=outputs)
+        assert [x.decode() if isinstance(x, bytes) else x for x in res.as_numpy("label")] == [p["label"] for p in want]
+        np.testing.assert_allclose(res.as_numpy("probabilities"), probs, atol=1e-6)
+        sizes = {o["name"]: (o.get("parameters") or {}).get("binary_data_size") for o in res.get_response()["outputs"]}
+        label_bytes = sum(4 + len(p["label"]) for p in want)  # each BYTES element: its 4-byte length, then itself
+        assert sizes == ({"label": label_bytes, "probabilities": 24} if outputs is None else {"label": None, "probabilities": 24}), sizes
+    c.close()
+    r = httpx.post(several.url + "/v2/models/churn/infer", json={**_table_json(ROWS), "parameters": {"binary_data_output": True}})
+    n = int(r.headers["Inference-Header-Content-Length"])
+    assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream" and len(r.content) == n + label_bytes + 24
+    r = httpx.post(several.url + "/v2/models/churn/infer", json=_table_json(ROWS))
+    assert "Inference-Header-Content-Length" not in r.headers and r.json()["outputs"][1]["data"] == pytest.approx([x for p in probs for x in p], abs=1e-6)
+
+
 @pytest.mark.parametrize("inputs, status, says", [
     ([{"name": "age", "datatype": "BYTES", "shape": [1], "data": ["old"]}], 400, "'age' has datatype 'BYTES'"),
     ([{"name": "age", "datatype": "FP32", "shape": [2], "data": [1.0]}], 400, "'age' has shape [2]"),
