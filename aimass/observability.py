@@ -146,7 +146,7 @@ def _env_models() -> dict:
     except ValueError: return {}
 
 # %% ../nbs/10b_observability.ipynb #ab67db5d
-_MODEL_PATHS = re.compile(r"^/v[12]/models/([^/:]+)(?::predict|/infer)$")
+_MODEL_PATHS = re.compile(r"^/v[12]/models/([^/:]+)(?::predict|(?:/versions/[^/]+)?/infer)$")  # v2 infer, version-qualified too
 
 def model_of(path: str, models: dict|None = None) -> str|None:
     "The model a request `path` is for (`models`: `{predict path: name}`, by default the server's); None when it is no model's."

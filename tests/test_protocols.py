@@ -158,6 +158,13 @@ def test_version_qualified_v2_paths(several):
     c.close()
     r = httpx.post(f"{several.url}/v2/models/nosuch/versions/1/infer", json=_table_json(ROWS))
     assert r.status_code == 404 and "No model 'nosuch' here" in r.json()["error"]
+    def counted():  # aimass_requests_total of churn's 200s, summed over versions
+        text = httpx.get(several.url + "/metrics").text
+        return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith("aimass_requests_total{") and 'model="churn"' in l and 'status="200"' in l)
+    before, end = counted(), time.monotonic() + 10
+    assert httpx.post(f"{several.url}/v2/models/churn/versions/{served}/infer", json=_table_json(ROWS)).status_code == 200
+    while counted() < before + 1 and time.monotonic() < end: time.sleep(0.1)
+    assert counted() == before + 1  # counted as churn's request in /metrics
 
 
 def test_binary_outputs_when_asked(several):
