@@ -509,7 +509,11 @@ def gradient_checkpointing(net: nn.Module):
         if isinstance(mod, HFClassifier):
             if not getattr(mod.model, "supports_gradient_checkpointing", False):
                 raise AimassError(f"{type(mod.model).__name__} does not support gradient checkpointing in transformers: train without gradient_checkpointing.")
-            mod.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False}); return net
+            if getattr(mod.model.config, "use_cache", None): mod.model.config.use_cache = False  # no cache to keep when recomputing (and no warning saying so)
+            enable = getattr(mod.model, "activation_checkpointing_enable", None)  # transformers >= 5.x; gradient_checkpointing_enable is deprecated there
+            if enable: enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else: mod.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            return net
         if hasattr(mod, "set_grad_checkpointing") and hasattr(mod, "default_cfg"): mod.set_grad_checkpointing(True); return net
     raise AimassError(f"gradient_checkpointing works for transformers (hf:) and timm models; {type(net).__name__} is neither.")
 

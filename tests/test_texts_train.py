@@ -163,3 +163,16 @@ def test_cuda_bf16_text_training(bert, frame, lora):
     assert run.status == "completed" and np.isfinite(run.history["train_loss"]).all()
     texts = frame.text[:6].tolist()  # trained on the GPU, registered, reloaded and run on the CPU
     np.testing.assert_allclose(aimass.load(run.ref).outputs(texts), run.model.outputs(texts), atol=1e-4)
+
+
+def test_gradient_checkpointing_on_the_cpu_quietly(bert, frame):
+    "gradient_checkpointing=True recomputes the encoder's layers in the backward pass, through transformers' current API, with no cache warnings."
+    from aimass.models import _hf_backbone, gradient_checkpointing
+    net, _, _ = _hf_backbone(f"hf:{bert}", ["faces", "medicine", "plants"], kind="text")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gradient_checkpointing(net)
+    assert net.model.is_gradient_checkpointing and net.model.config.use_cache in (None, False)
+    assert not [w for w in caught if "gradient_checkpointing_enable" in str(w.message)], [str(w.message) for w in caught]
+    run = fit(f"hf:{bert}", frame, gradient_checkpointing=True)
+    assert run.status == "completed" and np.isfinite(run.history["train_loss"]).all()
