@@ -395,14 +395,19 @@ def _alias_moved(ref, alias: str) -> AliasMove:
     return AliasMove(ref.name, alias, ref.version, None if prev is None or prev != prev else int(prev))  # NaN != NaN
 
 # %% ../nbs/20_commands.ipynb #c5e1a7f3
-def _check_args(verb: str, prog: str, notebook: bool, rest: list):
-    """Parse `rest` against `verb`'s flags as its source declares them, nothing imported: a mistyped flag or value is a
-    `CommandError` at once (train's layer imports Lightning: seconds), the same one the full parser raises."""
+def _check_args(verb: str, prog: str, rest: list, namespace: dict|None = None):
+    """Parse `rest` against `verb`'s flags as its source declares them, nothing imported: a mistyped flag or value, or a
+    `--data` name that is no dataset, file or notebook variable, is an error at once (train's layer imports Lightning:
+    seconds), the same one the full run raises."""
+    notebook = namespace is not None
     p = Parser(prog=f"{prog} {verb}")
     for f in declared_flags(verb):
         if notebook or not f.python_only: add_flag(p, f, notebook)
     if notebook: p.add_argument("-o", "--out", metavar="NAME", default=None)
-    p.parse_args(rest)
+    data = getattr(p.parse_args(rest), "data", None)
+    if verb in ("train", "tune", "compare") and isinstance(data, str) and not (notebook and data in namespace):  # they take dataset names
+        from aimass.data import check_data_name
+        check_data_name(data)
 
 # %% ../nbs/20_commands.ipynb #0d71b408
 def run(argv, namespace: dict|None = None, cell: str|None = None, prog: str = "aimass"):
@@ -420,7 +425,7 @@ def run(argv, namespace: dict|None = None, cell: str|None = None, prog: str = "a
         raise CommandError(f"Unknown verb {verb!r}" + (f": did you mean {near[0]}?" if near else ".") + f" Verbs: {', '.join(VERBS)}.")
     if cell is not None and verb != "train": raise CommandError(f"%%{prog.lstrip('%')} works with train (the cell defines the model), not {verb}.")
     notebook = namespace is not None
-    if not {"-h", "--help"} & set(rest): _check_args(verb, prog, notebook, rest)  # before importing the verb's layer
+    if not {"-h", "--help"} & set(rest): _check_args(verb, prog, rest, namespace)  # before importing the verb's layer
     fn = verb_function(verb)
     flags = verb_flags(fn, notebook)
     values = vars(verb_parser(verb, prog, notebook, flags).parse_args(rest))

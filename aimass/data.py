@@ -16,8 +16,8 @@ from fastcore.basics import patch
 from .core import AimassError, warn
 
 # %% auto #0
-__all__ = ['BUILTIN_DATASETS', 'Dataset', 'with_target_policy', 'load_data', 'Splits', 'split', 'Preprocessor', 'RowError',
-           'UnseenCategories', 'UnseenCategoryWarning', 'score', 'DataSummary', 'summarize']
+__all__ = ['BUILTIN_DATASETS', 'Dataset', 'check_data_name', 'with_target_policy', 'load_data', 'Splits', 'split', 'Preprocessor',
+           'RowError', 'UnseenCategories', 'UnseenCategoryWarning', 'score', 'DataSummary', 'summarize']
 
 # %% ../nbs/01_data.ipynb #6015ba80
 @dataclass
@@ -172,6 +172,12 @@ def _from_arrays(X, y, task) -> Dataset:
     else: X = X.astype(np.float32)
     return Dataset(X, yt, task or ("classification" if classes is not None else "regression"), classes, name="arrays", dropped=dropped)
 
+# %% ../nbs/01_data.ipynb #e1f2a3b4
+def check_data_name(s: str):
+    "An `AimassError` when data named by the string `s` is no built-in dataset, no file or folder, and has no file suffix (the command line asks before importing the verb)."
+    if s not in BUILTIN_DATASETS and not Path(s).suffix and not Path(s).expanduser().exists():
+        raise AimassError(f"Unknown dataset {s!r}: use one of {', '.join(BUILTIN_DATASETS)}, a .csv/.parquet path, a DataFrame or (X, y).")
+
 # %% ../nbs/01_data.ipynb #4fe4bc0e
 def _load_any(data, target, task, image, text) -> Dataset:
     "`load_data` but for its missing-target policy: rows without a target are left out (and counted)."
@@ -184,9 +190,9 @@ def _load_any(data, target, task, image, text) -> Dataset:
         return load_images(data, image=image, target=target, task=task)
     if isinstance(data, (str, Path)):
         s = str(data)
-        if s in BUILTIN_DATASETS: ds = _builtin(s)
-        elif Path(s).suffix or Path(s).exists(): return _from_frame(_read_table(Path(s)), target, task, Path(s).name)
-        else: raise AimassError(f"Unknown dataset {s!r}: use one of {', '.join(BUILTIN_DATASETS)}, a .csv/.parquet path, a DataFrame or (X, y).")
+        check_data_name(s)
+        if s not in BUILTIN_DATASETS: return _from_frame(_read_table(Path(s)), target, task, Path(s).name)
+        ds = _builtin(s)
         if task and task != ds.task: raise AimassError(f"{s!r} is a {ds.task} dataset; task={task!r} does not fit it.")
         return ds
     if isinstance(data, pd.DataFrame): return _from_frame(data, target, task, "the DataFrame")
