@@ -426,10 +426,10 @@ def _time_backends(fns: dict, x, batch_sizes, repeats, rounds, dynamic, mem: dic
         run = {n: f for n, f in fns.items() if _runnable(n, bs, dynamic)}
         for n in fns.keys() - run.keys():
             skipped[f"{n} at batch {bs}"] = "the export has a fixed batch size of 1: export(ref, dynamic_batch=True) to run larger batches"
-        n = repeats or auto_repeats(max((getattr(f, "call_s", {}).get(bs, 0.0) for f in run.values()), default=0.0), max_time)
-        blocks = rounds if repeats else max(1, min(rounds, n // 5))  # few slow calls: fewer blocks (each warms up twice)
+        calls = repeats or auto_repeats(max((getattr(f, "call_s", {}).get(bs, 0.0) for f in run.values()), default=0.0), max_time)
+        blocks = rounds if repeats else max(1, min(rounds, calls // 5))  # few slow calls: fewer blocks (each warms up twice)
         bar.update(rounds - blocks)
-        try: ms = time_interleaved(run, batch_of(x, bs), n, blocks, on_round=lambda: bar.update(1))
+        try: ms = time_interleaved(run, batch_of(x, bs), calls, blocks, on_round=lambda: bar.update(1))
         except Exception as e:
             raise AimassError(f"A backend failed while being timed at batch {bs}: {_skip_reason(e)}") from e
         rows += [{"backend": b, "batch_size": bs, **latency_row(ms[b], bs), "peak_mem_mb": mem[b], "calls": len(ms[b])} for b in run]

@@ -321,22 +321,24 @@ def declared_values(verb: str, flag: Flag) -> list:
     if verb == "train" and flag.name == "data": return [str(k) for k in _static(*_definition("BUILTIN_DATASETS", "data"))]
     return [str(c) for c in flag.choices or []]
 
+# %% ../nbs/20_commands.ipynb #a4b5c6d7
+def _flag_parser(prog: str, flags: list, notebook: bool, description: str|None = None) -> Parser:
+    "A `Parser` of `flags`, and of `-o NAME` in a notebook: what `verb_parser` builds from a signature and `declared_options` and `_check_args` from the source."
+    p = Parser(prog=prog, description=description)
+    for f in flags: add_flag(p, f, notebook)
+    if notebook: p.add_argument("-o", "--out", metavar="NAME", default=None, help="store the result in this notebook variable")
+    return p
+
 # %% ../nbs/20_commands.ipynb #0c079fae
 def verb_parser(verb: str, prog: str = "aimass", notebook: bool = False, flags: list|None = None) -> Parser:
     "The parser of `verb`, from its function's signature and docstring."
     fn = verb_function(verb)
-    p = Parser(prog=f"{prog} {verb}", description=inspect.getdoc(fn))
-    for f in (verb_flags(fn, notebook) if flags is None else flags): add_flag(p, f, notebook)
-    if notebook: p.add_argument("-o", "--out", metavar="NAME", default=None, help="store the result in this notebook variable")
-    return p
+    return _flag_parser(f"{prog} {verb}", verb_flags(fn, notebook) if flags is None else flags, notebook, inspect.getdoc(fn))
 
 # %% ../nbs/20_commands.ipynb #037fa5ad
 def declared_options(verb: str) -> list:
     "Every option of `%aimass verb` (as `verb_parser(verb, notebook=True)` has them), from `declared_flags`: nothing is imported."
-    p = Parser(prog=verb)
-    for f in declared_flags(verb): add_flag(p, f, notebook=True)
-    p.add_argument("-o", "--out")
-    return [o for a in p._actions for o in a.option_strings]
+    return [o for a in _flag_parser(verb, declared_flags(verb), notebook=True)._actions for o in a.option_strings]
 
 # %% ../nbs/20_commands.ipynb #10820c60
 def top_help(prog: str = "aimass") -> str:
@@ -400,10 +402,7 @@ def _check_args(verb: str, prog: str, rest: list, namespace: dict|None = None):
     `--data` name that is no dataset, file or notebook variable, is an error at once (train's layer imports Lightning:
     seconds), the same one the full run raises."""
     notebook = namespace is not None
-    p = Parser(prog=f"{prog} {verb}")
-    for f in declared_flags(verb):
-        if notebook or not f.python_only: add_flag(p, f, notebook)
-    if notebook: p.add_argument("-o", "--out", metavar="NAME", default=None)
+    p = _flag_parser(f"{prog} {verb}", [f for f in declared_flags(verb) if notebook or not f.python_only], notebook)
     data = getattr(p.parse_args(rest), "data", None)
     if verb in ("train", "tune", "compare") and isinstance(data, str) and not (notebook and data in namespace):  # they take dataset names
         from aimass.data import check_data_name
